@@ -1,0 +1,105 @@
+"""Shared fixtures: one real PostgreSQL for the session, and databases that cannot leak.
+
+The server is the one named by UOW_TEST_DATABASE_URL, or else a throwaway embedded
+PostgreSQL. Nothing is ever skipped for want of a server: fixture errors fail loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import make_url
+
+import uow
+from tests.models import Base
+from uow import Database, Settings
+from uow._default import _swap_default
+from uow.testing import EmbeddedPostgres
+
+MakeDatabase = Callable[..., Database]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """SQLAlchemy URL of the session's server, with the test tables created."""
+    url = os.environ.get("UOW_TEST_DATABASE_URL")
+    server = None
+    if not url:
+        server = EmbeddedPostgres(max_connections=300).start()
+        url = server.url
+    try:
+        with Database(Settings(url=url)) as database:
+            Base.metadata.drop_all(database.engine)
+            Base.metadata.create_all(database.engine)
+        yield Settings(url=url).url
+    finally:
+        if server is not None:
+            server.cleanup()
+
+
+def libpq_dsn(url: str) -> str:
+    """The URL as psycopg.connect() takes it (no SQLAlchemy driver name)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def admin(postgres_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection outside any pool, to look at the server from the side."""
+    with psycopg.connect(libpq_dsn(postgres_url), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def app_name() -> str:
+    """A unique application_name, so pg_stat_activity shows only this test's connections."""
+    return f"uow-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make_database(postgres_url: str, app_name: str) -> Iterator[MakeDatabase]:
+    """Build Databases on the test server; each must end with no connection checked out."""
+    made: list[Database] = []
+
+    def make(**settings: Any) -> Database:
+        settings.setdefault("application_name", app_name)
+        database = Database(Settings(url=postgres_url, **settings))
+        made.append(database)
+        return database
+
+    yield make
+    try:
+        for database in made:
+            assert database.status().checked_out == 0, f"{database} leaked a connection"
+    finally:
+        for database in made:
+            database.dispose()
+
+
+@pytest.fixture
+def database(make_database: MakeDatabase, admin: psycopg.Connection[Any]) -> Iterator[Database]:
+    """A default-sized Database, installed as the process default, on empty tables."""
+    names = ", ".join(table.name for table in Base.metadata.sorted_tables)
+    admin.execute(f"TRUNCATE {names} RESTART IDENTITY")
+    db = make_database()
+    previous = _swap_default(db)
+    try:
+        yield db
+    finally:
+        _swap_default(previous)
+
+
+def connections(admin: psycopg.Connection[Any], app_name: str) -> int:
+    """How many server connections the application holds right now."""
+    row = admin.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app_name,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+__all__ = ["MakeDatabase", "connections", "libpq_dsn", "uow"]

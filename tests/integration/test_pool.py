@@ -1,0 +1,194 @@
+"""The pool under load and failure, against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import MakeDatabase, connections
+from uow import PoolExhausted, UnitOfWork
+
+
+class PeakConnections:
+    """Polls pg_stat_activity from a side connection and keeps the highest count seen."""
+
+    def __init__(self, admin: psycopg.Connection[Any], app_name: str) -> None:
+        self.peak = 0
+        self._admin = admin
+        self._app_name = app_name
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, connections(self._admin, self._app_name))
+            time.sleep(0.005)
+
+    def __enter__(self) -> PeakConnections:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_threads(count: int, target: Any) -> None:
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_connections_never_exceed_pool_size(
+    make_database: MakeDatabase, admin: psycopg.Connection[Any], app_name: str
+) -> None:
+    """40 threads on pool_size=3: the server never sees more than 3 connections; all succeed."""
+    database = make_database(pool_size=3, max_overflow=0, pool_timeout=30)
+    done: Counter[str] = Counter()
+
+    def work(i: int) -> None:
+        for _ in range(5):
+            with UnitOfWork(database) as unit:
+                unit.session.execute(text("SELECT pg_sleep(0.005)"))
+            done["ok"] += 1
+
+    with PeakConnections(admin, app_name) as peak:
+        run_threads(40, work)
+    assert done["ok"] == 200
+    assert 1 <= peak.peak <= 3
+    assert database.status().checked_out == 0
+
+
+def test_pool_exhausted_after_pool_timeout(make_database: MakeDatabase) -> None:
+    """With every connection held, the next unit raises PoolExhausted after about pool_timeout."""
+    database = make_database(pool_size=3, max_overflow=0, pool_timeout=0.5)
+    release = threading.Event()
+    holding = threading.Barrier(4)
+
+    def hold(i: int) -> None:
+        with UnitOfWork(database) as unit:
+            unit.session.execute(text("SELECT 1"))
+            holding.wait()
+            release.wait(10)
+
+    threads = [threading.Thread(target=hold, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    holding.wait()
+    started = time.monotonic()
+    try:
+        with pytest.raises(PoolExhausted) as info, UnitOfWork(database) as unit:
+            unit.session.execute(text("SELECT 1"))
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join()
+    assert 0.45 <= waited < 1.5
+    message = str(info.value)
+    for fact in ("pool_timeout=0.5s", "pool_size=3", "max_overflow=0", "3 connections"):
+        assert fact in message
+    assert "UOW_POOL_SIZE" in message  # says what to do
+    assert database.status().checked_out == 0
+
+
+@pytest.mark.slow
+def test_waiters_are_served_fairly_under_overload(
+    make_database: MakeDatabase, admin: psycopg.Connection[Any], app_name: str
+) -> None:
+    """100 threads looping short units on pool_size=5 for 5 s: all complete, none times out."""
+    database = make_database(pool_size=5, max_overflow=0, pool_timeout=5)
+    deadline = time.monotonic() + 5
+    completed = [0] * 100
+    failures: list[BaseException] = []
+
+    def loop(i: int) -> None:
+        try:
+            while time.monotonic() < deadline:
+                with UnitOfWork(database) as unit:
+                    unit.session.execute(text("SELECT pg_sleep(0.002)"))
+                completed[i] += 1
+        except BaseException as exc:
+            failures.append(exc)
+
+    with PeakConnections(admin, app_name) as peak:
+        run_threads(100, loop)
+    assert failures == []
+    assert min(completed) >= 1, f"starved threads: {completed.count(0)}"
+    # First come, first served: no thread gets far more turns than another.
+    assert max(completed) <= 3 * (sum(completed) / len(completed)) + 2
+    assert peak.peak <= 5
+
+
+def test_pool_recovers_after_backends_are_terminated(
+    make_database: MakeDatabase, admin: psycopg.Connection[Any], app_name: str
+) -> None:
+    """After pg_terminate_backend on every pooled connection, the next units succeed (pre-ping)."""
+    database = make_database(pool_size=3)
+    barrier = threading.Barrier(3)
+
+    def warm(i: int) -> None:
+        with UnitOfWork(database) as unit:
+            unit.session.execute(text("SELECT 1"))
+            barrier.wait()
+
+    run_threads(3, warm)
+    assert database.status().idle == 3
+    killed = admin.execute(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE application_name = %s",
+        (app_name,),
+    ).fetchone()
+    assert killed is not None and killed[0] == 3
+    time.sleep(0.2)
+    for _ in range(5):
+        with UnitOfWork(database) as unit:
+            assert unit.session.execute(text("SELECT 1")).scalar_one() == 1
+    assert database.status().checked_out == 0
+
+
+def test_pool_survives_fork(make_database: MakeDatabase) -> None:
+    """A pool used before fork() works in the child and, afterwards, in the parent."""
+    database = make_database(pool_size=2)
+    with UnitOfWork(database) as unit:
+        parent_pid = unit.session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child process
+        code = 1
+        try:
+            with UnitOfWork(database) as unit:
+                pid = unit.session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            code = 0 if pid != parent_pid else 2  # the child opened its own connection
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with UnitOfWork(database) as unit:  # the parent's connection was not closed by the child
+        assert unit.session.execute(text("SELECT pg_backend_pid()")).scalar_one() == parent_pid
+
+
+def test_connections_are_recycled_with_jitter(make_database: MakeDatabase) -> None:
+    """Connections opened together get different recycle ages, within 10% of pool_recycle."""
+    database = make_database(pool_size=5, pool_recycle=100)
+    barrier = threading.Barrier(5)
+
+    def warm(i: int) -> None:
+        with UnitOfWork(database) as unit:
+            unit.session.execute(text("SELECT 1"))
+            barrier.wait()
+
+    run_threads(5, warm)
+    now = time.time()
+    ages = [now - record.starttime for record in list(database.engine.pool._pool.queue)]  # type: ignore[attr-defined]
+    assert len(ages) == 5
+    assert all(0 <= age <= 10.5 for age in ages)
+    assert len({round(age, 3) for age in ages}) > 1

@@ -1,0 +1,47 @@
+"""The public namespace is small, sorted and pinned."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import uow
+
+
+def test_all_is_pinned_and_sorted() -> None:
+    """uow exports exactly these names, in sorted order."""
+    assert uow.__all__ == [
+        "ConfigurationError",
+        "Database",
+        "DatabaseUnavailable",
+        "PoolExhausted",
+        "PoolStatus",
+        "Repository",
+        "Settings",
+        "StatementTimeout",
+        "TransactionRolledBack",
+        "UnitOfWork",
+        "UnitOfWorkError",
+        "UsageError",
+        "configure",
+        "get_database",
+    ]
+
+
+def test_every_error_derives_from_the_base() -> None:
+    """Every public exception is a UnitOfWorkError, so one except clause catches them all."""
+    errors = [getattr(uow, name) for name in uow.__all__ if name.endswith(("Error", "Exhausted"))]
+    errors += [uow.DatabaseUnavailable, uow.StatementTimeout, uow.TransactionRolledBack]
+    for error in errors:
+        assert issubclass(error, uow.UnitOfWorkError)
+
+
+def test_import_opens_no_engine() -> None:
+    """Importing uow builds no default database: no engine and no I/O at import time."""
+    code = "import uow, uow._default as d; assert d._default is None; print('ok')"
+    env = {**os.environ, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    done = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.stdout.strip() == "ok", done.stderr

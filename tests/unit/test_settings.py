@@ -1,0 +1,154 @@
+"""Settings: parsing, validation and masking, without a database."""
+
+from __future__ import annotations
+
+import pytest
+
+import uow
+from uow import ConfigurationError, Settings
+
+URL = "postgresql://app:hunter2@db.example:5432/shop"
+
+
+def test_postgres_schemes_select_psycopg3() -> None:
+    """postgres:// and postgresql:// URLs are normalised to the psycopg 3 driver."""
+    for scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+        settings = Settings(url=f"{scheme}://app:pw@host/db")
+        assert settings.url == "postgresql+psycopg://app:pw@host/db"
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://u:hunter2@h/db", "postgresql+psycopg2://u:hunter2@h/db", "sqlite://"]
+)
+def test_other_drivers_are_refused(url: str) -> None:
+    """A URL for another database or driver raises ConfigurationError without the password."""
+    with pytest.raises(ConfigurationError, match="psycopg 3") as info:
+        Settings(url=url)
+    assert "hunter2" not in str(info.value)
+
+
+def test_unparsable_url_is_refused_without_echoing_it() -> None:
+    """A garbled URL is refused, and the message does not repeat it (it may hold a password)."""
+    with pytest.raises(ConfigurationError, match="could not be parsed") as info:
+        Settings(url="postgresql://app:hunter2@host:notaport/db")
+    assert "hunter2" not in str(info.value)
+
+
+def test_repr_masks_password() -> None:
+    """Neither repr() nor masked_url shows the password."""
+    settings = Settings(url=URL)
+    assert "hunter2" not in repr(settings)
+    assert "***" in repr(settings)
+    assert "hunter2" not in settings.masked_url
+    assert "hunter2" not in repr(uow.Database(settings))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "accepted"),
+    [
+        ("pool_size", 0, "from 1 to 1000"),
+        ("pool_size", 2.5, "integer"),
+        ("pool_size", True, "integer"),
+        ("max_overflow", -1, "from 0 to 1000"),
+        ("pool_timeout", 0, "over 0"),
+        ("pool_timeout", float("nan"), "seconds"),
+        ("pool_recycle", 0, "or -1"),
+        ("connect_timeout", 0.5, "from 1"),
+        ("statement_timeout", -1, "from 0"),
+        ("lock_timeout", "5", "seconds"),
+        ("idle_in_transaction_timeout", 0.0001, "1 ms"),
+        ("pool_pre_ping", "yes", "True or False"),
+        ("application_name", "x" * 64, "63 characters"),
+    ],
+)
+def test_bad_values_name_setting_value_and_range(name: str, value: object, accepted: str) -> None:
+    """Every invalid value raises ConfigurationError naming the setting, value and range."""
+    with pytest.raises(ConfigurationError) as info:
+        Settings(url=URL, **{name: value})
+    message = str(info.value)
+    assert name in message
+    assert repr(value) in message
+    assert accepted in message
+
+
+def test_defaults_are_production_ones() -> None:
+    """Defaults: fixed-size pool, pre-ping on, recycle and server-side timeouts set."""
+    settings = Settings(url=URL)
+    assert (settings.pool_size, settings.max_overflow) == (5, 0)
+    assert settings.pool_pre_ping is True
+    assert 0 < settings.pool_recycle < 350  # under common load-balancer idle limits
+    assert settings.pool_timeout <= 10
+    assert settings.statement_timeout > 0
+    assert settings.lock_timeout > 0
+    assert settings.idle_in_transaction_timeout > 0
+    assert settings.application_name.startswith("uow")
+
+
+def test_from_env_reads_database_url_and_uow_variables() -> None:
+    """from_env() reads DATABASE_URL and UOW_* variables, with units for durations."""
+    env = {
+        "DATABASE_URL": "postgres://app:pw@h/db",
+        "UOW_POOL_SIZE": "12",
+        "UOW_MAX_OVERFLOW": "3",
+        "UOW_POOL_TIMEOUT": "500ms",
+        "UOW_POOL_RECYCLE": "5min",
+        "UOW_PRE_PING": "off",
+        "UOW_STATEMENT_TIMEOUT": "2.5",
+        "UOW_IDLE_IN_TRANSACTION_TIMEOUT": "30s",
+        "UOW_APPLICATION_NAME": "billing",
+    }
+    settings = Settings.from_env(env)
+    assert settings.url == "postgresql+psycopg://app:pw@h/db"
+    assert (settings.pool_size, settings.max_overflow) == (12, 3)
+    assert settings.pool_timeout == pytest.approx(0.5)
+    assert settings.pool_recycle == pytest.approx(300)
+    assert settings.pool_pre_ping is False
+    assert settings.statement_timeout == pytest.approx(2.5)
+    assert settings.idle_in_transaction_timeout == pytest.approx(30)
+    assert settings.application_name == "billing"
+
+
+def test_from_env_keyword_arguments_win() -> None:
+    """Keyword arguments to from_env() override the environment."""
+    env = {"DATABASE_URL": "postgresql://h/db", "UOW_POOL_SIZE": "12"}
+    assert Settings.from_env(env, pool_size=2).pool_size == 2
+
+
+def test_from_env_without_database_url_says_what_to_set() -> None:
+    """A missing DATABASE_URL raises ConfigurationError that names the variable."""
+    with pytest.raises(ConfigurationError, match="DATABASE_URL is not set"):
+        Settings.from_env({})
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [("UOW_POOL_SIZE", "ten"), ("UOW_PRE_PING", "maybe"), ("UOW_POOL_TIMEOUT", "5 hours")],
+)
+def test_from_env_bad_text_names_the_variable(variable: str, raw: str) -> None:
+    """Unparsable environment values raise ConfigurationError naming the variable."""
+    with pytest.raises(ConfigurationError, match=variable):
+        Settings.from_env({"DATABASE_URL": "postgresql://h/db", variable: raw})
+
+
+def test_unknown_keyword_setting_is_refused() -> None:
+    """A misspelt setting raises ConfigurationError instead of being ignored."""
+    with pytest.raises(ConfigurationError, match="unknown setting"):
+        Settings.from_env({"DATABASE_URL": "postgresql://h/db"}, pool_sise=3)
+
+
+def test_settings_are_immutable_and_replace_validates() -> None:
+    """Settings are frozen; replace() returns a validated copy."""
+    settings = Settings(url=URL)
+    with pytest.raises(AttributeError):
+        settings.pool_size = 3  # type: ignore[misc]
+    assert settings.replace(pool_size=3).pool_size == 3
+    with pytest.raises(ConfigurationError):
+        settings.replace(pool_size=-3)
+
+
+def test_engine_options_pass_through_to_sqlalchemy() -> None:
+    """engine_options reach create_engine untouched; unknown ones are refused clearly."""
+    database = uow.Database(Settings(url=URL, engine_options={"pool_reset_on_return": "rollback"}))
+    assert database.engine.pool._reset_on_return is not None
+    with pytest.raises(ConfigurationError, match="create_engine"):
+        uow.Database(Settings(url=URL, engine_options={"no_such_option": 1}))

@@ -1,0 +1,240 @@
+"""Database: one pooled engine and its session factories, built from Settings."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Self
+
+import psycopg
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from ._errors import ConfigurationError, DatabaseUnavailable, StatementTimeout
+from ._pool import FairQueuePool
+from ._settings import Settings
+
+__all__ = ["ISOLATION_LEVELS", "Database", "PoolStatus"]
+
+logger = logging.getLogger("uow")
+
+ISOLATION_LEVELS = frozenset({"SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED"})
+
+# TCP keepalives: without them a connection to a host that vanished (failover, a
+# dropped NAT entry) hangs until the kernel gives up, about two hours later; and
+# load balancers drop connections idle for 4 to 6 minutes.
+_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    """A snapshot of a database's connection pool."""
+
+    size: int
+    """Connections the pool keeps (``pool_size``)."""
+    max_overflow: int
+    """Extra connections allowed under load."""
+    checked_out: int
+    """Connections in use by a unit of work right now."""
+    idle: int
+    """Open connections waiting in the pool."""
+    waiting: int
+    """Callers queued for a connection."""
+
+
+class Database:
+    """A PostgreSQL database: one SQLAlchemy engine with a bounded, fair pool.
+
+    Build one per process (``uow.configure()`` does it for you) and share it: it is
+    thread-safe. Connections are opened lazily, on first use, and each gets the
+    server-side timeouts and ``application_name`` from the settings at no extra
+    round trip (they travel in the startup packet). After ``os.fork()`` the child
+    drops the inherited connections without touching the parent's sockets.
+    """
+
+    def __init__(self, settings: Settings | None = None, /, **overrides: Any) -> None:
+        """Create the engine (no connection is opened yet).
+
+        Args:
+            settings: what to connect to; defaults to ``Settings.from_env()``.
+            **overrides: settings to change, e.g. ``pool_size=10``.
+        """
+        if settings is None:
+            settings = Settings.from_env(**overrides)
+        elif overrides:
+            settings = settings.replace(**overrides)
+        self.settings = settings
+        self.engine: Engine = _create_engine(settings)
+        self._sessionmakers: dict[tuple[bool, str | None], sessionmaker[Session]] = {}
+        self._lock = threading.Lock()
+        _track_for_fork(self)
+
+    def _new_session(self, *, readonly: bool = False, isolation: str | None = None) -> Session:
+        """A new Session whose transactions use the given characteristics."""
+        key = (readonly, isolation)
+        factory = self._sessionmakers.get(key)
+        if factory is None:
+            with self._lock:
+                factory = self._sessionmakers.get(key)
+                if factory is None:
+                    factory = self._sessionmakers[key] = self._make_sessionmaker(*key)
+        return factory()
+
+    def _make_sessionmaker(self, readonly: bool, isolation: str | None) -> sessionmaker[Session]:
+        bind = self.engine
+        options: dict[str, Any] = {}
+        if isolation is not None:
+            options["isolation_level"] = isolation
+        if readonly:
+            options["postgresql_readonly"] = True
+        if options:
+            # psycopg applies both in its BEGIN statement: no extra round trip.
+            bind = bind.execution_options(**options)
+        # Objects stay readable after the unit of work has committed and closed.
+        return sessionmaker(bind=bind, expire_on_commit=False, close_resets_only=False)
+
+    def status(self) -> PoolStatus:
+        """Return the pool's current size, use and queue."""
+        pool = self.engine.pool
+        assert isinstance(pool, FairQueuePool)
+        return PoolStatus(
+            size=pool.size(),
+            max_overflow=self.settings.max_overflow,
+            checked_out=pool.checkedout(),
+            idle=pool.checkedin(),
+            waiting=pool.waiting,
+        )
+
+    def dispose(self) -> None:
+        """Close the idle connections and start a fresh pool.
+
+        Connections still checked out are closed when they come back.
+        """
+        self.engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.dispose()
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"Database({s.masked_url!r}, pool_size={s.pool_size}, max_overflow={s.max_overflow})"
+
+
+def _create_engine(settings: Settings) -> Engine:
+    options = dict(settings.engine_options)
+    connect_args = {
+        "connect_timeout": max(2, math.ceil(settings.connect_timeout)),
+        "application_name": settings.application_name,
+        **_KEEPALIVES,
+    }
+    server_options = _server_options(settings)
+    if server_options:
+        connect_args["options"] = server_options
+    connect_args.update(options.pop("connect_args", {}))
+    pool_options: dict[str, Any] = {
+        "poolclass": FairQueuePool,
+        "pool_size": settings.pool_size,
+        "max_overflow": settings.max_overflow,
+        "pool_timeout": settings.pool_timeout,
+        "pool_recycle": settings.pool_recycle,
+        "pool_pre_ping": settings.pool_pre_ping,
+        "pool_use_lifo": settings.pool_use_lifo,
+        "echo": settings.echo,
+    }
+    pool_options.update(options)
+    try:
+        engine = create_engine(settings.url, connect_args=connect_args, **pool_options)
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"engine_options {sorted(settings.engine_options)} were refused by "
+            f"sqlalchemy.create_engine: {exc}"
+        ) from None
+    _install_events(engine, settings)
+    return engine
+
+
+def _server_options(settings: Settings) -> str:
+    pairs = {
+        "statement_timeout": settings.statement_timeout,
+        "lock_timeout": settings.lock_timeout,
+        "idle_in_transaction_session_timeout": settings.idle_in_transaction_timeout,
+    }
+    return " ".join(
+        f"-c {name}={round(seconds * 1000)}" for name, seconds in pairs.items() if seconds
+    )
+
+
+def _install_events(engine: Engine, settings: Settings) -> None:
+    recycle = settings.pool_recycle
+
+    if recycle > 0:
+
+        @event.listens_for(engine, "connect")
+        def _jitter_recycle(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+            # Age each connection by a random 0-10% of pool_recycle, so connections
+            # opened together (at start-up, after a restart) are not all replaced in
+            # the same instant. SQLAlchemy checks age against this start time.
+            record.starttime -= random.uniform(0, recycle * 0.1)  # type: ignore[attr-defined]  # noqa: S311
+
+    @event.listens_for(engine, "handle_error")
+    def _translate(context: ExceptionContext) -> BaseException | None:
+        original = context.original_exception
+        if isinstance(original, psycopg.errors.QueryCanceled):
+            return StatementTimeout(
+                f"the server cancelled a statement: {_first_line(original)}. The limit is the "
+                "unit of work's timeout= when one was given, else UOW_STATEMENT_TIMEOUT="
+                f"{settings.statement_timeout:g}s. Make the statement cheaper (an index, a smaller "
+                "batch) or give this unit of work a larger timeout."
+            )
+        if (
+            context.connection is None
+            and not context.is_pre_ping
+            and isinstance(original, psycopg.OperationalError)
+        ):
+            return DatabaseUnavailable(
+                f"could not connect to {settings.masked_url} "
+                f"(connect_timeout={settings.connect_timeout:g}s): {_first_line(original)}. "
+                "Check that the server is running and reachable, and the user and password."
+            )
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+_databases: weakref.WeakSet[Database] = weakref.WeakSet()
+_fork_hook_installed = False
+
+
+def _track_for_fork(database: Database) -> None:
+    global _fork_hook_installed  # noqa: PLW0603 - one process-wide hook, installed once
+    _databases.add(database)
+    if not _fork_hook_installed:
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_hook_installed = True
+
+
+def _after_fork_in_child() -> None:
+    # The child shares the parent's sockets: closing them would end the parent's
+    # sessions, and using them would interleave two processes' protocol streams.
+    # dispose(close=False) forgets them and starts an empty pool.
+    for database in list(_databases):
+        database.engine.dispose(close=False)
+        database._lock = threading.Lock()

@@ -1,0 +1,65 @@
+"""The process-wide default Database, created lazily and replaceable."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from ._database import Database
+from ._settings import Settings
+
+__all__ = ["configure", "get_database"]
+
+_lock = threading.Lock()
+_default: Database | None = None
+
+
+def configure(url: str | None = None, **settings: Any) -> Database:
+    """Set the process-wide default database used by ``UnitOfWork()``.
+
+    Settings not given here are read from the environment (``DATABASE_URL``,
+    ``UOW_*``), so ``configure(pool_size=20)`` keeps the URL from ``DATABASE_URL``.
+    A previous default is disposed: its idle connections are closed now and the
+    ones in use when they are returned.
+
+    Returns:
+        The new default :class:`Database`.
+    """
+    global _default
+    if url is not None:
+        settings["url"] = url
+    database = Database(Settings.from_env(**settings))
+    with _lock:
+        previous, _default = _default, database
+    if previous is not None:
+        previous.dispose()
+    return database
+
+
+def get_database() -> Database:
+    """Return the default database, building it from the environment on first use."""
+    global _default  # noqa: PLW0603
+    database = _default
+    if database is not None:
+        return database
+    with _lock:
+        if _default is None:
+            _default = Database(Settings.from_env())
+        return _default
+
+
+def _swap_default(database: Database | None) -> Database | None:
+    """Install ``database`` as the default without disposing the old one; returns it."""
+    global _default
+    with _lock:
+        previous, _default = _default, database
+    return previous
+
+
+def _after_fork_in_child() -> None:
+    global _lock  # noqa: PLW0603 - a lock held by another thread at fork time stays held
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,144 @@
+"""A QueuePool that serves waiting threads first come, first served.
+
+SQLAlchemy's QueuePool wakes waiters through a condition variable, which makes no
+promise about order: under overload a few threads keep winning while the rest time
+out (sqlalchemy#7679). :class:`FairQueuePool` puts a FIFO gate with one permit per
+connection (``pool_size + max_overflow``) in front of checkout. A returned permit is
+handed straight to the oldest waiter, so nobody can barge past the queue, and every
+caller waits about ``callers / connections x hold time``.
+
+Everything else (creation, pre-ping, recycle, reset on return, events) is
+SQLAlchemy's own QueuePool, unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
+from sqlalchemy.util import queue as sqla_queue
+
+from ._errors import PoolExhausted
+
+__all__ = ["FairQueuePool"]
+
+
+class _Waiter:
+    __slots__ = ("event", "granted")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.granted = False
+
+
+class _FairGate:
+    """A counting semaphore that grants permits strictly in arrival order."""
+
+    def __init__(self, permits: int) -> None:
+        self._lock = threading.Lock()
+        self._free = permits
+        self._waiters: deque[_Waiter] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def acquire(self, timeout: float) -> bool:
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return True
+            waiter = _Waiter()
+            self._waiters.append(waiter)
+        try:
+            if waiter.event.wait(timeout):
+                return True
+        except BaseException:
+            if self._abandon(waiter):
+                self.release()  # interrupted just as a permit arrived: pass it on
+            raise
+        return self._abandon(waiter)
+
+    def _abandon(self, waiter: _Waiter) -> bool:
+        """Leave the queue; returns True if a permit arrived just before we left."""
+        with self._lock:
+            if not waiter.granted:
+                self._waiters.remove(waiter)
+                return False
+        return True
+
+    def release(self) -> None:
+        with self._lock:
+            if self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.granted = True
+                waiter.event.set()
+            else:
+                self._free += 1
+
+
+class FairQueuePool(QueuePool):
+    """QueuePool whose waiters are served in arrival order and time out as PoolExhausted.
+
+    Thread-safe, like QueuePool. With ``max_overflow=-1`` (no limit) nobody ever waits,
+    so no gate is used.
+    """
+
+    def __init__(self, creator: Any, pool_size: int = 5, max_overflow: int = 10, **kw: Any) -> None:
+        super().__init__(creator, pool_size=pool_size, max_overflow=max_overflow, **kw)
+        limit = pool_size + max_overflow
+        self._gate = _FairGate(limit) if max_overflow >= 0 and pool_size > 0 else None
+
+    @property
+    def waiting(self) -> int:
+        """How many threads are queued for a connection right now."""
+        return self._gate.waiting if self._gate is not None else 0
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        gate = self._gate
+        if gate is None:
+            return super()._do_get()
+        started = time.monotonic()
+        if not gate.acquire(self._timeout):
+            raise self._exhausted(time.monotonic() - started)
+        try:
+            return self._get_with_permit()
+        except BaseException:
+            gate.release()
+            raise
+
+    def _get_with_permit(self) -> ConnectionPoolEntry:
+        # Holding a permit means fewer than pool_size + max_overflow connections are
+        # checked out, so either one is idle in the queue or we may open a new one.
+        try:
+            return self._pool.get(False)
+        except sqla_queue.Empty:
+            pass
+        if self._inc_overflow():
+            try:
+                return self._create_connection()
+            except BaseException:
+                self._dec_overflow()
+                raise
+        # A connection is being closed on return right now; it frees its slot in a moment.
+        return self._pool.get(True, self._timeout)
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        try:
+            super()._do_return_conn(record)
+        finally:
+            if self._gate is not None:
+                self._gate.release()
+
+    def _exhausted(self, waited: float) -> PoolExhausted:
+        return PoolExhausted(
+            f"no database connection became free within pool_timeout={self._timeout:g}s "
+            f"(waited {waited:.2f}s): all {self.checkedout()} connections are checked out "
+            f"(pool_size={self.size()}, max_overflow={self._max_overflow}) and "
+            f"{self.waiting} more callers are queued. Keep units of work short (no slow I/O "
+            "while one is open), or raise UOW_POOL_SIZE within the server's max_connections, "
+            "or raise UOW_POOL_TIMEOUT if callers can afford to wait."
+        )

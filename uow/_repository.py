@@ -1,0 +1,293 @@
+"""Repository: typed data access for one mapped model, inside a unit of work."""
+
+from __future__ import annotations
+
+import builtins
+import typing
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Generic, TypeVar
+
+from sqlalchemy import ColumnElement, Select, delete, func, insert, inspect, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Mapper, Session
+
+from ._errors import UsageError
+
+__all__ = ["ModelT", "Repository"]
+
+ModelT = TypeVar("ModelT")
+
+Criterion = ColumnElement[bool]
+OrderBy = Any  # a column, an attribute, or col.desc(): whatever select().order_by() takes
+
+
+class Repository(Generic[ModelT]):
+    """Data access for one mapped model, bound to the session of a unit of work.
+
+    Subclass it to add queries of your own (``class AccountRepository(Repository[Account])``),
+    and declare it on a unit of work (``accounts: AccountRepository``), or ask a unit of
+    work for a plain one with ``uow.repository(Account)``.
+
+    Repositories may flush (to get generated keys or surface constraint errors early)
+    but never commit: the unit of work decides. Every value reaches the server as a
+    bound parameter. Like the session, a repository belongs to one thread.
+    """
+
+    model: ClassVar[type[Any]]
+    """The mapped class, taken from ``Repository[Model]`` in the class definition."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "model" in cls.__dict__:
+            return
+        for base in getattr(cls, "__orig_bases__", ()):
+            if typing.get_origin(base) is not None and issubclass(
+                typing.get_origin(base), Repository
+            ):
+                (model,) = typing.get_args(base)
+                if isinstance(model, type):
+                    cls.model = model
+                return
+
+    def __init__(self, session: Session, model: type[ModelT] | None = None) -> None:
+        """Bind a repository to a session.
+
+        Args:
+            session: the unit of work's session.
+            model: the mapped class; optional for subclasses of ``Repository[Model]``.
+        """
+        resolved = model if model is not None else getattr(type(self), "model", None)
+        if resolved is None:
+            raise UsageError(
+                f"{type(self).__name__} does not know its model: subclass Repository[Model] "
+                "or pass the model, as in Repository(session, Model)"
+            )
+        self._model: type[ModelT] = resolved
+        self._session: Session | None = session
+
+    @property
+    def session(self) -> Session:
+        """The session of the unit of work this repository belongs to."""
+        session = self._session
+        if session is None:
+            raise UsageError(
+                f"this {type(self).__name__} belonged to a unit of work that has ended; "
+                "use the repository only inside its `with UnitOfWork()` block"
+            )
+        return session
+
+    def _detach(self) -> None:
+        self._session = None
+
+    @property
+    def _mapper(self) -> Mapper[Any]:
+        return inspect(self._model)  # type: ignore[no-any-return]
+
+    def _select(self, where: tuple[Criterion, ...], by: Mapping[str, Any]) -> Select[Any]:
+        stmt = select(self._model)
+        if where:
+            stmt = stmt.where(*where)
+        if by:
+            stmt = stmt.filter_by(**by)
+        return stmt
+
+    def get(self, ident: Any) -> ModelT | None:
+        """Return the object with this primary key, or None (from the session if loaded)."""
+        return self.session.get(self._model, ident)
+
+    def get_for_update(
+        self, ident: Any, *, nowait: bool = False, skip_locked: bool = False
+    ) -> ModelT | None:
+        """Load and lock a row (``SELECT ... FOR UPDATE``) until the unit of work ends.
+
+        Args:
+            ident: the primary key.
+            nowait: fail at once (LockNotAvailable) instead of waiting for the lock.
+            skip_locked: return None if another transaction holds the lock.
+        """
+        if nowait and skip_locked:
+            raise UsageError("get_for_update: choose nowait or skip_locked, not both")
+        return self.session.get(
+            self._model,
+            ident,
+            with_for_update={"nowait": nowait, "skip_locked": skip_locked},
+            populate_existing=True,
+        )
+
+    def add(self, obj: ModelT) -> ModelT:
+        """Add a new object; it is inserted at the next flush or commit."""
+        self.session.add(obj)
+        return obj
+
+    def add_all(self, objs: Iterable[ModelT]) -> None:
+        """Add several new objects."""
+        self.session.add_all(objs)
+
+    def delete(self, obj: ModelT) -> None:
+        """Delete an object at the next flush or commit."""
+        self.session.delete(obj)
+
+    def list(
+        self,
+        *where: Criterion,
+        order_by: OrderBy | Sequence[OrderBy] = (),
+        limit: int | None = None,
+        offset: int | None = None,
+        for_update: bool = False,
+        **by: Any,
+    ) -> builtins.list[ModelT]:
+        """Return the objects matching all criteria: ``list(Account.balance > 0, owner="ann")``.
+
+        Args:
+            *where: SQLAlchemy criteria, combined with AND.
+            order_by: a column or a sequence of columns (``Account.id.desc()``).
+            limit: at most this many objects.
+            offset: skip this many first.
+            for_update: lock the rows (``FOR UPDATE``); combine with ``order_by`` on the
+                primary key so concurrent callers lock in the same order.
+            **by: equality filters on attribute names.
+        """
+        stmt = _ordered(self._select(where, by), order_by)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        if offset is not None:
+            stmt = stmt.offset(offset)
+        if for_update:
+            stmt = stmt.with_for_update().execution_options(populate_existing=True)
+        return builtins.list(self.session.scalars(stmt))
+
+    def count(self, *where: Criterion, **by: Any) -> int:
+        """Count the rows matching the criteria (``SELECT count(*)``), without loading them."""
+        stmt = select(func.count()).select_from(self._model)
+        if where:
+            stmt = stmt.where(*where)
+        if by:
+            stmt = stmt.filter_by(**by)
+        return int(self.session.scalar(stmt) or 0)
+
+    def exists(self, *where: Criterion, **by: Any) -> bool:
+        """Tell whether any row matches (``SELECT EXISTS``), without loading it."""
+        return bool(self.session.scalar(select(self._select(where, by).exists())))
+
+    def insert_many(self, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 5000) -> int:
+        """Insert many rows given as mappings of attribute names, in few round trips.
+
+        Rows are sent in batches of ``batch_size`` as multi-row INSERTs; no objects are
+        created or loaded. Returns how many rows were inserted.
+        """
+        if batch_size < 1:
+            raise UsageError(f"insert_many: batch_size={batch_size} must be at least 1")
+        stmt = insert(self._model)
+        total = 0
+        batch: builtins.list[Mapping[str, Any]] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= batch_size:
+                self.session.execute(stmt, batch)
+                total += len(batch)
+                batch = []
+        if batch:
+            self.session.execute(stmt, batch)
+            total += len(batch)
+        return total
+
+    def upsert(
+        self,
+        rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        conflict: Sequence[str] | None = None,
+        update: Sequence[str] | None = None,
+    ) -> builtins.list[ModelT]:
+        """Insert rows, or update the existing ones (``INSERT ... ON CONFLICT``).
+
+        Args:
+            rows: one mapping or several, keyed by attribute name.
+            conflict: the attributes of the unique constraint; default the primary key.
+            update: the attributes to overwrite on conflict; default every given
+                attribute outside ``conflict``. An empty sequence means DO NOTHING.
+
+        Returns:
+            The inserted or updated objects, refreshed from the row (with DO NOTHING,
+            rows that already existed are not returned).
+        """
+        batch = [rows] if isinstance(rows, Mapping) else builtins.list(rows)
+        if not batch:
+            return []
+        mapper = self._mapper
+        keys = (
+            builtins.list(conflict)
+            if conflict
+            else [mapper.get_property_by_column(c).key for c in mapper.primary_key]
+        )
+        if update is None:
+            update = [key for key in batch[0] if key not in keys]
+        stmt = pg_insert(self._model).values(batch)
+        columns = [mapper.c[key] for key in keys]
+        if update:
+            excluded = stmt.excluded
+            stmt = stmt.on_conflict_do_update(
+                index_elements=columns,
+                set_={mapper.c[key].name: excluded[mapper.c[key].name] for key in update},
+            )
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=columns)
+        result = self.session.scalars(
+            stmt.returning(self._model), execution_options={"populate_existing": True}
+        )
+        return builtins.list(result)
+
+    def update_where(self, values: Mapping[str, Any], *where: Criterion, **by: Any) -> int:
+        """Update matching rows in one statement, without loading them; returns the row count.
+
+        Objects already loaded in this unit of work are updated to match.
+        """
+        stmt = update(self._model).values(dict(values))
+        if where:
+            stmt = stmt.where(*where)
+        if by:
+            stmt = stmt.filter_by(**by)
+        result = self.session.execute(stmt, execution_options={"synchronize_session": "fetch"})
+        return int(getattr(result, "rowcount", 0))
+
+    def delete_where(self, *where: Criterion, **by: Any) -> int:
+        """Delete matching rows in one statement; returns the row count."""
+        if not where and not by:
+            raise UsageError(
+                "delete_where() needs a criterion; to empty a table, say so with true()"
+            )
+        stmt = delete(self._model)
+        if where:
+            stmt = stmt.where(*where)
+        if by:
+            stmt = stmt.filter_by(**by)
+        result = self.session.execute(stmt, execution_options={"synchronize_session": "fetch"})
+        return int(getattr(result, "rowcount", 0))
+
+    def stream(
+        self,
+        *where: Criterion,
+        order_by: OrderBy | Sequence[OrderBy] = (),
+        batch_size: int = 1000,
+        **by: Any,
+    ) -> Iterator[ModelT]:
+        """Iterate over matching objects, fetched ``batch_size`` at a time.
+
+        Uses a server-side cursor, so the result is never held whole in memory; call
+        ``uow.session.expunge_all()`` between batches to let processed objects go too.
+        """
+        stmt = _ordered(self._select(where, by), order_by)
+        result = self.session.scalars(stmt.execution_options(yield_per=batch_size))
+        try:
+            yield from result
+        finally:
+            result.close()
+
+    def __repr__(self) -> str:
+        state = "active" if self._session is not None else "ended"
+        return f"<{type(self).__name__} of {self._model.__name__} ({state})>"
+
+
+def _ordered(stmt: Select[Any], order_by: OrderBy | Sequence[OrderBy]) -> Select[Any]:
+    if isinstance(order_by, Sequence) and not isinstance(order_by, str):
+        return stmt.order_by(*order_by) if order_by else stmt
+    return stmt.order_by(order_by)

@@ -1,0 +1,281 @@
+"""Settings: one frozen, validated description of how to reach and pool PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Self
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from ._errors import ConfigurationError
+
+__all__ = ["Settings", "mask_url"]
+
+logger = logging.getLogger("uow")
+
+_ENV_PREFIX = "UOW_"
+# UOW_ variables read by other parts of uow (tests, migrations), not settings.
+_NOT_SETTINGS = frozenset({"UOW_TEST_DATABASE_URL", "UOW_MIGRATIONS_URL"})
+_DRIVER = "postgresql+psycopg"
+_ACCEPTED_SCHEMES = ("postgres", "postgresql", "postgresql+psycopg")
+
+
+def _default_application_name() -> str:
+    program = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
+    return f"uow:{program}"[:63] if program else "uow"
+
+
+@dataclass(frozen=True, repr=False)
+class Settings:
+    """How uow connects to PostgreSQL and sizes its pool.
+
+    Build it from keyword arguments or from the environment with :meth:`from_env`.
+    Every value is checked on construction; a bad one raises
+    :class:`~uow.ConfigurationError` naming the setting, the value and the accepted
+    range. Durations are in seconds (floats allowed). The repr never shows the
+    password. Settings are immutable and safe to share between threads.
+    """
+
+    url: str
+    """PostgreSQL URL (``DATABASE_URL``); ``postgres://`` and ``postgresql://`` select psycopg 3."""
+
+    pool_size: int = 5
+    """Connections kept open per process (``UOW_POOL_SIZE``), 1 to 1000."""
+
+    max_overflow: int = 0
+    """Extra connections opened under bursts and closed when returned (``UOW_MAX_OVERFLOW``),
+    0 to 1000. 0 by default: overflow connections are opened and closed on every burst."""
+
+    pool_timeout: float = 5.0
+    """Seconds to wait for a free connection before :class:`~uow.PoolExhausted`
+    (``UOW_POOL_TIMEOUT``), over 0 and at most 3600."""
+
+    pool_recycle: float = 300.0
+    """Maximum age in seconds of a pooled connection (``UOW_POOL_RECYCLE``); each
+    connection is replaced at a random point between 90% and 100% of it, so the pool
+    never reconnects all at once. -1 disables recycling."""
+
+    pool_pre_ping: bool = True
+    """Test a connection before handing it out (``UOW_PRE_PING``), so one killed by a
+    server restart or a failover is replaced instead of failing the caller."""
+
+    pool_use_lifo: bool = False
+    """Hand out the most recently returned connection first (``UOW_POOL_USE_LIFO``)."""
+
+    connect_timeout: float = 5.0
+    """Seconds to wait for a new connection to be established (``UOW_CONNECT_TIMEOUT``),
+    at least 1; without it a dead host blocks for minutes."""
+
+    statement_timeout: float = 30.0
+    """Server-side limit in seconds on any one statement (``UOW_STATEMENT_TIMEOUT``);
+    0 disables it."""
+
+    lock_timeout: float = 10.0
+    """Server-side limit in seconds on waiting for a lock (``UOW_LOCK_TIMEOUT``); 0 disables it."""
+
+    idle_in_transaction_timeout: float = 60.0
+    """Seconds a transaction may sit idle before the server ends its session
+    (``UOW_IDLE_IN_TRANSACTION_TIMEOUT``); 0 disables it."""
+
+    application_name: str = field(default_factory=_default_application_name)
+    """Name shown in ``pg_stat_activity`` (``UOW_APPLICATION_NAME``), ASCII, at most 63
+    characters. Defaults to ``uow:<program name>``."""
+
+    echo: bool = False
+    """Log every statement through SQLAlchemy's ``echo`` (``UOW_ECHO``)."""
+
+    engine_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    """Extra keyword arguments passed untouched to :func:`sqlalchemy.create_engine`."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", _normalize_url(self.url))
+        _check_int("pool_size", self.pool_size, 1, 1000)
+        _check_int("max_overflow", self.max_overflow, 0, 1000)
+        _check_seconds("pool_timeout", self.pool_timeout, 0.0, 3600.0, low_open=True)
+        if self.pool_recycle != -1:
+            _check_seconds("pool_recycle", self.pool_recycle, 1.0, 86400.0, extra="or -1")
+        _check_bool("pool_pre_ping", self.pool_pre_ping)
+        _check_bool("pool_use_lifo", self.pool_use_lifo)
+        _check_bool("echo", self.echo)
+        _check_seconds("connect_timeout", self.connect_timeout, 1.0, 3600.0)
+        for name in ("statement_timeout", "lock_timeout", "idle_in_transaction_timeout"):
+            _check_seconds(name, getattr(self, name), 0.0, 86400.0)
+            if 0 < getattr(self, name) < 0.001:
+                raise ConfigurationError(
+                    f"{name}={getattr(self, name)!r} is below PostgreSQL's 1 ms resolution; "
+                    "use 0 to disable it or a value of at least 0.001 seconds"
+                )
+        name = self.application_name
+        if not isinstance(name, str) or len(name) > 63 or not name.isascii():
+            raise ConfigurationError(
+                f"application_name={name!r} is invalid; "
+                "use an ASCII string of at most 63 characters"
+            )
+        if not isinstance(self.engine_options, Mapping):
+            raise ConfigurationError(
+                f"engine_options={self.engine_options!r} must be a mapping of "
+                "create_engine() keyword arguments"
+            )
+        object.__setattr__(self, "engine_options", MappingProxyType(dict(self.engine_options)))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        """Read settings from ``DATABASE_URL`` and ``UOW_*`` variables.
+
+        Keyword arguments override the environment. Durations may be written as plain
+        seconds (``"2.5"``) or with a unit (``"500ms"``, ``"30s"``, ``"5min"``).
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if "url" not in overrides:
+            url = env.get("DATABASE_URL")
+            if not url:
+                raise ConfigurationError(
+                    "DATABASE_URL is not set; set it to postgresql://user:password@host:5432/dbname"
+                    " or pass url= to uow.configure()"
+                )
+            values["url"] = url
+        by_variable = {f"{_ENV_PREFIX}{f.name.upper()}": f for f in _ENV_FIELDS}
+        by_variable["UOW_PRE_PING"] = _FIELDS["pool_pre_ping"]
+        for variable, raw in env.items():
+            if not variable.startswith(_ENV_PREFIX) or variable in _NOT_SETTINGS:
+                continue
+            setting = by_variable.get(variable)
+            if setting is None:
+                logger.warning(
+                    "ignoring unknown setting %s; known: %s", variable, sorted(by_variable)
+                )
+                continue
+            if setting.name not in overrides:
+                values[setting.name] = _parse(variable, setting, raw)
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigurationError(f"unknown setting: {exc}") from None
+
+    def replace(self, **changes: Any) -> Self:
+        """Return a copy with some settings changed (validated again)."""
+        try:
+            return dataclasses.replace(self, **changes)
+        except TypeError as exc:
+            raise ConfigurationError(f"unknown setting: {exc}") from None
+
+    @property
+    def masked_url(self) -> str:
+        """The URL with its password replaced by ``***``, for logs and messages."""
+        return mask_url(self.url)
+
+    def __repr__(self) -> str:
+        parts = [f"url={self.masked_url!r}"]
+        parts += [f"{f.name}={getattr(self, f.name)!r}" for f in _ENV_FIELDS]
+        if self.engine_options:
+            parts.append(f"engine_options={dict(self.engine_options)!r}")
+        return f"Settings({', '.join(parts)})"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_ENV_FIELDS = [f for f in dataclasses.fields(Settings) if f.name not in ("url", "engine_options")]
+
+
+def mask_url(url: str | URL) -> str:
+    """Render a URL with its password hidden; anything unparsable is hidden whole."""
+    try:
+        parsed = url if isinstance(url, URL) else make_url(url)
+    except (ArgumentError, ValueError):
+        return "<unparsable URL>"
+    return parsed.render_as_string(hide_password=True)
+
+
+def _normalize_url(raw: object) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigurationError(
+            "url is empty; set DATABASE_URL to postgresql://user:password@host:5432/dbname"
+        )
+    try:
+        url = make_url(raw.strip())
+    except (ArgumentError, ValueError):
+        # The raw text may contain a password: never echo it.
+        raise ConfigurationError(
+            "url could not be parsed; expected postgresql://user:password@host:5432/dbname"
+            " (percent-encode special characters in the password)"
+        ) from None
+    if url.drivername not in _ACCEPTED_SCHEMES:
+        raise ConfigurationError(
+            f"url {mask_url(url)!r} uses driver {url.drivername!r}; uow needs PostgreSQL through"
+            f" psycopg 3: use one of {', '.join(s + '://' for s in _ACCEPTED_SCHEMES)}"
+        )
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ConfigurationError(f"url {mask_url(url)!r} has port {url.port}; use 1 to 65535")
+    return url.set(drivername=_DRIVER).render_as_string(hide_password=False)
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigurationError(
+            f"{name}={value!r} is invalid; use an integer from {low} to {high}"
+        )
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name}={value!r} is invalid; use True or False")
+
+
+def _check_seconds(
+    name: str, value: object, low: float, high: float, *, low_open: bool = False, extra: str = ""
+) -> None:
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > low if low_open else value >= low)
+        and value <= high
+    )
+    if not ok:
+        bound = f"over {low:g}" if low_open else f"from {low:g}"
+        extra = f" {extra}" if extra else ""
+        raise ConfigurationError(
+            f"{name}={value!r} is invalid; use a number of seconds {bound} to {high:g}{extra}"
+        )
+
+
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|min)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "min": 60.0, None: 1.0}
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _parse(variable: str, setting: dataclasses.Field[Any], raw: str) -> object:
+    kind = setting.type
+    if kind == "bool":
+        if raw.strip().lower() in _TRUE:
+            return True
+        if raw.strip().lower() in _FALSE:
+            return False
+        raise ConfigurationError(
+            f"{variable}={raw!r} is invalid; use true/false, 1/0, yes/no, on/off"
+        )
+    if kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigurationError(f"{variable}={raw!r} is invalid; use a whole number") from None
+    if kind == "float":
+        match = _DURATION.match(raw)
+        if not match:
+            raise ConfigurationError(
+                f"{variable}={raw!r} is invalid; use seconds such as 2.5, or 500ms, 30s, 5min"
+            )
+        return float(match[1]) * _UNIT_SECONDS[match[2]]
+    return raw

@@ -1,0 +1,371 @@
+"""UnitOfWork: one session, one short transaction, always closed."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import typing
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from sqlalchemy import Connection, event, text
+from sqlalchemy.orm import Session, SessionTransaction
+
+from ._database import ISOLATION_LEVELS, Database
+from ._default import get_database
+from ._errors import TransactionRolledBack, UsageError
+from ._repository import Repository
+
+__all__ = ["UnitOfWork", "declared_repositories"]
+
+logger = logging.getLogger("uow")
+
+M = TypeVar("M")
+
+# The units of work open in this thread (or task), innermost last: a UnitOfWork
+# entered while one on the same database is open joins it instead of taking a
+# second connection (a thread holding one connection and waiting for another is
+# how pools deadlock under load).
+_active: ContextVar[tuple[UnitOfWork, ...]] = ContextVar("uow_active", default=())
+
+_SET_TIMEOUT = text("SELECT set_config('statement_timeout', :timeout, true)")
+
+
+class UnitOfWork:
+    """One database transaction, opened by ``with`` and always closed.
+
+    ``with UnitOfWork() as uow:`` opens a session (``uow.session``) on the default
+    database, or on the one given. A clean exit commits; any exception, including
+    KeyboardInterrupt and GeneratorExit, rolls back and propagates unchanged. The
+    session is always closed and its connection returned to the pool.
+
+    A UnitOfWork entered while another on the same database is open in the same
+    thread joins it: it shares the transaction, commits nothing itself, and if it
+    fails the outer one rolls back. Use :meth:`savepoint` for work that may fail on
+    its own. An instance may be entered again once it has exited, but not while
+    active, and only from the thread that entered it.
+
+    Subclasses may declare repositories as annotations (``accounts: AccountRepository``
+    or ``accounts: Repository[Account]``); they are ready inside the block.
+    """
+
+    def __init__(
+        self,
+        database: Database | None = None,
+        *,
+        readonly: bool = False,
+        isolation: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Describe a unit of work; nothing happens until it is entered.
+
+        Args:
+            database: the database to use; defaults to ``uow.get_database()``.
+            readonly: run a READ ONLY transaction, which is never committed.
+            isolation: ``"SERIALIZABLE"``, ``"REPEATABLE READ"`` or ``"READ COMMITTED"``;
+                defaults to the server's (READ COMMITTED unless configured otherwise).
+            timeout: seconds any one statement may run (``SET LOCAL statement_timeout``);
+                the server cancels a statement that runs longer.
+        """
+        if isolation is not None:
+            isolation = " ".join(str(isolation).replace("_", " ").upper().split())
+            if isolation not in ISOLATION_LEVELS:
+                raise UsageError(
+                    f"isolation={isolation!r} is not supported; "
+                    f"use one of {sorted(ISOLATION_LEVELS)}"
+                )
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or not 0.001 <= timeout <= 86400
+        ):
+            raise UsageError(f"timeout={timeout!r} is invalid; use seconds from 0.001 to 86400")
+        self.readonly = readonly
+        self.isolation = isolation
+        self.timeout = timeout
+        self._database = database
+        self._session: Session | None = None
+        self._db: Database | None = None
+        self._owner = 0
+        self._root: UnitOfWork | None = None  # the outer unit this one joined
+        self._token: Token[tuple[UnitOfWork, ...]] | None = None
+        self._repositories: dict[Any, Repository[Any]] = {}
+        self._pending: list[Callable[[], object]] = []  # on_commit callbacks not yet committed
+        self._committed: list[Callable[[], object]] = []
+        self._failure: BaseException | None = None  # why a joined unit doomed this one
+
+    # -- entering and leaving ---------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        if self._session is not None:
+            raise UsageError(
+                "this UnitOfWork is already active; open a nested unit with a new "
+                "UnitOfWork() (it joins this one) or use uow.savepoint()"
+            )
+        database = self._database if self._database is not None else get_database()
+        stack = _active.get()
+        me = threading.get_ident()
+        # A context copied into another thread (asyncio.to_thread, executors) carries
+        # the stack along; units owned by other threads cannot be joined.
+        root = next((u for u in stack if u._db is database and u._owner == me), None)
+        if root is not None:
+            self._check_can_join(root)
+            session = root.session
+        else:
+            session = database._new_session(readonly=self.readonly, isolation=self.isolation)
+            if self.timeout is not None:
+                event.listen(session, "after_begin", self._apply_timeout)
+        self._db, self._session, self._root = database, session, root
+        self._owner = me
+        self._token = _active.set((*stack, self))
+        try:
+            for name, repository_class, model in declared_repositories(type(self)):
+                setattr(self, name, self._remember(model, repository_class(session, model)))
+        except BaseException:
+            self._leave()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._session is None:
+            return
+        if self._root is not None:
+            if exc is not None:
+                self._root._doom(exc)
+            self._leave()
+            return
+        finished = False
+        try:
+            if exc is None:
+                self._finish()
+            else:
+                self._rollback_quietly()
+            finished = True
+        finally:
+            self._leave()
+            callbacks, self._committed = self._committed, []
+            self._run_callbacks(callbacks, raise_errors=finished and exc is None)
+
+    def _check_can_join(self, root: UnitOfWork) -> None:
+        if self.isolation is not None and self.isolation != root.isolation:
+            raise UsageError(
+                f"this UnitOfWork(isolation={self.isolation!r}) would join an open unit of work "
+                f"with isolation={root.isolation!r}; a transaction has one isolation level. "
+                "Set it on the outermost unit of work."
+            )
+        if root.readonly and not self.readonly:
+            raise UsageError(
+                "a writing UnitOfWork cannot join an open readonly one; "
+                "open the outer unit of work without readonly=True"
+            )
+        if self.timeout is not None:
+            raise UsageError(
+                "timeout= applies to a whole transaction and this UnitOfWork would join an open "
+                "one; set the timeout on the outermost unit of work"
+            )
+
+    def _finish(self) -> None:
+        session = self.session
+        if self._failure is not None:
+            self._rollback_quietly()
+            raise TransactionRolledBack(
+                "the transaction was rolled back, not committed, because a unit of work that "
+                f"joined it failed: {self._failure!r}"
+            ) from self._failure
+        if self.readonly:
+            pending = bool(session.new or session.dirty or session.deleted)
+            session.rollback()
+            if pending:
+                raise UsageError(
+                    "a readonly unit of work ended with unsaved changes, which were discarded; "
+                    "open it without readonly=True to write"
+                )
+            return
+        try:
+            session.commit()
+        except BaseException:
+            self._rollback_quietly()
+            raise
+        self._committed += self._pending
+        self._pending = []
+
+    def _rollback_quietly(self) -> None:
+        """Roll back; a failure is logged so it never hides the exception being handled."""
+        self._pending = []
+        try:
+            self.session.rollback()
+        except BaseException:
+            logger.exception("rollback failed; the connection will be discarded")
+
+    def _leave(self) -> None:
+        session, self._session = self._session, None
+        for repository in self._repositories.values():
+            repository._detach()
+        self._repositories = {}
+        if self._root is None and session is not None:
+            try:
+                session.close()
+            except Exception:
+                logger.exception("closing the session failed; its connection was invalidated")
+        self._failure = None
+        self._root = None
+        token, self._token = self._token, None
+        if token is not None:
+            try:
+                _active.reset(token)
+            except ValueError:
+                # Exited in another context (a generator finalised elsewhere):
+                # drop just this unit from that context's stack.
+                _active.set(tuple(unit for unit in _active.get() if unit is not self))
+
+    def _doom(self, cause: BaseException) -> None:
+        if self._failure is None:
+            self._failure = cause
+
+    def _apply_timeout(
+        self, session: Session, transaction: SessionTransaction, connection: Connection
+    ) -> None:
+        assert self.timeout is not None
+        connection.execute(_SET_TIMEOUT, {"timeout": f"{round(self.timeout * 1000)}ms"})
+
+    @staticmethod
+    def _run_callbacks(callbacks: list[Callable[[], object]], *, raise_errors: bool) -> None:
+        first_error: Exception | None = None
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as exc:
+                logger.exception("on_commit callback %r failed", callback)
+                first_error = first_error or exc
+        if first_error is not None and raise_errors:
+            raise first_error
+
+    # -- inside the block ---------------------------------------------------------------
+
+    @property
+    def session(self) -> Session:
+        """The SQLAlchemy session of this unit of work; valid only inside the block."""
+        session = self._session
+        if session is None:
+            raise UsageError(
+                "this UnitOfWork is not active; use it inside `with UnitOfWork() as uow:`"
+            )
+        if self._owner != threading.get_ident():
+            raise UsageError(
+                "this UnitOfWork belongs to another thread; sessions and connections are not "
+                "thread-safe, so open a UnitOfWork in each thread"
+            )
+        return session
+
+    @property
+    def database(self) -> Database:
+        """The database this unit of work runs on (the default one if none was given)."""
+        return self._db if self._db is not None else (self._database or get_database())
+
+    def commit(self) -> None:
+        """Commit now; later work in the block runs in a new transaction.
+
+        In a unit that joined an outer one, this only flushes: the outer one commits.
+        """
+        session = self.session
+        if self._root is not None:
+            session.flush()
+            return
+        if self.readonly:
+            raise UsageError("a readonly unit of work cannot commit")
+        if self._failure is not None:
+            self._finish()  # rolls back and raises TransactionRolledBack
+        session.commit()
+        self._committed += self._pending
+        self._pending = []
+
+    def rollback(self) -> None:
+        """Roll back now; the block writes nothing unless it does more work and commits.
+
+        In a unit that joined an outer one, the whole transaction is rolled back when
+        the outer one exits.
+        """
+        session = self.session
+        if self._root is not None:
+            self._root._doom(UsageError("rollback() was called in a joined unit of work"))
+            return
+        self._pending = []
+        self._failure = None
+        session.rollback()
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Run a block in a SAVEPOINT: if it raises, only its own work is undone.
+
+        The exception still propagates; catch it outside the ``with`` to carry on.
+        """
+        session = self.session
+        owner = self._root if self._root is not None else self
+        mark = len(owner._pending)
+        try:
+            with session.begin_nested():
+                yield
+        except BaseException:
+            del owner._pending[mark:]
+            raise
+
+    def on_commit(self, callback: Callable[[], object]) -> None:
+        """Run ``callback()`` after the transaction commits, never if it rolls back.
+
+        Callbacks run in order once the connection is back in the pool, so slow work
+        (sending mail, publishing events) holds no connection.
+        """
+        self.session  # noqa: B018 - checks that the unit is active and ours
+        owner = self._root if self._root is not None else self
+        owner._pending.append(callback)
+
+    def repository(self, model: type[M]) -> Repository[M]:
+        """Return this unit's repository for ``model`` (the same one on each call)."""
+        session = self.session
+        repository = self._repositories.get(model)
+        if repository is None:
+            repository = self._remember(model, Repository(session, model))
+        return repository
+
+    def _remember(self, model: Any, repository: Repository[Any]) -> Repository[Any]:
+        self._repositories.setdefault(model, repository)
+        return repository
+
+    def __repr__(self) -> str:
+        state = "active" if self._session is not None else "idle"
+        joined = ", joined" if self._root is not None else ""
+        return f"<{type(self).__name__} {state}{joined} readonly={self.readonly}>"
+
+
+_declared: dict[type[Any], list[tuple[str, type[Repository[Any]], type[Any]]]] = {}
+
+
+def declared_repositories(cls: type[Any]) -> list[tuple[str, type[Repository[Any]], type[Any]]]:
+    """The repositories a unit-of-work class declares: (attribute, repository class, model)."""
+    found = _declared.get(cls)
+    if found is None:
+        found = []
+        for name, hint in typing.get_type_hints(cls).items():
+            origin = typing.get_origin(hint) or hint
+            if not (isinstance(origin, type) and issubclass(origin, Repository)):
+                continue
+            args = typing.get_args(hint)
+            model = args[0] if args else getattr(origin, "model", None)
+            if not isinstance(model, type):
+                raise UsageError(
+                    f"{cls.__name__}.{name}: cannot tell which model {hint!r} is for; "
+                    "annotate it as Repository[Model] or a subclass of Repository[Model]"
+                )
+            found.append((name, origin, model))
+        _declared[cls] = found
+    return found
