@@ -67,7 +67,8 @@ def make_database(postgres_url: str, app_name: str) -> Iterator[MakeDatabase]:
 
     def make(**settings: Any) -> Database:
         settings.setdefault("application_name", app_name)
-        database = Database(Settings(url=postgres_url, **settings))
+        settings.setdefault("url", postgres_url)
+        database = Database(Settings(**settings))
         made.append(database)
         return database
 

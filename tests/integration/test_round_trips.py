@@ -1,0 +1,123 @@
+"""A unit of work costs the round trips a plain SQLAlchemy session makes, and no more.
+
+Counted at the protocol level with libpq's trace (PQtrace): every round trip ends with
+the server's ReadyForQuery message.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import Session
+
+from tests.conftest import MakeDatabase
+from uow import UnitOfWork
+
+
+class Trace:
+    """Records the protocol messages of every connection an engine opens."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._file: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        self._traced: list[Any] = []
+        event.listen(engine, "connect", self._on_connect)
+
+    def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
+        self._traced.append(dbapi_connection.pgconn)
+        dbapi_connection.pgconn.trace(self._file.fileno())
+        dbapi_connection.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+
+    def take(self) -> tuple[int, list[str]]:
+        """Round trips and queries sent since the last call."""
+        self._file.seek(0)
+        lines = self._file.read().decode().splitlines()
+        self._file.seek(0)
+        self._file.truncate()
+        queries = [line.split("\t", 3)[3].strip(' "') for line in lines if "\tQuery\t" in line]
+        return sum("ReadyForQuery" in line for line in lines), queries
+
+    def close(self) -> None:
+        for pgconn in self._traced:
+            if not pgconn.status:  # CONNECTION_OK: still open, stop writing to our file
+                pgconn.untrace()
+        self._file.close()
+
+
+@pytest.fixture
+def trace() -> Iterator[Callable[[Engine], Trace]]:
+    """Start tracing an engine's connections; files are closed after the test."""
+    traces: list[Trace] = []
+
+    def start(engine: Engine) -> Trace:
+        traces.append(Trace(engine))
+        return traces[-1]
+
+    yield start
+    for made in traces:
+        made.close()
+
+
+@pytest.fixture
+def plain_engine(postgres_url: str) -> Iterator[Engine]:
+    engine = create_engine(postgres_url, pool_size=1, pool_pre_ping=True)
+    yield engine
+    engine.dispose()
+
+
+def test_same_round_trips_as_a_plain_session(
+    plain_engine: Engine, make_database: MakeDatabase, trace: Callable[[Engine], Trace]
+) -> None:
+    """One statement in a unit of work: ping, BEGIN, the statement, COMMIT, as plain SQLAlchemy."""
+    plain = trace(plain_engine)
+    database = make_database(pool_size=1)
+    traced = trace(database.engine)
+    for _ in range(2):  # the first pass opens the connections; compare the second
+        plain.take()
+        traced.take()
+        with Session(plain_engine) as session, session.begin():
+            session.execute(text("SELECT 1"))
+        with UnitOfWork(database) as unit:
+            unit.session.execute(text("SELECT 1"))
+    expected = plain.take()
+    assert expected == (4, [";", "BEGIN", "SELECT 1", "COMMIT"])
+    assert traced.take() == expected
+
+
+def test_options_cost_no_round_trip(
+    make_database: MakeDatabase, trace: Callable[[Engine], Trace]
+) -> None:
+    """readonly and isolation ride on BEGIN; an empty unit never touches the server."""
+    database = make_database(pool_size=1)
+    traced = trace(database.engine)
+    with UnitOfWork(database) as unit:
+        unit.session.execute(text("SELECT 1"))
+    traced.take()
+    with UnitOfWork(database, readonly=True, isolation="SERIALIZABLE") as unit:
+        unit.session.execute(text("SELECT 1"))
+    assert traced.take() == (
+        4,
+        [";", "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", "SELECT 1", "ROLLBACK"],
+    )
+    with UnitOfWork(database):
+        pass
+    assert traced.take() == (0, [])
+
+
+def test_timeout_costs_exactly_one_round_trip(
+    make_database: MakeDatabase, trace: Callable[[Engine], Trace]
+) -> None:
+    """timeout= adds one statement (set_config, with a bound value) per transaction."""
+    database = make_database(pool_size=1)
+    traced = trace(database.engine)
+    with UnitOfWork(database) as unit:
+        unit.session.execute(text("SELECT 1"))
+    traced.take()
+    with UnitOfWork(database, timeout=2) as unit:
+        unit.session.execute(text("SELECT 1"))
+    round_trips, _ = traced.take()
+    assert round_trips == 5

@@ -1,0 +1,61 @@
+"""uow.testing's rolled-back transactions and pytest fixtures, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.models import Item
+from uow import Database, UnitOfWork, get_database
+from uow.testing import rolled_back
+
+pytest_plugins = ["pytester"]
+
+
+def test_rolled_back_keeps_commits_inside_and_leaves_nothing(
+    database: Database, admin: psycopg.Connection[Any]
+) -> None:
+    """Units of work commit as usual inside rolled_back(), and nothing remains afterwards."""
+    with rolled_back(database) as db:
+        assert get_database() is db
+        with UnitOfWork() as unit:
+            unit.repository(Item).add(Item(name="apple"))
+        with UnitOfWork() as unit:  # a later unit sees the committed row
+            assert unit.repository(Item).count() == 1
+        with pytest.raises(ValueError), UnitOfWork() as unit:
+            unit.repository(Item).add(Item(name="pear"))
+            unit.session.flush()
+            raise ValueError
+        with UnitOfWork() as unit:  # the failed unit rolled back to its savepoint only
+            assert [i.name for i in unit.repository(Item).list()] == ["apple"]
+    assert get_database() is database
+    assert admin.execute("SELECT count(*) FROM uow_test_items").fetchone() == (0,)
+    assert database.status().checked_out == 0
+
+
+def test_pytest_fixtures_work_in_a_users_suite(
+    pytester: pytest.Pytester, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's suite using uow.testing.fixtures gets a database and rolled-back tests."""
+    monkeypatch.setenv("UOW_TEST_DATABASE_URL", postgres_url)
+    pytester.makeconftest('pytest_plugins = ["uow.testing.fixtures"]')
+    pytester.makepyfile(
+        """
+        from sqlalchemy import text
+        from uow import UnitOfWork
+
+        def test_write(uow_transaction):
+            with UnitOfWork() as unit:
+                unit.session.execute(text("CREATE TABLE t_fixture (id int)"))
+                unit.session.execute(text("INSERT INTO t_fixture VALUES (1)"))
+
+        def test_nothing_left(uow_database):
+            with UnitOfWork(uow_database) as unit:
+                found = unit.session.execute(text("SELECT to_regclass('t_fixture')")).scalar()
+            assert found is None
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
