@@ -183,13 +183,27 @@ class Repository(Generic[ModelT]):
         for row in rows:
             batch.append(row)
             if len(batch) >= batch_size:
-                self.session.execute(stmt, batch)
-                total += len(batch)
+                total += self._insert_batch(stmt, batch)
                 batch = []
         if batch:
-            self.session.execute(stmt, batch)
-            total += len(batch)
+            total += self._insert_batch(stmt, batch)
         return total
+
+    def _insert_batch(self, stmt: Any, batch: builtins.list[Mapping[str, Any]]) -> int:
+        self._check_columns(set().union(*batch), "insert_many")
+        self.session.execute(stmt, batch)
+        return len(batch)
+
+    def _check_columns(self, keys: set[str], what: str) -> None:
+        # The ORM bulk INSERT silently ignores keys that are not columns: a typo
+        # would lose data without a word.
+        known = set(self._mapper.columns.keys())
+        unknown = keys - known
+        if unknown:
+            raise UsageError(
+                f"{what}: {sorted(unknown)} are not column attributes of "
+                f"{self._model.__name__}; known: {sorted(known)}"
+            )
 
     def upsert(
         self,

@@ -25,7 +25,7 @@ logger = logging.getLogger("uow")
 
 _ENV_PREFIX = "UOW_"
 # UOW_ variables read by other parts of uow (tests, migrations), not settings.
-_NOT_SETTINGS = frozenset({"UOW_TEST_DATABASE_URL", "UOW_MIGRATIONS_URL"})
+_NOT_SETTINGS = ("UOW_TEST_", "UOW_MIGRATIONS_")
 _DRIVER = "postgresql+psycopg"
 _ACCEPTED_SCHEMES = ("postgres", "postgresql", "postgresql+psycopg")
 
@@ -148,7 +148,7 @@ class Settings:
         by_variable = {f"{_ENV_PREFIX}{f.name.upper()}": f for f in _ENV_FIELDS}
         by_variable["UOW_PRE_PING"] = _FIELDS["pool_pre_ping"]
         for variable, raw in env.items():
-            if not variable.startswith(_ENV_PREFIX) or variable in _NOT_SETTINGS:
+            if not variable.startswith(_ENV_PREFIX) or variable.startswith(_NOT_SETTINGS):
                 continue
             setting = by_variable.get(variable)
             if setting is None:

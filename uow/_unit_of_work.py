@@ -272,6 +272,14 @@ class UnitOfWork:
         """The database this unit of work runs on (the default one if none was given)."""
         return self._db if self._db is not None else (self._database or get_database())
 
+    def flush(self) -> None:
+        """Send pending changes to the server now, without committing.
+
+        Use it to get generated primary keys, or to surface constraint errors at
+        this point of the block rather than at commit.
+        """
+        self.session.flush()
+
     def commit(self) -> None:
         """Commit now; later work in the block runs in a new transaction.
 

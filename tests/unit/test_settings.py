@@ -152,3 +152,23 @@ def test_engine_options_pass_through_to_sqlalchemy() -> None:
     assert database.engine.pool._reset_on_return is not None
     with pytest.raises(ConfigurationError, match="create_engine"):
         uow.Database(Settings(url=URL, engine_options={"no_such_option": 1}))
+
+
+def test_from_env_ignores_other_parts_variables_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """Variables for tests and migrations are not settings and cause no warning."""
+    env = {
+        "DATABASE_URL": "postgresql://h/db",
+        "UOW_MIGRATIONS_URL": "postgresql://owner@h/db",
+        "UOW_MIGRATIONS_LOCK_TIMEOUT": "2",
+        "UOW_TEST_DATABASE_URL": "postgresql://h/test",
+        "UOW_POOL_SIZE": "4",
+    }
+    assert Settings.from_env(env).pool_size == 4
+    assert caplog.text == ""
+
+
+def test_from_env_warns_about_a_misspelt_variable(caplog: pytest.LogCaptureFixture) -> None:
+    """An unknown UOW_ variable (a typo) is reported with the known names."""
+    Settings.from_env({"DATABASE_URL": "postgresql://h/db", "UOW_POOLSIZE": "4"})
+    assert "UOW_POOLSIZE" in caplog.text
+    assert "UOW_POOL_SIZE" in caplog.text

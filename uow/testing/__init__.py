@@ -3,9 +3,19 @@
 - :class:`EmbeddedPostgres`: a throwaway PostgreSQL server in a temporary directory.
 - :func:`rolled_back`: run units of work inside one transaction that is rolled back.
 - ``uow.testing.fixtures``: pytest fixtures built on both.
+- :func:`fake`, :class:`FakeUnitOfWork`, :class:`InMemoryRepository`, :class:`InMemoryStore`:
+  the in-memory twin of a unit of work, for fast unit tests of domain code (no database).
 """
 
+from ._memory import FakeUnitOfWork, InMemoryRepository, InMemoryStore, fake
 from ._postgres import EmbeddedPostgres
 from ._transactional import rolled_back
 
-__all__ = ["EmbeddedPostgres", "rolled_back"]
+__all__ = [
+    "EmbeddedPostgres",
+    "FakeUnitOfWork",
+    "InMemoryRepository",
+    "InMemoryStore",
+    "fake",
+    "rolled_back",
+]

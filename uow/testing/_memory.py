@@ -1,0 +1,740 @@
+"""The in-memory twin of UnitOfWork and Repository, for fast unit tests of domain code.
+
+``fake(ShopUnitOfWork)`` returns a unit of work that behaves like ``ShopUnitOfWork``
+(commit on clean exit, rollback on any exception, savepoints, ``on_commit``, declared
+repositories) but keeps mapped objects in an :class:`InMemoryStore`, not PostgreSQL.
+``tests/contract/`` holds both to one suite; what the fake cannot match is listed in
+the docstrings of :class:`InMemoryRepository` and :class:`FakeUnitOfWork`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import datetime
+import decimal
+import functools
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self, TypeVar, cast
+
+import psycopg.errors
+from sqlalchemy import Column, ColumnElement, Table, UnaryExpression, UniqueConstraint, inspect
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.evaluator import UnevaluatableError, _EvaluatorCompiler
+from sqlalchemy.sql import false, operators, true
+from sqlalchemy.sql.elements import ClauseElement
+
+from .._database import Database
+from .._errors import UsageError
+from .._repository import ModelT, OrderBy, Repository
+from .._unit_of_work import UnitOfWork, declared_repositories
+
+__all__ = ["FakeUnitOfWork", "InMemoryRepository", "InMemoryStore", "fake"]
+
+U = TypeVar("U", bound=UnitOfWork)
+M = TypeVar("M")
+Criterion = ColumnElement[bool]
+Evaluator = Callable[[Any], Any]
+_Snapshot = dict[type[Any], list[tuple[Any, dict[str, Any]]]]  # model -> [(object, values)]
+_IMMUTABLE = (str, int, float, bytes, decimal.Decimal, datetime.date, datetime.time,
+              datetime.timedelta, uuid.UUID, type(None))  # fmt: skip
+_DIRECTION = (operators.asc_op, operators.desc_op)
+_NULLS = (operators.nulls_first_op, operators.nulls_last_op)
+
+
+@dataclass(frozen=True)
+class _Schema:
+    """What the store needs to know about a mapped class, read once from its mapper."""
+
+    mapper: Mapper[Any]
+    table: str
+    columns: tuple[str, ...]  # the column attributes' keys
+    primary_key: tuple[str, ...]
+    sequence: str | None  # the key PostgreSQL fills from a sequence (SERIAL, IDENTITY)
+    defaults: dict[str, Any]  # key -> the column's Python-side default
+    not_null: tuple[str, ...]  # NOT NULL keys the server would not fill in itself
+    unique: tuple[tuple[str, tuple[str, ...]], ...]  # (constraint, keys), primary key first
+
+    def values(self, obj: Any, keys: Sequence[str] | None = None) -> tuple[Any, ...]:
+        return tuple(getattr(obj, key) for key in (self.primary_key if keys is None else keys))
+
+
+_schemas: dict[type[Any], _Schema] = {}
+_memory_classes: dict[type[Any], type[InMemoryRepository[Any]]] = {}
+_fake_classes: dict[type[Any], type[FakeUnitOfWork]] = {}
+
+
+def _schema(model: type[Any]) -> _Schema:
+    found = _schemas.get(model)
+    if found is None:
+        found = _schemas[model] = _read_schema(model)
+    return found
+
+
+def _read_schema(model: type[Any]) -> _Schema:
+    mapper: Mapper[Any] = inspect(model)
+    table = mapper.local_table
+    if not isinstance(table, Table):
+        raise UsageError(f"{model.__name__} is not mapped to a table; the fake cannot store it")
+    key_of: dict[Any, str] = {prop.columns[0]: prop.key for prop in mapper.column_attrs}
+    columns = {key: col for col, key in key_of.items() if isinstance(col, Column)}
+    primary_key = tuple(key_of[col] for col in mapper.primary_key)
+    unique = [(str(table.primary_key.name or f"{table.name}_pkey"), primary_key)]
+    for constraint in table.constraints:
+        if isinstance(constraint, UniqueConstraint) and all(
+            c in key_of for c in constraint.columns
+        ):
+            keys = tuple(key_of[col] for col in constraint.columns)
+            unique.append((str(constraint.name or f"{table.name}_{'_'.join(keys)}_key"), keys))
+    for index in table.indexes:  # unique indexes on expressions (lower(name)) are skipped
+        if index.unique and all(col in key_of for col in index.expressions):
+            unique.append((str(index.name), tuple(key_of[col] for col in index.columns)))
+    auto = table.autoincrement_column
+    return _Schema(
+        mapper=mapper,
+        table=table.name,
+        columns=tuple(columns),
+        primary_key=primary_key,
+        sequence=key_of.get(auto) if auto is not None else None,
+        defaults={k: c.default for k, c in columns.items() if c.default is not None},
+        not_null=tuple(k for k, c in columns.items() if not (c.nullable or c.server_default)),
+        unique=tuple(unique),
+    )
+
+
+def _db_error(
+    kind: type[sa_exc.DBAPIError], pg_error: type[psycopg.Error], message: str
+) -> sa_exc.DBAPIError:
+    """What SQLAlchemy raises for this PostgreSQL error, so code under test catches it alike."""
+    return kind("(in-memory fake)", None, pg_error(message))
+
+
+def _compile(model: type[Any], expression: Any, what: str) -> Evaluator:
+    """Compile a SQL expression into a function of one object, as ``evaluate`` sync does."""
+    element = getattr(expression, "__clause_element__", lambda: expression)()
+    if isinstance(element, bool):
+        element = true() if element else false()
+    if not isinstance(element, ClauseElement):
+        raise UsageError(f"{what} {expression!r} is not a SQL expression the fake can evaluate")
+    try:
+        return cast(Evaluator, _EvaluatorCompiler(model).process(element))  # type: ignore[no-untyped-call]
+    except UnevaluatableError as exc:
+        raise UsageError(
+            f"the in-memory fake cannot evaluate {what} {element} ({exc}); it evaluates "
+            "comparisons, in_(), is_(None), and_/or_/not_, startswith/endswith and arithmetic "
+            "on this model's attributes. Test this query against PostgreSQL instead."
+        ) from exc
+
+
+def _check(schema: _Schema, objs: Iterable[Any]) -> None:
+    """Raise what PostgreSQL raises for NOT NULL and unique violations among ``objs``."""
+    seen: list[dict[tuple[Any, ...], Any]] = [{} for _ in schema.unique]
+    for obj in objs:
+        for key in schema.not_null:
+            if getattr(obj, key) is None:
+                message = f'null value in column "{key}" of relation "{schema.table}"'
+                raise _db_error(
+                    sa_exc.IntegrityError,
+                    psycopg.errors.NotNullViolation,
+                    f"{message} violates not-null constraint",
+                )
+        for (name, keys), index in zip(schema.unique, seen, strict=True):
+            values = schema.values(obj, keys)
+            # NULLs are distinct in a unique constraint.
+            if None not in values and index.setdefault(values, obj) is not obj:
+                detail = f"Key ({', '.join(keys)})=({', '.join(map(str, values))}) already exists."
+                raise _db_error(
+                    sa_exc.IntegrityError,
+                    psycopg.errors.UniqueViolation,
+                    f'duplicate key value violates unique constraint "{name}"\nDETAIL:  {detail}',
+                )
+
+
+def _default(schema: _Schema, key: str, default: Any) -> Any:
+    if default.is_scalar:
+        return default.arg
+    if default.is_callable:
+        try:
+            return default.arg(None)  # SQLAlchemy wraps a zero-argument callable to take a context
+        except Exception as exc:
+            raise UsageError(
+                f"{schema.mapper.class_.__name__}.{key}: its default needs SQLAlchemy's execution "
+                "context, which the in-memory fake does not have; set the attribute explicitly"
+            ) from exc
+    return None  # a SQL expression: only the server could compute it
+
+
+def _copied(value: Any) -> Any:
+    # Rollback must undo in-place changes to lists and dicts (JSON) too, as a reload would.
+    return value if isinstance(value, _IMMUTABLE) else copy.deepcopy(value)
+
+
+class InMemoryStore:
+    """The data behind in-memory repositories: mapped objects by model and primary key.
+
+    Share one store between fakes (``fake(Shop, store=store)``) to let them see the
+    same data, one unit at a time: there is no isolation between units. Integer keys
+    come from per-model counters that, like PostgreSQL sequences, are not rolled back.
+    Not thread-safe.
+    """
+
+    def __init__(self) -> None:
+        """Create an empty store."""
+        self._tables: dict[type[Any], dict[tuple[Any, ...], Any]] = {}
+        self._pending: dict[int, tuple[type[Any], Any]] = {}  # id() -> added, not yet inserted
+        self._sequences: dict[type[Any], int] = {}
+        self._active: FakeUnitOfWork | None = None
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{m.__name__}: {len(rows)}" for m, rows in self._tables.items())
+        return f"<InMemoryStore {{{counts}}}>"
+
+    def _rows(self, model: type[Any]) -> dict[tuple[Any, ...], Any]:
+        return self._tables.setdefault(model, {})
+
+    def _flush(self) -> None:
+        """Insert the added objects, as the session's autoflush does before a query."""
+        pending, self._pending = builtins.list(self._pending.values()), {}
+        for model in dict.fromkeys(model for model, _ in pending):
+            self._insert(model, [obj for m, obj in pending if m is model])
+
+    def _insert(self, model: type[Any], objs: builtins.list[Any]) -> None:
+        schema, rows = _schema(model), self._rows(model)
+        for obj in objs:
+            for key, default in schema.defaults.items():
+                if getattr(obj, key) is None:  # None is left out of an ORM INSERT: defaults fire
+                    set_committed_value(obj, key, _default(schema, key, default))
+            if schema.sequence and getattr(obj, schema.sequence) is None:
+                self._sequences[model] = self._sequences.get(model, 0) + 1
+                set_committed_value(obj, schema.sequence, self._sequences[model])
+        _check(schema, [*rows.values(), *objs])
+        rows.update((schema.values(obj), obj) for obj in objs)
+
+    def _validate(self) -> None:
+        """Check every table and re-key it: changes to stored objects are only seen here."""
+        for model, rows in self._tables.items():
+            schema = _schema(model)
+            _check(schema, rows.values())
+            self._tables[model] = {schema.values(obj): obj for obj in rows.values()}
+
+    def _snapshot(self) -> _Snapshot:
+        return {
+            model: [(obj, {k: _copied(getattr(obj, k)) for k in _schema(model).columns})
+                    for obj in rows.values()]
+            for model, rows in self._tables.items()
+        }  # fmt: skip
+
+    def _restore(self, snapshot: _Snapshot) -> None:
+        self._pending, self._tables = {}, {}
+        for model, saved in snapshot.items():
+            schema, rows = _schema(model), self._rows(model)
+            for obj, values in saved:
+                for key, value in values.items():
+                    set_committed_value(obj, key, _copied(value))
+                rows[schema.values(obj)] = obj
+
+    def _changed(self, since: _Snapshot) -> bool:
+        def rows(snapshot: _Snapshot) -> Any:
+            return {m: [(id(o), v) for o, v in saved] for m, saved in snapshot.items() if saved}
+
+        return bool(self._pending) or rows(self._snapshot()) != rows(since)
+
+
+class InMemoryRepository(Repository[ModelT]):
+    """A :class:`uow.Repository` over an :class:`InMemoryStore`, for unit tests.
+
+    Same methods and results as the real one. Criteria and ``order_by`` are evaluated
+    in Python by SQLAlchemy's ORM evaluator (the one ``synchronize_session="evaluate"``
+    uses); one it cannot evaluate (``like``, SQL functions, Core columns) raises
+    UsageError. Added objects are inserted at the next query or commit, like an
+    autoflush: they get their integer key and column defaults then, and NOT NULL and
+    unique constraints (the primary key too) raise ``sqlalchemy.exc.IntegrityError``
+    holding psycopg's ``NotNullViolation`` or ``UniqueViolation``, as PostgreSQL does.
+    A change to a stored object that breaks a unique constraint is caught at commit.
+
+    Not emulated: CHECK constraints and foreign keys (nothing is rejected), server
+    defaults (left None), ``onupdate``, relationships and cascades (add each object
+    through its repository), inheritance, locks and isolation. Not thread-safe.
+    """
+
+    def __init__(self, store: InMemoryStore, model: type[ModelT] | None = None) -> None:
+        """Bind a repository to a store.
+
+        Args:
+            store: where the objects live.
+            model: the mapped class; optional for subclasses of ``Repository[Model]``.
+        """
+        resolved = model if model is not None else getattr(type(self), "model", None)
+        if resolved is None:
+            raise UsageError(f"{type(self).__name__} does not know its model; pass it")
+        self._model: type[ModelT] = resolved
+        self._store: InMemoryStore | None = store
+
+    @property
+    def session(self) -> Session:
+        """Always raises UsageError: an in-memory repository has no session."""
+        raise UsageError(
+            f"{type(self).__name__} keeps objects in memory and has no session; use repository "
+            "methods in code under unit test, and test session-level code against PostgreSQL"
+        )
+
+    @property
+    def _data(self) -> InMemoryStore:
+        if self._store is None:
+            raise UsageError(
+                f"this {type(self).__name__} belonged to a unit of work that has ended; "
+                "use the repository only inside its `with` block"
+            )
+        return self._store
+
+    def _detach(self) -> None:
+        self._store = None
+
+    def _matching(self, where: tuple[Criterion, ...], by: Mapping[str, Any]) -> list[ModelT]:
+        if unknown := [key for key in by if key not in _schema(self._model).mapper.attrs]:
+            raise sa_exc.InvalidRequestError(f"{self._model.__name__} has no property {unknown}")
+        criteria = [*where, *(getattr(self._model, key) == value for key, value in by.items())]
+        tests = [_compile(self._model, criterion, "the criterion") for criterion in criteria]
+        self._data._flush()
+        rows = self._data._rows(self._model).values()
+        # SQL keeps a row only when every criterion is true: NULL (None) does not match.
+        return [obj for obj in rows if all((v := t(obj)) is not None and v for t in tests)]
+
+    def _sort(self, objs: list[ModelT], order_by: OrderBy | Sequence[OrderBy]) -> None:
+        several = isinstance(order_by, Sequence) and not isinstance(order_by, str)
+        for clause in reversed(order_by if several else [order_by]):  # stable: last key first
+            element = getattr(clause, "__clause_element__", lambda c=clause: c)()
+            descending, nulls_last = False, None
+            while isinstance(element, UnaryExpression) and element.modifier in _DIRECTION + _NULLS:
+                if element.modifier in _DIRECTION:
+                    descending = element.modifier is operators.desc_op
+                else:
+                    nulls_last = element.modifier is operators.nulls_last_op
+                element = element.element
+            value = _compile(self._model, element, "the order_by")
+            # PostgreSQL sorts NULL above every value (last ascending, first descending)
+            # unless told NULLS FIRST/LAST; reverse=True flips the NULL flag too.
+            high = (not descending if nulls_last is None else nulls_last) != descending
+            objs.sort(key=functools.partial(_sort_key, value, high), reverse=descending)
+
+    def get(self, ident: Any) -> ModelT | None:
+        """Return the object with this primary key, or None."""
+        keys = _schema(self._model).primary_key
+        key = ident if isinstance(ident, tuple) else (ident,)
+        if isinstance(ident, Mapping):
+            key = tuple(ident[k] for k in keys)
+        if len(key) != len(keys):
+            raise sa_exc.InvalidRequestError(f"{self._model.__name__} has a {len(keys)}-part key")
+        self._data._flush()
+        return cast("ModelT | None", self._data._rows(self._model).get(key))
+
+    def get_for_update(
+        self, ident: Any, *, nowait: bool = False, skip_locked: bool = False
+    ) -> ModelT | None:
+        """Return the object with this primary key, or None; there are no locks to take."""
+        if nowait and skip_locked:
+            raise UsageError("get_for_update: choose nowait or skip_locked, not both")
+        return self.get(ident)
+
+    def add(self, obj: ModelT) -> ModelT:
+        """Add a new object; it is inserted at the next query or commit."""
+        if id(obj) not in self._data._pending and not self._stored(obj):
+            self._data._pending[id(obj)] = (self._model, obj)
+        return obj
+
+    def add_all(self, objs: Iterable[ModelT]) -> None:
+        """Add several new objects."""
+        for obj in objs:
+            self.add(obj)
+
+    def delete(self, obj: ModelT) -> None:
+        """Delete a stored object."""
+        if not self._stored(obj):  # the real session cannot delete unflushed objects either
+            raise sa_exc.InvalidRequestError(f"Instance {obj!r} is not persisted")
+        del self._data._rows(self._model)[_schema(self._model).values(obj)]
+
+    def _stored(self, obj: Any) -> bool:
+        return self._data._rows(self._model).get(_schema(self._model).values(obj)) is obj
+
+    def list(
+        self,
+        *where: Criterion,
+        order_by: OrderBy | Sequence[OrderBy] = (),
+        limit: int | None = None,
+        offset: int | None = None,
+        for_update: bool = False,
+        **by: Any,
+    ) -> builtins.list[ModelT]:
+        """Return the objects matching every criterion, like :meth:`uow.Repository.list`."""
+        found = self._matching(where, by)
+        self._sort(found, order_by)
+        found = found[offset or 0 :]
+        return found if limit is None else found[:limit]
+
+    def count(self, *where: Criterion, **by: Any) -> int:
+        """Count the objects matching the criteria."""
+        return len(self._matching(where, by))
+
+    def exists(self, *where: Criterion, **by: Any) -> bool:
+        """Tell whether any object matches."""
+        return bool(self._matching(where, by))
+
+    def insert_many(self, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 5000) -> int:
+        """Insert rows given as mappings of attribute names; returns how many.
+
+        Like the real one, keys that are not column attributes raise UsageError.
+        """
+        if batch_size < 1:
+            raise UsageError(f"insert_many: batch_size={batch_size} must be at least 1")
+        self._data._flush()
+        batch = builtins.list(rows)
+        self._check_columns(set().union(*batch), "insert_many")
+        objs = [self._new(row) for row in batch]
+        self._data._insert(self._model, objs)
+        return len(objs)
+
+    def _new(self, row: Mapping[str, Any]) -> ModelT:
+        # Rows from insert_many and upsert never go through the class's __init__, as in SQL.
+        schema = _schema(self._model)
+        obj = schema.mapper.class_manager.new_instance()
+        for key in schema.columns:
+            set_committed_value(obj, key, row.get(key))
+        return cast(ModelT, obj)
+
+    def upsert(
+        self,
+        rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        conflict: Sequence[str] | None = None,
+        update: Sequence[str] | None = None,
+    ) -> builtins.list[ModelT]:
+        """Insert rows or update the existing ones, like :meth:`uow.Repository.upsert`."""
+        batch = [rows] if isinstance(rows, Mapping) else builtins.list(rows)
+        if not batch:
+            return []
+        schema, store = _schema(self._model), self._data
+        keys = tuple(conflict) if conflict else schema.primary_key
+        if not any(set(keys) == set(unique) for _, unique in schema.unique):
+            raise _db_error(
+                sa_exc.ProgrammingError,
+                psycopg.errors.InvalidColumnReference,
+                "there is no unique or exclusion constraint matching the ON CONFLICT specification",
+            )
+        if update is None:
+            update = [key for key in batch[0] if key not in keys]
+        store._flush()
+        index = {schema.values(obj, keys): obj for obj in store._rows(self._model).values()}
+        done: builtins.list[ModelT] = []
+        new: builtins.list[ModelT] = []
+        for row in batch:
+            key = tuple(row.get(k) for k in keys)
+            existing = None if None in key else index.get(key)  # NULLs never conflict
+            if existing is None:
+                obj = index[key] = self._new(row)
+                new.append(obj)
+                done.append(obj)
+            elif update:
+                if any(existing is obj for obj in done):
+                    raise _db_error(
+                        sa_exc.ProgrammingError,
+                        psycopg.errors.CardinalityViolation,
+                        "ON CONFLICT DO UPDATE command cannot affect row a second time",
+                    )
+                for name in update:
+                    set_committed_value(existing, name, row.get(name))
+                done.append(existing)
+        store._insert(self._model, new)
+        store._validate()
+        return done
+
+    def update_where(self, values: Mapping[str, Any], *where: Criterion, **by: Any) -> int:
+        """Update matching objects in place; returns how many matched.
+
+        Values may be SQL expressions of the model's attributes (``Item.qty + 1``).
+        """
+        if unknown := [key for key in values if key not in _schema(self._model).columns]:
+            raise sa_exc.CompileError(f"Unconsumed column names: {', '.join(unknown)}")
+        setters = {key: _setter(self._model, value) for key, value in values.items()}
+        found = self._matching(where, by)
+        # Every SET expression sees the row as it was, as in SQL.
+        rows = [{key: setter(obj) for key, setter in setters.items()} for obj in found]
+        for obj, row in zip(found, rows, strict=True):
+            for key, value in row.items():
+                set_committed_value(obj, key, value)
+        self._data._validate()
+        return len(found)
+
+    def delete_where(self, *where: Criterion, **by: Any) -> int:
+        """Delete matching objects; returns how many."""
+        if not where and not by:
+            raise UsageError(
+                "delete_where() needs a criterion; to empty a table, say so with true()"
+            )
+        doomed = {id(obj) for obj in self._matching(where, by)}
+        rows = self._data._rows(self._model)
+        for key in [key for key, obj in rows.items() if id(obj) in doomed]:
+            del rows[key]
+        return len(doomed)
+
+    def stream(
+        self,
+        *where: Criterion,
+        order_by: OrderBy | Sequence[OrderBy] = (),
+        batch_size: int = 1000,
+        **by: Any,
+    ) -> Iterator[ModelT]:
+        """Iterate over matching objects."""
+        yield from self.list(*where, order_by=order_by, **by)
+
+    def __repr__(self) -> str:
+        state = "active" if self._store is not None else "ended"
+        return f"<{type(self).__name__} of {self._model.__name__} ({state})>"
+
+
+def _setter(model: type[Any], value: Any) -> Evaluator:
+    if isinstance(value, ClauseElement) or hasattr(value, "__clause_element__"):
+        return _compile(model, value, "the value")
+    return lambda _obj: value
+
+
+def _sort_key(value_of: Evaluator, nulls_high: bool, obj: Any) -> tuple[bool, Any]:
+    value = value_of(obj)
+    return (value is None if nulls_high else value is not None), value
+
+
+def _in_memory(repository_class: type[Repository[Any]]) -> type[InMemoryRepository[Any]]:
+    """The in-memory class for a declared repository class, keeping its own methods."""
+    if issubclass(repository_class, InMemoryRepository):
+        return repository_class
+    if repository_class is Repository:
+        return InMemoryRepository
+    found = _memory_classes.get(repository_class)
+    if found is None:
+        # The user's class first: its queries and overrides win, and the methods it
+        # inherits from Repository come from InMemoryRepository instead.
+        bases = (repository_class, InMemoryRepository)
+        made = type(f"InMemory{repository_class.__name__}", bases, {"__module__": __name__})
+        found = _memory_classes[repository_class] = cast(type[InMemoryRepository[Any]], made)
+    return found
+
+
+class FakeUnitOfWork(UnitOfWork):
+    """A :class:`uow.UnitOfWork` that keeps its data in an :class:`InMemoryStore`.
+
+    Same rules as the real one: a clean exit commits; any exception, KeyboardInterrupt
+    included, rolls back and propagates; ``savepoint()`` undoes only its own work;
+    ``on_commit`` callbacks run after a commit, never after a rollback; a readonly unit
+    never commits and raises UsageError if it ends with changes; an active unit cannot
+    be entered again, an ended one can. Rollback restores the stored objects and their
+    column attributes. Declared repositories become in-memory ones that keep the
+    declared class's own methods. Data committed in one block is seen by the next.
+
+    Differences: ``session`` and ``database`` raise UsageError; ``isolation`` and
+    ``timeout`` are checked, then ignored; two units on one store cannot be open at
+    once (a real nested unit joins the outer one; a fake refuses); objects are shared
+    between blocks, so changing one outside a block changes the store. Not thread-safe.
+
+    Attributes:
+        store: the store holding the data.
+        committed: True once this unit has committed, for asserts in tests.
+    """
+
+    def __init__(
+        self, store: InMemoryStore | None = None, *, readonly: bool = False, **kwargs: Any
+    ) -> None:
+        """Describe a fake unit of work.
+
+        Args:
+            store: the data; a new empty store by default.
+            readonly: never commit, as ``UnitOfWork(readonly=True)``.
+            **kwargs: passed on to the faked class's ``__init__``.
+        """
+        super().__init__(readonly=readonly, **kwargs)
+        self.store = store if store is not None else InMemoryStore()
+        self.committed = False
+        self._begin: _Snapshot | None = None  # the data at the last commit; None when idle
+
+    def __enter__(self) -> Self:
+        if self._begin is not None:
+            raise UsageError(
+                "this UnitOfWork is already active; enter it again after its block ends, "
+                "or use uow.savepoint()"
+            )
+        if self.store._active is not None:
+            raise UsageError(
+                f"{self.store._active!r} is active on the same InMemoryStore; fakes do not "
+                "join each other as real units of work do: pass one fake to the code under test"
+            )
+        self.store._flush()  # what standalone repositories added counts as committed
+        self._begin = self.store._snapshot()
+        self.store._active = self
+        try:
+            for name, repository_class, model in declared_repositories(type(self)):
+                repository = _in_memory(repository_class)(self.store, model)
+                setattr(self, name, self._remember(model, repository))
+        except BaseException:
+            self._leave()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._begin is None:
+            return
+        finished = False
+        try:
+            if exc is None:
+                self._finish()
+            else:
+                self._rollback()
+            finished = True
+        finally:
+            self._leave()
+            callbacks, self._committed = self._committed, []
+            self._run_callbacks(callbacks, raise_errors=finished and exc is None)
+
+    def _finish(self) -> None:
+        if self.readonly:
+            changed = self.store._changed(self._transaction())
+            self._rollback()
+            if changed:
+                raise UsageError(
+                    "a readonly unit of work ended with unsaved changes, which were discarded; "
+                    "open it without readonly=True to write"
+                )
+            return
+        try:
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _commit(self) -> None:
+        self.store._flush()
+        self.store._validate()
+        self._begin = self.store._snapshot()
+        self.committed = True
+        self._committed += self._pending
+        self._pending = []
+
+    def _rollback(self) -> None:
+        self._pending = []
+        self.store._restore(self._transaction())
+
+    def _leave(self) -> None:
+        for repository in self._repositories.values():
+            repository._detach()
+        self._repositories = {}
+        self._begin = None
+        if self.store._active is self:
+            self.store._active = None
+
+    def _transaction(self) -> _Snapshot:
+        """The data as of the last commit, which rollback restores; raises if not active."""
+        if self._begin is None:
+            raise UsageError("this UnitOfWork is not active; use it inside `with uow:`")
+        return self._begin
+
+    @property
+    def session(self) -> Session:
+        """Always raises UsageError: a fake unit of work has no session."""
+        raise UsageError(
+            f"{type(self).__name__} is an in-memory fake and has no session; reach data through "
+            "its repositories, and test code that needs the session against PostgreSQL"
+        )
+
+    @property
+    def database(self) -> Database:
+        """Always raises UsageError: a fake unit of work has no database."""
+        raise UsageError(f"{type(self).__name__} is an in-memory fake and has no database")
+
+    def flush(self) -> None:
+        """Insert pending objects (assigning keys and defaults) and check constraints."""
+        self._transaction()
+        self.store._flush()
+        self.store._validate()
+
+    def commit(self) -> None:
+        """Commit now; later work in the block is a new transaction."""
+        self._transaction()
+        if self.readonly:
+            raise UsageError("a readonly unit of work cannot commit")
+        self._commit()
+
+    def rollback(self) -> None:
+        """Undo everything since the last commit; the block may go on and commit later work."""
+        self._rollback()
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Run a block whose work alone is undone if it raises; the exception propagates."""
+        self._transaction()
+        self.store._flush()  # begin_nested() flushes first
+        snapshot, mark = self.store._snapshot(), len(self._pending)
+        try:
+            yield
+            self.store._flush()  # so does RELEASE SAVEPOINT: the block's errors are its own
+            self.store._validate()
+        except BaseException:
+            self.store._restore(snapshot)
+            del self._pending[mark:]
+            raise
+
+    def on_commit(self, callback: Callable[[], object]) -> None:
+        """Run ``callback()`` after the unit commits, never if it rolls back."""
+        self._transaction()
+        self._pending.append(callback)
+
+    def repository(self, model: type[M]) -> Repository[M]:
+        """Return this unit's in-memory repository for ``model`` (the same one on each call)."""
+        self._transaction()
+        repository = self._repositories.get(model)
+        if repository is None:
+            repository = self._remember(model, InMemoryRepository(self.store, model))
+        return repository
+
+    def __repr__(self) -> str:
+        state = "active" if self._begin is not None else "idle"
+        return f"<{type(self).__name__} {state} readonly={self.readonly}>"
+
+
+def _fake_class(unit_of_work_class: type[UnitOfWork]) -> type[FakeUnitOfWork]:
+    if issubclass(unit_of_work_class, FakeUnitOfWork):
+        return unit_of_work_class
+    if unit_of_work_class is UnitOfWork:
+        return FakeUnitOfWork
+    found = _fake_classes.get(unit_of_work_class)
+    if found is None:
+        # FakeUnitOfWork first: its transaction methods replace the real ones, which need
+        # a session; every other method of the user's class is inherited unchanged.
+        name = f"Fake{unit_of_work_class.__name__}"
+        namespace = {"__module__": unit_of_work_class.__module__, "__qualname__": name}
+        made = type(name, (FakeUnitOfWork, unit_of_work_class), namespace)
+        found = _fake_classes[unit_of_work_class] = made
+    return found
+
+
+def fake(unit_of_work_class: type[U], /, store: InMemoryStore | None = None, **kwargs: Any) -> U:
+    """Return an in-memory fake of ``unit_of_work_class``, typed as that class.
+
+    The fake is an instance of a subclass of both :class:`FakeUnitOfWork` and the given
+    class, so the class's own methods work, its declared repositories are in-memory,
+    and it type-checks wherever the real unit of work is expected. To reach
+    ``committed`` or ``store`` under mypy, narrow it: ``assert isinstance(u, FakeUnitOfWork)``.
+
+    Args:
+        unit_of_work_class: a :class:`uow.UnitOfWork` subclass, or UnitOfWork itself.
+        store: the data; a new empty store by default. Pass another fake's to share it.
+        **kwargs: passed to the constructor: ``readonly=True``, the class's own arguments.
+    """
+    return cast(U, _fake_class(unit_of_work_class)(store, **kwargs))
