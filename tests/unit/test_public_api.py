@@ -45,3 +45,20 @@ def test_import_opens_no_engine() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
     )
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_submodule_namespaces_are_pinned() -> None:
+    """uow.migrations and uow.testing export exactly these names, sorted."""
+    import uow.migrations
+    import uow.testing
+
+    assert uow.migrations.__all__ == ["check", "current", "downgrade", "upgrade"]
+    assert uow.testing.__all__ == sorted(uow.testing.__all__)
+    assert set(uow.testing.__all__) == {
+        "EmbeddedPostgres",
+        "FakeUnitOfWork",
+        "InMemoryRepository",
+        "InMemoryStore",
+        "fake",
+        "rolled_back",
+    }

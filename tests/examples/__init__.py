@@ -1,0 +1,1 @@
+"""Tests of the example bank app (examples/bank) against a real PostgreSQL."""
