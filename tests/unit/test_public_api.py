@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import uow
+import uow.migrations
+import uow.testing
 
 
 def test_all_is_pinned_and_sorted() -> None:
@@ -49,9 +51,6 @@ def test_import_opens_no_engine() -> None:
 
 def test_submodule_namespaces_are_pinned() -> None:
     """uow.migrations and uow.testing export exactly these names, sorted."""
-    import uow.migrations
-    import uow.testing
-
     assert uow.migrations.__all__ == ["check", "current", "downgrade", "upgrade"]
     assert uow.testing.__all__ == sorted(uow.testing.__all__)
     assert set(uow.testing.__all__) == {
