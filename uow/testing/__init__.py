@@ -7,7 +7,8 @@
   the in-memory twin of a unit of work, for fast unit tests of domain code (no database).
 """
 
-from ._memory import FakeUnitOfWork, InMemoryRepository, InMemoryStore, fake
+from ._memory import FakeUnitOfWork, InMemoryRepository, fake
+from ._memory_store import InMemoryStore
 from ._postgres import EmbeddedPostgres
 from ._transactional import rolled_back
 
