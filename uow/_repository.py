@@ -123,6 +123,10 @@ class Repository(Generic[ModelT]):
         """Add several new objects."""
         self.session.add_all(objs)
 
+    def flush(self) -> None:
+        """Send pending changes now (assigning generated keys), without committing."""
+        self.session.flush()
+
     def delete(self, obj: ModelT) -> None:
         """Delete an object at the next flush or commit."""
         self.session.delete(obj)

@@ -183,13 +183,15 @@ class UnitOfWork:
                 f"joined it failed: {self._failure!r}"
             ) from self._failure
         if self.readonly:
-            pending = bool(session.new or session.dirty or session.deleted)
-            session.rollback()
-            if pending:
+            if session.new or session.dirty or session.deleted:
+                self._rollback_quietly()
                 raise UsageError(
                     "a readonly unit of work ended with unsaved changes, which were discarded; "
                     "open it without readonly=True to write"
                 )
+            # Closing the session ends the transaction (the pool's reset on return rolls
+            # it back, the same one round trip) without expiring the loaded objects, so
+            # they stay readable after the block; session.rollback() would expire them.
             return
         try:
             session.commit()

@@ -269,3 +269,20 @@ def test_repository_for_a_model_is_the_declared_one(make_unit: MakeUnit) -> None
     with make_unit() as unit:
         assert unit.repository(Item) is unit.items
         assert unit.repository(Item) is unit.repository(Item)
+
+
+def test_objects_read_in_a_readonly_unit_stay_readable(make_unit: MakeUnit) -> None:
+    """Objects loaded in a readonly unit can be read after its block."""
+    with make_unit() as unit:
+        unit.items.add(Item(name="apple", qty=2))
+    with make_unit(readonly=True) as unit:
+        (item,) = unit.items.list()
+    assert (item.name, item.qty) == ("apple", 2)
+
+
+def test_repository_flush_assigns_keys(make_unit: MakeUnit) -> None:
+    """Repository.flush() inserts pending objects so their keys are known before commit."""
+    with make_unit() as unit:
+        item = unit.items.add(Item(name="apple"))
+        unit.items.flush()
+        assert isinstance(item.id, int)

@@ -157,6 +157,11 @@ class InMemoryRepository(Repository[ModelT]):
         for obj in objs:
             self.add(obj)
 
+    def flush(self) -> None:
+        """Insert pending objects (assigning keys and defaults) and check constraints."""
+        self._data._flush()
+        self._data._validate()
+
     def delete(self, obj: ModelT) -> None:
         """Delete a stored object."""
         if not self._stored(obj):  # the real session cannot delete unflushed objects either

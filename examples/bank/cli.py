@@ -1,0 +1,148 @@
+"""The bank's command line: ``python -m examples.bank <command>``.
+
+The database comes from ``DATABASE_URL`` (and the ``UOW_*`` settings), through
+uow's default database. Results go to stdout, one fact per line. Exit status: 0 on
+success, 1 on a domain or database error (one line on stderr, no traceback), 2 on
+bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+
+from uow import UnitOfWorkError, get_database
+
+from . import services
+from .services import BankError
+from .unit_of_work import BankUnitOfWork
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.command
+    try:
+        return command(args)
+    except (BankError, UnitOfWorkError) as exc:
+        message = str(exc).strip().splitlines()
+        print(f"error: {message[0] if message else type(exc).__name__}", file=sys.stderr)
+        return 1
+
+
+def _open(args: argparse.Namespace) -> int:
+    account_id = services.open_account(BankUnitOfWork(), args.owner, args.initial)
+    print(account_id)  # alone on its line, for scripts: ID=$(python -m examples.bank open ann)
+    return 0
+
+
+def _deposit(args: argparse.Namespace) -> int:
+    key = args.key or _new_key()
+    balance = services.deposit(BankUnitOfWork(), args.account_id, args.amount, key=key)
+    print(f"account {args.account_id} balance {balance} (key {key})")
+    return 0
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    key = args.key or _new_key()
+    result = services.transfer(
+        BankUnitOfWork(), args.source_id, args.target_id, args.amount, key=key
+    )
+    replayed = "; already done earlier, nothing changed" if result.replayed else ""
+    print(
+        f"transfer {result.id}: {result.amount} from account {result.source_id} "
+        f"to account {result.target_id} (key {result.key}{replayed})"
+    )
+    return 0
+
+
+def _statement(args: argparse.Namespace) -> int:
+    unit = BankUnitOfWork(readonly=True, isolation="REPEATABLE READ")  # one snapshot
+    found = services.statement(unit, args.account_id)
+    print(f"account {found.account_id} ({found.owner}) balance {found.balance}")
+    for line in found.lines:
+        other = f" account {line.counterparty_id}" if line.counterparty_id is not None else ""
+        print(f"  {line.entry_id:>6}  {line.kind:<12} {line.amount:>+14}{other}  key {line.key}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    result = services.audit(BankUnitOfWork(readonly=True))
+    verdict = "ok" if result.ok else "FAILED"
+    print(
+        f"{verdict}: {result.accounts} accounts, balances {result.total_balance}, "
+        f"deposits {result.total_deposits}, {result.negative} negative, "
+        f"{result.mismatched} not matching the ledger"
+    )
+    if result.examples:
+        print("accounts to check: " + ", ".join(map(str, result.examples)))
+    return 0 if result.ok else 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # Imported here: the HTTP server is an optional extra the other commands do not need.
+    import uvicorn  # noqa: PLC0415
+
+    from .api import create_app  # noqa: PLC0415
+
+    uvicorn.run(create_app(), host=args.host, port=args.port)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from uow import migrations  # noqa: PLC0415 - alembic is needed by this command only
+
+    migrations.upgrade(get_database(), "head")
+    print("database is at the latest revision")
+    return 0
+
+
+def _new_key() -> str:
+    # A fresh key per invocation: rerun with --key to make a retry safe.
+    return f"cli-{uuid.uuid4().hex}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.bank",
+        description="A small bank on uow. Amounts are integer cents. Reads DATABASE_URL.",
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, run: Callable[[argparse.Namespace], int], text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.set_defaults(command=run)
+        return sub
+
+    sub = command("open", _open, "open an account; prints its id")
+    sub.add_argument("owner")
+    sub.add_argument("--initial", type=int, default=0, help="opening deposit (default 0)")
+
+    sub = command("deposit", _deposit, "deposit money into an account")
+    sub.add_argument("account_id", type=int, metavar="ID")
+    sub.add_argument("amount", type=int, metavar="AMOUNT")
+    sub.add_argument("--key", help="idempotency key (default: a new random one)")
+
+    sub = command("transfer", _transfer, "move money between two accounts")
+    sub.add_argument("source_id", type=int, metavar="SRC")
+    sub.add_argument("target_id", type=int, metavar="DST")
+    sub.add_argument("amount", type=int, metavar="AMOUNT")
+    sub.add_argument("--key", help="idempotency key (default: a new random one)")
+
+    sub = command("statement", _statement, "show an account's balance and movements")
+    sub.add_argument("account_id", type=int, metavar="ID")
+
+    command("audit", _audit, "check every balance against the ledger; exit 1 if one is off")
+
+    sub = command("serve", _serve, "run the HTTP API with uvicorn")
+    sub.add_argument("--host", default="127.0.0.1")
+    sub.add_argument("--port", type=int, default=8000)
+
+    command("migrate", _migrate, "upgrade the database schema to the latest revision")
+    return parser

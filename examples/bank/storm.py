@@ -1,0 +1,512 @@
+"""The storm demo: the same load, a connection per request versus uow, side by side.
+
+    python -m examples.bank.storm [--duration 10] [--processes 4] [--threads 75]
+
+Uses DATABASE_URL when set, and otherwise starts a throwaway PostgreSQL (removed
+afterwards) whose max_connections the demo sets itself, so the outcome does not
+depend on the machine. Several worker processes times many threads, more clients
+than the server accepts connections, each doing transfers for a fixed time, once
+per mode:
+
+- naive: the anti-pattern users come from, a new connection per request, with the
+  request's application work (``--work-ms``) done inside its transaction;
+- uow: the example app's services on uow, one bounded pool per process, same work
+  inside the transaction;
+- uow-short-tx: the same, with the application work moved before the transaction.
+
+Prints a table per mode, writes ``summary.json`` and ``storm.png`` into ``--out``,
+and exits non-zero if uow mode broke a guarantee (a connection error, more
+connections than its budget, or a broken invariant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import random
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import make_url
+from sqlalchemy.exc import DBAPIError
+
+import uow
+import uow.migrations
+from examples.bank import services
+from examples.bank.models import Account
+from examples.bank.unit_of_work import BankUnitOfWork
+from uow.testing import EmbeddedPostgres
+
+MODES = ("naive", "uow", "uow-short-tx")
+APP_ROLE = "bank_app"
+INITIAL_BALANCE = 10_000
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    clients: int
+    duration: float
+    committed: int = 0
+    declined: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    connection_errors: int = 0
+    peak_connections: int = 0
+    budget: int | None = None
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    invariant_holds: bool = False
+    invariant_detail: str = ""
+    connections_timeline: list[tuple[float, int]] = field(default_factory=list)
+    throughput_timeline: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def per_second(self) -> float:
+        return self.committed / self.duration
+
+
+# -- the server ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def server(max_connections: int) -> Iterator[tuple[str, str, str]]:
+    """Yield (admin URL, application URL, description) for the demo's database."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        settings = uow.Settings(url=url)
+        yield settings.url, settings.url, f"DATABASE_URL ({settings.masked_url})"
+        return
+    with EmbeddedPostgres(max_connections=max_connections) as pg:
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            # The application connects as an ordinary role, as in production: the
+            # superuser slots stay free for the admin, as they should.
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(APP_ROLE)))
+            conn.execute("CREATE DATABASE bank")
+            conn.execute(
+                sql.SQL("ALTER DATABASE bank OWNER TO {}").format(sql.Identifier(APP_ROLE))
+            )
+        admin = pg.url_for("bank")
+        app = make_url(admin).set(username=APP_ROLE).render_as_string(hide_password=False)
+        yield (
+            admin,
+            app,
+            f"embedded PostgreSQL {pg.server_version() // 10000},"
+            f" max_connections={max_connections}",
+        )
+
+
+def libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def prepare(admin_url: str, app_url: str, accounts: int) -> int:
+    """Migrate as the owner role, seed accounts; returns the total balance."""
+    uow.migrations.upgrade(app_url, "head")
+    with psycopg.connect(libpq(admin_url), autocommit=True) as conn:
+        conn.execute("TRUNCATE accounts, ledger RESTART IDENTITY CASCADE")
+    with uow.Database(uow.Settings(url=app_url, application_name="storm-setup")) as db:
+        for _ in range(accounts):
+            account = services.open_account(BankUnitOfWork(db), "storm")
+            services.deposit(BankUnitOfWork(db), account, INITIAL_BALANCE, key=f"seed-{account}")
+    return accounts * INITIAL_BALANCE
+
+
+def server_limits(admin_url: str) -> tuple[int, int]:
+    with psycopg.connect(libpq(admin_url)) as conn:
+        row = conn.execute(
+            "SELECT current_setting('max_connections')::int,"
+            " current_setting('superuser_reserved_connections')::int"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+# -- the workers (child processes) --------------------------------------------------------
+
+
+def classify(exc: BaseException) -> tuple[str, bool]:
+    """Name an error for the report; the flag says whether it is a connection error."""
+    if isinstance(exc, uow.PoolExhausted):
+        return "pool exhausted (waited pool_timeout)", False
+    if isinstance(exc, uow.DatabaseUnavailable | psycopg.OperationalError) and not getattr(
+        exc, "sqlstate", None
+    ):
+        # psycopg reports no SQLSTATE for a refused connection: show the server's words.
+        text = str(exc).rsplit("FATAL:", 1)[-1].strip().splitlines()[0]
+        return f"connect failed: {text[:70]}", True
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    state = getattr(orig, "sqlstate", None)
+    if state:
+        return f"SQLSTATE {state} ({type(orig).__name__})", state.startswith(("08", "53", "57P"))
+    return f"{type(exc).__name__}: {str(exc)[:60]}", False
+
+
+def naive_transfer(dsn: str, source: int, target: int, amount: int, work: float) -> bool:
+    """One request the way services often start: its own connection, work inside the transaction."""
+    with psycopg.connect(dsn, application_name="storm-naive", connect_timeout=10) as conn:
+        balances: dict[int, int] = dict(
+            conn.execute(
+                "SELECT id, balance FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                ([source, target],),
+            ).fetchall()
+        )
+        time.sleep(work)
+        if balances[source] < amount:
+            return False
+        conn.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, source))
+        conn.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, target))
+        conn.execute(
+            "INSERT INTO ledger (idempotency_key, source_id, target_id, amount)"
+            " VALUES (%s, %s, %s, %s)",
+            (uuid.uuid4().hex, source, target, amount),
+        )
+    return True
+
+
+def uow_transfer(mode: str, source: int, target: int, amount: int, work: float) -> bool:
+    key = uuid.uuid4().hex
+    try:
+        if mode == "uow-short-tx":
+            time.sleep(work)  # the application's own work, before the transaction
+            services.transfer(BankUnitOfWork(), source, target, amount, key=key)
+            return True
+        with BankUnitOfWork() as outer:
+            outer.accounts.list(
+                Account.id.in_([source, target]), order_by=Account.id, for_update=True
+            )
+            time.sleep(work)  # ...holding the connection and the row locks meanwhile
+            services.transfer(BankUnitOfWork(), source, target, amount, key=key)  # joins
+        return True
+    except services.InsufficientFunds:
+        return False
+
+
+@dataclass(frozen=True)
+class Load:
+    """What each worker process runs (picklable, for spawn)."""
+
+    mode: str
+    app_url: str
+    threads: int
+    pool_size: int
+    accounts: int
+    work: float
+    duration: float
+
+
+def worker(load: Load, ready: Any, go: Any, results: Any, committed: Any) -> None:
+    """A worker process: ``threads`` clients doing transfers until the deadline."""
+    mode, work = load.mode, load.work
+    if mode != "naive":
+        uow.configure(
+            load.app_url, pool_size=load.pool_size, max_overflow=0, application_name="storm-uow"
+        )
+    dsn = libpq(load.app_url)
+    latencies: list[float] = []
+    done_at: list[float] = []
+    errors: Counter[str] = Counter()
+    connection_errors = 0
+    declined = 0
+    lock = threading.Lock()
+    ready.put(os.getpid())
+    go.wait()
+    start = time.monotonic()
+    deadline = start + load.duration
+
+    def client() -> None:
+        nonlocal connection_errors, declined
+        rng = random.Random()  # noqa: S311 - load generation, not security
+        while time.monotonic() < deadline:
+            source, target = rng.sample(range(1, load.accounts + 1), 2)
+            amount = rng.randint(1, 100)
+            began = time.monotonic()
+            try:
+                if mode == "naive":
+                    ok = naive_transfer(dsn, source, target, amount, work)
+                else:
+                    ok = uow_transfer(mode, source, target, amount, work)
+            except Exception as exc:  # noqa: BLE001 - the demo counts every failure by kind
+                kind, is_connection = classify(exc)
+                with lock:
+                    errors[kind] += 1
+                    connection_errors += is_connection
+                time.sleep(0.01)  # a client that failed does not retry in a hot loop
+                continue
+            ended = time.monotonic()
+            with lock:
+                if ok:
+                    latencies.append(ended - began)
+                    done_at.append(ended - start)
+                else:
+                    declined += 1
+            if ok:
+                with committed.get_lock():
+                    committed.value += 1
+
+    pool = [threading.Thread(target=client) for _ in range(load.threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    results.put(
+        {
+            "latencies": latencies,
+            "done_at": done_at,
+            "errors": dict(errors),
+            "connection_errors": connection_errors,
+            "declined": declined,
+        }
+    )
+
+
+# -- one run ------------------------------------------------------------------------------
+
+
+def poll_connections(
+    admin_url: str, stop: threading.Event, samples: list[tuple[float, int]], start: list[float]
+) -> None:
+    with psycopg.connect(libpq(admin_url), autocommit=True) as conn:
+        while not stop.is_set():
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                " AND application_name LIKE 'storm-%%' AND application_name <> 'storm-setup'"
+            ).fetchone()
+            assert row is not None
+            samples.append((time.monotonic() - start[0], int(row[0])))
+            time.sleep(0.05)
+
+
+def run_mode(
+    mode: str, args: argparse.Namespace, admin_url: str, app_url: str, total: int
+) -> ModeResult:
+    ctx = mp.get_context("spawn")
+    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    committed = ctx.Value("q", 0)
+    load = Load(
+        mode=mode,
+        app_url=app_url,
+        threads=args.threads,
+        pool_size=args.pool_size,
+        accounts=args.accounts,
+        work=args.work_ms / 1000,
+        duration=args.duration,
+    )
+    procs = [
+        ctx.Process(target=worker, args=(load, ready, go, results, committed))
+        for _ in range(args.processes)
+    ]
+    for proc in procs:
+        proc.start()
+    for _ in procs:
+        ready.get(timeout=120)
+    samples: list[tuple[float, int]] = []
+    start = [time.monotonic()]
+    stop = threading.Event()
+    poller = threading.Thread(target=poll_connections, args=(admin_url, stop, samples, start))
+    poller.start()
+    go.set()
+    budget = None if mode == "naive" else args.processes * args.pool_size
+    # On a terminal the progress line redraws itself; in a log, one line a second.
+    tty = sys.stdout.isatty()
+    prefix, end = ("\r", "") if tty else ("", "\n")
+    while any(proc.is_alive() for proc in procs) and results.qsize() < len(procs):
+        elapsed = time.monotonic() - start[0]
+        peak = max((n for _, n in samples), default=0)
+        print(
+            f"{prefix}  {mode:<13} {min(elapsed, args.duration):5.1f}/{args.duration:g}s"
+            f"  committed {committed.value:>7}"
+            f"  connections now {samples[-1][1] if samples else 0:>4}  peak {peak:>4}",
+            end=end,
+            flush=True,
+        )
+        time.sleep(0.5 if tty else 1.0)
+    reports = [results.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join()
+    stop.set()
+    poller.join()
+    if tty:
+        print()
+
+    result = ModeResult(mode=mode, clients=args.processes * args.threads, duration=args.duration)
+    latencies = sorted(x for r in reports for x in r["latencies"])
+    errors: Counter[str] = Counter()
+    for report in reports:
+        errors.update(report["errors"])
+        result.connection_errors += report["connection_errors"]
+        result.declined += report["declined"]
+    result.errors = dict(errors.most_common())
+    result.committed = len(latencies)
+    if latencies:
+        result.p50_ms = statistics.median(latencies) * 1000
+        result.p99_ms = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    result.peak_connections = max((n for _, n in samples), default=0)
+    result.budget = budget
+    result.connections_timeline = samples
+    result.throughput_timeline = throughput(
+        [t for r in reports for t in r["done_at"]], args.duration
+    )
+    with uow.Database(uow.Settings(url=app_url, application_name="storm-setup")) as db:
+        audit = services.audit(BankUnitOfWork(db))
+    result.invariant_holds = bool(audit.ok) and audit.total_balance == total
+    result.invariant_detail = f"total {audit.total_balance} of {total}; {audit}"
+    return result
+
+
+def throughput(
+    done_at: list[float], duration: float, step: float = 0.5
+) -> list[tuple[float, float]]:
+    buckets = Counter(int(t / step) for t in done_at if t <= duration)
+    return [((i + 1) * step, buckets.get(i, 0) / step) for i in range(int(duration / step))]
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def print_table(results: list[ModeResult], max_connections: int) -> None:
+    header = (
+        f"{'mode':<13} {'clients':>7} {'committed':>9} {'tx/s':>7} {'errors':>7} {'conn err':>8}"
+        f" {'peak conns':>10} {'budget':>6} {'p50 ms':>7} {'p99 ms':>8}  invariant"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        budget = "-" if r.budget is None else str(r.budget)
+        print(
+            f"{r.mode:<13} {r.clients:>7} {r.committed:>9} {r.per_second:>7.0f}"
+            f" {sum(r.errors.values()):>7} {r.connection_errors:>8} {r.peak_connections:>10}"
+            f" {budget:>6} {r.p50_ms:>7.1f} {r.p99_ms:>8.1f}"
+            f"  {'holds' if r.invariant_holds else 'BROKEN'}"
+        )
+    print(f"(server max_connections={max_connections})")
+    for r in results:
+        if r.errors:
+            print(f"errors in {r.mode}:")
+            for kind, count in r.errors.items():
+                print(f"  {count:>7}  {kind}")
+
+
+def verdict(results: list[ModeResult]) -> list[str]:
+    """Plain statements of what happened; a line starting with FAIL is a broken guarantee."""
+    lines = []
+    for r in results:
+        if r.mode == "naive":
+            lines.append(
+                f"naive: {r.connection_errors} connection errors, peak {r.peak_connections} server"
+                f" connections for {r.clients} clients."
+            )
+            continue
+        ok = r.connection_errors == 0 and r.budget is not None and r.peak_connections <= r.budget
+        ok = ok and r.invariant_holds
+        lines.append(
+            f"{'ok' if ok else 'FAIL'} {r.mode}: {r.connection_errors} connection errors, peak"
+            f" {r.peak_connections} connections within budget {r.budget}, invariant"
+            f" {'holds' if r.invariant_holds else 'BROKEN'}."
+        )
+    return lines
+
+
+def chart(results: list[ModeResult], path: Path, max_connections: int) -> None:
+    # Imported here: matplotlib is an optional extra and slow to import.
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for r in results:
+        if r.connections_timeline:
+            xs, ys = zip(*r.connections_timeline, strict=True)
+            top.plot(xs, ys, label=r.mode)
+        if r.throughput_timeline:
+            xs, ys = zip(*r.throughput_timeline, strict=True)
+            bottom.plot(xs, ys, label=r.mode)
+    top.axhline(max_connections, color="red", linestyle="--", linewidth=1, label="max_connections")
+    budget = next((r.budget for r in results if r.budget), None)
+    if budget:
+        top.axhline(budget, color="green", linestyle=":", linewidth=1, label="uow budget")
+    top.set_ylabel("server connections")
+    top.legend(loc="upper right")
+    bottom.set_ylabel("transfers committed / s")
+    bottom.set_xlabel("seconds")
+    bottom.legend(loc="upper right")
+    fig.suptitle(f"Storm: {results[0].clients} clients, connection per request vs uow")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per mode (10)")
+    parser.add_argument("--processes", type=int, default=4, help="worker processes (4)")
+    parser.add_argument("--threads", type=int, default=75, help="client threads per process (75)")
+    parser.add_argument("--max-connections", type=int, default=100, help="embedded server's (100)")
+    parser.add_argument("--pool-size", type=int, default=0, help="uow pool per process (auto)")
+    parser.add_argument("--work-ms", type=float, default=50.0, help="application work per request")
+    parser.add_argument("--accounts", type=int, default=200, help="accounts to spread load over")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {MODES}")
+    parser.add_argument("--out", type=Path, default=Path("storm-results"), help="output folder")
+    args = parser.parse_args(argv)
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(args.modes) - set(MODES)
+    if unknown or not args.modes:
+        parser.error(f"unknown modes {sorted(unknown)}; choose from {MODES}")
+    if min(args.processes, args.threads, args.accounts - 1) < 1 or args.duration <= 0:
+        parser.error("--processes, --threads and --duration must be positive, --accounts >= 2")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with server(args.max_connections) as (admin_url, app_url, description):
+        max_connections, reserved = server_limits(admin_url)
+        if not args.pool_size:
+            # Leave the reserved slots and a little headroom; 10 per process is plenty.
+            args.pool_size = max(1, min(10, (max_connections - reserved - 5) // args.processes))
+        clients = args.processes * args.threads
+        print(f"server: {description}")
+        print(
+            f"load: {args.processes} processes x {args.threads} threads = {clients} clients for"
+            f" {args.duration:g}s per mode, {args.work_ms:g} ms of application work per request;"
+            f" uow pool {args.pool_size} per process (budget {args.processes * args.pool_size})"
+        )
+        total = prepare(admin_url, app_url, args.accounts)
+        results = [run_mode(mode, args, admin_url, app_url, total) for mode in args.modes]
+    print()
+    print_table(results, max_connections)
+    lines = verdict(results)
+    print()
+    print("\n".join(lines))
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "max_connections": max_connections,
+        "processes": args.processes,
+        "threads": args.threads,
+        "work_ms": args.work_ms,
+        "pool_size": args.pool_size,
+        "modes": [{**asdict(r), "per_second": r.per_second} for r in results],
+        "verdict": lines,
+    }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    chart(results, args.out / "storm.png", max_connections)
+    print(f"wrote {args.out / 'summary.json'} and {args.out / 'storm.png'}")
+    return 1 if any(line.startswith("FAIL") for line in lines) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

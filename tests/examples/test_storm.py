@@ -1,0 +1,41 @@
+"""A short storm: uow keeps its guarantees where a connection per request fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_short_storm_uow_has_no_connection_errors_and_stays_in_budget(tmp_path: Path) -> None:
+    """30 clients, max_connections=20: naive fails to connect; uow: no errors, in budget."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [
+            sys.executable, "-m", "examples.bank.storm",
+            "--duration", "2", "--processes", "2", "--threads", "15",
+            "--max-connections", "20", "--accounts", "40", "--work-ms", "50",
+            "--out", str(tmp_path),
+        ],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    modes = {mode["mode"]: mode for mode in summary["modes"]}
+    assert set(modes) == {"naive", "uow", "uow-short-tx"}
+    budget = summary["processes"] * summary["pool_size"]
+    for name in ("uow", "uow-short-tx"):
+        mode = modes[name]
+        assert mode["connection_errors"] == 0, mode["errors"]
+        assert mode["errors"] == {}
+        assert 0 < mode["peak_connections"] <= budget == mode["budget"]
+        assert mode["committed"] > 0
+        assert mode["invariant_holds"], mode["invariant_detail"]
+    assert modes["naive"]["connection_errors"] > 0  # the contrast the demo exists to show
+    assert modes["naive"]["invariant_holds"]  # failed requests still leave no half-transfer
+    assert (tmp_path / "storm.png").stat().st_size > 10_000
+    assert "ok uow:" in done.stdout
