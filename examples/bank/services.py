@@ -284,10 +284,7 @@ def get_account(uow: BankUnitOfWork, account_id: int) -> AccountSummary:
         AccountNotFound: no account has this id.
     """
     with uow:
-        account = uow.accounts.get(account_id)
-        if account is None:
-            raise AccountNotFound(account_id)
-        # Read inside the block: a readonly unit's rollback expires the object.
+        account = _existing(uow, account_id)
         return AccountSummary(id=account.id, owner=account.owner, balance=account.balance)
 
 
@@ -302,11 +299,7 @@ def statement(uow: BankUnitOfWork, account_id: int) -> Statement:
         AccountNotFound: no account has this id.
     """
     with uow:
-        account = uow.accounts.get(account_id)
-        if account is None:
-            raise AccountNotFound(account_id)
-        # Built inside the block: a readonly unit ends with a rollback, which expires
-        # the loaded objects, so they cannot be read after it.
+        account = _existing(uow, account_id)
         return Statement(
             account_id=account.id,
             owner=account.owner,
@@ -333,6 +326,13 @@ def audit(uow: BankUnitOfWork) -> Audit:
 
 
 # -- helpers --------------------------------------------------------------------------
+
+
+def _existing(uow: BankUnitOfWork, account_id: int) -> Account:
+    account = uow.accounts.get(account_id)
+    if account is None:
+        raise AccountNotFound(account_id)
+    return account
 
 
 def _deposit_entry(account_id: int, amount: int, *, key: str) -> LedgerEntry:
