@@ -8,31 +8,44 @@ always returns the connection.
 from ._database import Database, PoolStatus
 from ._default import configure, get_database
 from ._errors import (
+    CommitOutcomeUnknown,
     ConfigurationError,
+    ConnectionLost,
     DatabaseUnavailable,
+    DeadlockDetected,
     PoolExhausted,
+    SerializationFailure,
     StatementTimeout,
     TransactionRolledBack,
+    TransientError,
     UnitOfWorkError,
     UsageError,
 )
 from ._repository import Repository
+from ._retry import run_transaction, transactional
 from ._settings import Settings
 from ._unit_of_work import UnitOfWork
 
 __all__ = [
+    "CommitOutcomeUnknown",
     "ConfigurationError",
+    "ConnectionLost",
     "Database",
     "DatabaseUnavailable",
+    "DeadlockDetected",
     "PoolExhausted",
     "PoolStatus",
     "Repository",
+    "SerializationFailure",
     "Settings",
     "StatementTimeout",
     "TransactionRolledBack",
+    "TransientError",
     "UnitOfWork",
     "UnitOfWorkError",
     "UsageError",
     "configure",
     "get_database",
+    "run_transaction",
+    "transactional",
 ]

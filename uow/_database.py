@@ -8,16 +8,18 @@ import os
 import random
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self
 
-import psycopg
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from ._errors import ConfigurationError, DatabaseUnavailable, StatementTimeout
+from ._classify import translate
+from ._errors import ConfigurationError
+from ._outage import ConnectGate
 from ._pool import FairQueuePool
 from ._settings import Settings
 
@@ -25,6 +27,7 @@ __all__ = ["ISOLATION_LEVELS", "Database", "PoolStatus"]
 
 logger = logging.getLogger("uow")
 
+COUNTERS = ("retries", "leaks", "long_transactions", "connect_failures", "fast_failures")
 ISOLATION_LEVELS = frozenset({"SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED"})
 
 # TCP keepalives: without them a connection to a host that vanished (failover, a
@@ -76,9 +79,10 @@ class Database:
         elif overrides:
             settings = settings.replace(**overrides)
         self.settings = settings
-        self.engine: Engine = _create_engine(settings)
-        self._sessionmakers: dict[tuple[bool, str | None], sessionmaker[Session]] = {}
         self._lock = threading.Lock()
+        self._counters = dict.fromkeys(COUNTERS, 0)
+        self.engine: Engine = _create_engine(settings, self._count)
+        self._sessionmakers: dict[tuple[bool, str | None], sessionmaker[Session]] = {}
         _track_for_fork(self)
 
     def _new_session(self, *, readonly: bool = False, isolation: str | None = None) -> Session:
@@ -117,6 +121,22 @@ class Database:
             waiting=pool.waiting,
         )
 
+    def counters(self) -> dict[str, int]:
+        """Event counts since the database was created.
+
+        ``retries``: units of work run again after a transient error;
+        ``leaks``: connections held past ``leak_detection_threshold``;
+        ``long_transactions``: transactions open past ``long_transaction_threshold``;
+        ``connect_failures``: failed attempts to open a connection;
+        ``fast_failures``: connections refused without trying, during an outage.
+        """
+        with self._lock:
+            return dict(self._counters)
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counters[name] += 1
+
     def dispose(self) -> None:
         """Close the idle connections and start a fresh pool.
 
@@ -135,7 +155,7 @@ class Database:
         return f"Database({s.masked_url!r}, pool_size={s.pool_size}, max_overflow={s.max_overflow})"
 
 
-def _create_engine(settings: Settings) -> Engine:
+def _create_engine(settings: Settings, count: Callable[[str], None]) -> Engine:
     options = dict(settings.engine_options)
     connect_args = {
         "connect_timeout": max(2, math.ceil(settings.connect_timeout)),
@@ -164,7 +184,7 @@ def _create_engine(settings: Settings) -> Engine:
             f"engine_options {sorted(settings.engine_options)} were refused by "
             f"sqlalchemy.create_engine: {exc}"
         ) from None
-    _install_events(engine, settings)
+    _install_events(engine, settings, count)
     return engine
 
 
@@ -179,7 +199,7 @@ def _server_options(settings: Settings) -> str:
     )
 
 
-def _install_events(engine: Engine, settings: Settings) -> None:
+def _install_events(engine: Engine, settings: Settings, count: Callable[[str], None]) -> None:
     recycle = settings.pool_recycle
 
     if recycle > 0:
@@ -191,32 +211,22 @@ def _install_events(engine: Engine, settings: Settings) -> None:
             # the same instant. SQLAlchemy checks age against this start time.
             record.starttime -= random.uniform(0, recycle * 0.1)  # type: ignore[attr-defined]  # noqa: S311
 
+    gate = ConnectGate(settings.masked_url, count)
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+        gate.before_connect()
+        try:
+            connection = dialect.connect(*cargs, **cparams)
+        except Exception as exc:
+            gate.failed(exc)
+            raise
+        gate.succeeded()
+        return connection
+
     @event.listens_for(engine, "handle_error")
     def _translate(context: ExceptionContext) -> BaseException | None:
-        original = context.original_exception
-        if isinstance(original, psycopg.errors.QueryCanceled):
-            return StatementTimeout(
-                f"the server cancelled a statement: {_first_line(original)}. The limit is the "
-                "unit of work's timeout= when one was given, else UOW_STATEMENT_TIMEOUT="
-                f"{settings.statement_timeout:g}s. Make the statement cheaper (an index, a smaller "
-                "batch) or give this unit of work a larger timeout."
-            )
-        if (
-            context.connection is None
-            and not context.is_pre_ping
-            and isinstance(original, psycopg.OperationalError)
-        ):
-            return DatabaseUnavailable(
-                f"could not connect to {settings.masked_url} "
-                f"(connect_timeout={settings.connect_timeout:g}s): {_first_line(original)}. "
-                "Check that the server is running and reachable, and the user and password."
-            )
-        return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        return translate(context, settings)
 
 
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()

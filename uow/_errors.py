@@ -7,8 +7,16 @@ Every exception uow raises derives from :class:`UnitOfWorkError`::
     ├── DatabaseUnavailable       the server could not be reached or refused the login
     ├── PoolExhausted             no connection freed up within pool_timeout (also a TimeoutError)
     ├── StatementTimeout          the server cancelled a statement (statement_timeout)
+    ├── TransientError            the transaction was rolled back; running it again may succeed
+    │   ├── SerializationFailure  SQLSTATE 40001: a concurrent transaction conflicted
+    │   ├── DeadlockDetected      SQLSTATE 40P01: the server broke a deadlock by aborting this one
+    │   └── ConnectionLost        the connection died before COMMIT was sent
+    ├── CommitOutcomeUnknown      the connection died while COMMIT was in flight
     ├── TransactionRolledBack     a joined unit of work failed, so the outer one could not commit
     └── UsageError                the unit of work was used the wrong way (re-entered, wrong thread)
+
+Errors are classified by SQLSTATE (psycopg's exception classes), never by message
+text; the database driver's exception is the ``__cause__``.
 
 Errors that PostgreSQL reports about the data itself (unique violations, a write in
 a read-only transaction, ...) propagate as SQLAlchemy raises them, with psycopg's
@@ -18,11 +26,16 @@ exception as ``orig``, so code that already handles them keeps working.
 from __future__ import annotations
 
 __all__ = [
+    "CommitOutcomeUnknown",
     "ConfigurationError",
+    "ConnectionLost",
     "DatabaseUnavailable",
+    "DeadlockDetected",
     "PoolExhausted",
+    "SerializationFailure",
     "StatementTimeout",
     "TransactionRolledBack",
+    "TransientError",
     "UnitOfWorkError",
     "UsageError",
 ]
@@ -46,6 +59,35 @@ class PoolExhausted(UnitOfWorkError, TimeoutError):
 
 class StatementTimeout(UnitOfWorkError):
     """The server cancelled a statement that ran past its ``statement_timeout``."""
+
+
+class TransientError(UnitOfWorkError):
+    """The transaction failed and was rolled back, but running it again may succeed.
+
+    :func:`uow.transactional` and :func:`uow.run_transaction` retry these.
+    """
+
+
+class SerializationFailure(TransientError):
+    """SQLSTATE 40001: the transaction conflicted with a concurrent one (SERIALIZABLE,
+    REPEATABLE READ)."""
+
+
+class DeadlockDetected(TransientError):
+    """SQLSTATE 40P01: the server aborted this transaction to break a deadlock."""
+
+
+class ConnectionLost(TransientError):
+    """The connection died before COMMIT was sent, so nothing of the transaction was kept.
+
+    The connection is discarded, never returned to the pool.
+    """
+
+
+class CommitOutcomeUnknown(UnitOfWorkError):
+    """The connection died while COMMIT was in flight: the transaction may or may not
+    have committed. Not retried automatically; check (for example by an idempotency
+    key) before doing the work again."""
 
 
 class TransactionRolledBack(UnitOfWorkError):

@@ -17,10 +17,10 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from ._database import ISOLATION_LEVELS, Database
 from ._default import get_database
-from ._errors import TransactionRolledBack, UsageError
+from ._errors import CommitOutcomeUnknown, ConnectionLost, TransactionRolledBack, UsageError
 from ._repository import Repository
 
-__all__ = ["UnitOfWork", "declared_repositories"]
+__all__ = ["UnitOfWork", "declared_repositories", "joined_unit_open"]
 
 logger = logging.getLogger("uow")
 
@@ -31,6 +31,13 @@ M = TypeVar("M")
 # second connection (a thread holding one connection and waiting for another is
 # how pools deadlock under load).
 _active: ContextVar[tuple[UnitOfWork, ...]] = ContextVar("uow_active", default=())
+
+
+def joined_unit_open(database: Database) -> bool:
+    """Tell whether this thread has a unit of work open on ``database``."""
+    me = threading.get_ident()
+    return any(u._db is database and u._owner == me for u in _active.get())
+
 
 _SET_TIMEOUT = text("SELECT set_config('statement_timeout', :timeout, true)")
 
@@ -194,7 +201,7 @@ class UnitOfWork:
             # they stay readable after the block; session.rollback() would expire them.
             return
         try:
-            session.commit()
+            _commit(session)
         except BaseException:
             self._rollback_quietly()
             raise
@@ -295,7 +302,7 @@ class UnitOfWork:
             raise UsageError("a readonly unit of work cannot commit")
         if self._failure is not None:
             self._finish()  # rolls back and raises TransactionRolledBack
-        session.commit()
+        _commit(session)
         self._committed += self._pending
         self._pending = []
 
@@ -355,6 +362,20 @@ class UnitOfWork:
         state = "active" if self._session is not None else "idle"
         joined = ", joined" if self._root is not None else ""
         return f"<{type(self).__name__} {state}{joined} readonly={self.readonly}>"
+
+
+def _commit(session: Session) -> None:
+    # Flush first, so that a connection lost now is known to be lost before COMMIT
+    # was sent (nothing kept, safe to retry); lost during commit() it may have landed.
+    session.flush()
+    try:
+        session.commit()
+    except ConnectionLost as exc:
+        raise CommitOutcomeUnknown(
+            "the connection was lost while COMMIT was in flight, so the transaction may or may "
+            "not have committed. It is not retried automatically: check whether its effects "
+            "are there (for example by an idempotency key) before running it again."
+        ) from exc
 
 
 _declared: dict[type[Any], list[tuple[str, type[Repository[Any]], type[Any]]]] = {}

@@ -14,27 +14,35 @@ import uow.testing
 def test_all_is_pinned_and_sorted() -> None:
     """uow exports exactly these names, in sorted order."""
     assert uow.__all__ == [
+        "CommitOutcomeUnknown",
         "ConfigurationError",
+        "ConnectionLost",
         "Database",
         "DatabaseUnavailable",
+        "DeadlockDetected",
         "PoolExhausted",
         "PoolStatus",
         "Repository",
+        "SerializationFailure",
         "Settings",
         "StatementTimeout",
         "TransactionRolledBack",
+        "TransientError",
         "UnitOfWork",
         "UnitOfWorkError",
         "UsageError",
         "configure",
         "get_database",
+        "run_transaction",
+        "transactional",
     ]
 
 
 def test_every_error_derives_from_the_base() -> None:
     """Every public exception is a UnitOfWorkError, so one except clause catches them all."""
-    errors = [getattr(uow, name) for name in uow.__all__ if name.endswith(("Error", "Exhausted"))]
-    errors += [uow.DatabaseUnavailable, uow.StatementTimeout, uow.TransactionRolledBack]
+    errors = [getattr(uow, name) for name in uow.__all__ if name[0].isupper()]
+    errors = [e for e in errors if isinstance(e, type) and issubclass(e, BaseException)]
+    assert len(errors) == 12
     for error in errors:
         assert issubclass(error, uow.UnitOfWorkError)
 

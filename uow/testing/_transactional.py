@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,7 +22,8 @@ class _BoundDatabase(Database):
         self.settings = parent.settings
         self.engine = parent.engine
         self._sessionmakers = {}
-        self._lock = threading.Lock()
+        self._lock = parent._lock
+        self._counters = parent._counters  # events count towards the real database
         self._connection = connection
 
     def _new_session(self, *, readonly: bool = False, isolation: str | None = None) -> Session:

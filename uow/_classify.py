@@ -1,0 +1,79 @@
+"""Turn driver errors into uow's exceptions, by SQLSTATE, in SQLAlchemy's handle_error hook."""
+
+from __future__ import annotations
+
+import psycopg
+from sqlalchemy.engine import ExceptionContext
+
+from ._errors import (
+    ConnectionLost,
+    DatabaseUnavailable,
+    DeadlockDetected,
+    SerializationFailure,
+    StatementTimeout,
+)
+from ._settings import Settings
+
+__all__ = ["first_line", "translate"]
+
+# Errors after which the session is gone: connection exceptions (class 08), the
+# server shutting down or the backend terminated (57P01-57P03), a session ended by
+# idle_in_transaction_session_timeout (25P03) or idle_session_timeout (57P05).
+_SESSION_ENDED = frozenset({"57P01", "57P02", "57P03", "57P05", "25P03"})
+
+
+def ends_session(sqlstate: str | None) -> bool:
+    """Tell whether an error with this SQLSTATE means the server ended the session."""
+    return sqlstate is not None and (sqlstate.startswith("08") or sqlstate in _SESSION_ENDED)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (psycopg's carry DETAIL/HINT lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def translate(  # noqa: PLR0911 - one return per kind of error reads best
+    context: ExceptionContext, settings: Settings
+) -> BaseException | None:
+    """Map a driver error to the most specific uow exception, or None to keep SQLAlchemy's.
+
+    Also marks errors that ended the session as disconnects, so SQLAlchemy discards
+    the connection instead of returning it to the pool.
+    """
+    original = context.original_exception
+    if context.is_pre_ping:
+        return None  # SQLAlchemy replaces the stale connection itself
+    sqlstate = getattr(original, "sqlstate", None)
+    if ends_session(sqlstate):
+        context.is_disconnect = True
+    if context.connection is None and isinstance(original, psycopg.OperationalError):
+        return DatabaseUnavailable(
+            f"could not connect to {settings.masked_url} "
+            f"(connect_timeout={settings.connect_timeout:g}s): {first_line(original)}. "
+            "Check that the server is running and reachable, and the user and password."
+        )
+    if isinstance(original, psycopg.errors.QueryCanceled):
+        return StatementTimeout(
+            f"the server cancelled a statement: {first_line(original)}. The limit is the "
+            "unit of work's timeout= when one was given, else UOW_STATEMENT_TIMEOUT="
+            f"{settings.statement_timeout:g}s. Make the statement cheaper (an index, a smaller "
+            "batch) or give this unit of work a larger timeout."
+        )
+    if isinstance(original, psycopg.errors.SerializationFailure):
+        return SerializationFailure(
+            f"{first_line(original)} (SQLSTATE 40001): the transaction was rolled back; "
+            "run it again, for example with @uow.transactional(retries=...)"
+        )
+    if isinstance(original, psycopg.errors.DeadlockDetected):
+        return DeadlockDetected(
+            f"{first_line(original)} (SQLSTATE 40P01): the transaction was rolled back; run it "
+            "again, and lock rows in a consistent order (e.g. by primary key) to avoid it"
+        )
+    if context.is_disconnect:
+        return ConnectionLost(
+            f"the connection to {settings.masked_url} was lost: {first_line(original)}. "
+            "The server rolled the transaction back and the connection was discarded; "
+            "running the unit of work again is safe."
+        )
+    return None

@@ -1,0 +1,147 @@
+"""Run a whole unit of work again when it failed for a transient reason."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from ._database import Database
+from ._errors import TransientError, UsageError
+from ._unit_of_work import UnitOfWork, joined_unit_open
+
+__all__ = ["run_transaction", "transactional"]
+
+logger = logging.getLogger("uow")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+U = TypeVar("U", bound=UnitOfWork)
+
+
+def run_transaction(
+    fn: Callable[[U], T],
+    *,
+    retries: int = 5,
+    unit_of_work: Callable[..., U] = UnitOfWork,  # type: ignore[assignment]
+    database: Database | None = None,
+    isolation: str | None = None,
+    readonly: bool = False,
+    timeout: float | None = None,
+    backoff: float = 0.05,
+    max_backoff: float = 2.0,
+) -> T:
+    """Call ``fn(uow)`` in a new unit of work, and again in a fresh one if it fails transiently.
+
+    Retried: :class:`~uow.SerializationFailure` (40001), :class:`~uow.DeadlockDetected`
+    (40P01) and :class:`~uow.ConnectionLost` (the connection died before COMMIT was
+    sent, so nothing was kept). Never retried: any other error, including
+    :class:`~uow.CommitOutcomeUnknown` (COMMIT was in flight) and
+    :class:`~uow.DatabaseUnavailable` (retrying would only add load to a server that is
+    down). Between attempts it sleeps with full-jitter exponential backoff: a random
+    time up to ``min(max_backoff, backoff * 2**attempt)`` seconds, so retries from many
+    callers spread out instead of colliding again.
+
+    ``fn`` runs once per attempt, so it must not have effects outside the transaction
+    (send mail with ``uow.on_commit``). Inside an open unit of work on the same database
+    there is no retry: the outer transaction is already aborted, so the error goes up to
+    whoever opened it.
+
+    Args:
+        fn: called with the unit of work; its return value is returned.
+        retries: how many times to run ``fn`` again after the first attempt (0 to 100).
+        unit_of_work: the class to open, e.g. your ``BankUnitOfWork``.
+        database: passed to the unit of work; defaults to the default database.
+        isolation: passed to the unit of work, e.g. ``"SERIALIZABLE"``.
+        readonly: passed to the unit of work.
+        timeout: passed to the unit of work (per statement).
+        backoff: the first backoff cap in seconds.
+        max_backoff: the largest backoff cap in seconds.
+
+    Returns:
+        What ``fn`` returned in the attempt that committed.
+
+    Raises:
+        TransientError: the last attempt's error, once the retries are used up.
+    """
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
+        raise UsageError(f"retries={retries!r} is invalid; use an integer from 0 to 100")
+    if not 0 < backoff <= max_backoff <= 60:
+        raise UsageError(
+            f"backoff={backoff!r}, max_backoff={max_backoff!r} are invalid; "
+            "use 0 < backoff <= max_backoff <= 60 seconds"
+        )
+    attempt = 0
+    while True:
+        unit = unit_of_work(database, isolation=isolation, readonly=readonly, timeout=timeout)
+        try:
+            with unit:
+                result = fn(unit)
+        except TransientError as exc:
+            if attempt >= retries or joined_unit_open(unit.database):
+                raise
+            delay = random.uniform(0, min(max_backoff, backoff * 2**attempt))  # noqa: S311
+            attempt += 1
+            unit.database._count("retries")
+            logger.info(
+                "retrying %s (attempt %d of %d) in %.3fs after %s: %s",
+                getattr(fn, "__qualname__", fn),
+                attempt + 1,
+                retries + 1,
+                delay,
+                type(exc).__name__,
+                exc,
+            )
+            time.sleep(delay)
+            continue
+        return result
+
+
+def transactional(
+    fn: Callable[Concatenate[Any, P], T] | None = None,
+    /,
+    *,
+    retries: int = 5,
+    unit_of_work: Callable[..., UnitOfWork] = UnitOfWork,
+    database: Database | None = None,
+    isolation: str | None = None,
+    readonly: bool = False,
+    timeout: float | None = None,
+    backoff: float = 0.05,
+    max_backoff: float = 2.0,
+) -> Any:
+    """Decorate a function taking a unit of work first, to run it with retries.
+
+    ``@transactional`` or ``@transactional(retries=5, isolation="SERIALIZABLE")``: the
+    decorated function is called without its first argument, which the decorator
+    fills with a fresh unit of work on each attempt. Same rules as
+    :func:`run_transaction`::
+
+        @uow.transactional(retries=5, isolation="SERIALIZABLE", unit_of_work=BankUnitOfWork)
+        def transfer(uow: BankUnitOfWork, source: int, target: int, amount: int) -> None:
+            ...
+
+        transfer(1, 2, 500)
+    """
+    options: dict[str, Any] = {
+        "retries": retries,
+        "unit_of_work": unit_of_work,
+        "database": database,
+        "isolation": isolation,
+        "readonly": readonly,
+        "timeout": timeout,
+        "backoff": backoff,
+        "max_backoff": max_backoff,
+    }
+
+    def decorate(function: Callable[Concatenate[Any, P], T]) -> Callable[P, T]:
+        @functools.wraps(function)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            return run_transaction(lambda unit: function(unit, *args, **kwargs), **options)
+
+        return wrapper
+
+    return decorate(fn) if fn is not None else decorate
