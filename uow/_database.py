@@ -19,6 +19,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from ._classify import translate
 from ._errors import ConfigurationError
+from ._monitor import watch_sessions
 from ._outage import ConnectGate
 from ._pool import FairQueuePool
 from ._settings import Settings
@@ -107,7 +108,19 @@ class Database:
             # psycopg applies both in its BEGIN statement: no extra round trip.
             bind = bind.execution_options(**options)
         # Objects stay readable after the unit of work has committed and closed.
-        return sessionmaker(bind=bind, expire_on_commit=False, close_resets_only=False)
+        factory = sessionmaker(bind=bind, expire_on_commit=False, close_resets_only=False)
+        watch_sessions(
+            factory,
+            leak_after=self.settings.leak_detection_threshold,
+            long_after=self.settings.long_transaction_threshold,
+            count=self._count,
+        )
+        return factory
+
+    @property
+    def _watched(self) -> bool:
+        s = self.settings
+        return bool(s.leak_detection_threshold or s.long_transaction_threshold)
 
     def status(self) -> PoolStatus:
         """Return the pool's current size, use and queue."""

@@ -87,6 +87,18 @@ class Settings:
     """Seconds a transaction may sit idle before the server ends its session
     (``UOW_IDLE_IN_TRANSACTION_TIMEOUT``); 0 disables it."""
 
+    long_transaction_threshold: float = 5.0
+    """Log a warning, naming where the unit of work was opened, when a transaction has
+    been open this many seconds (``UOW_LONG_TRANSACTION_THRESHOLD``); 0 turns it off."""
+
+    leak_detection_threshold: float = 30.0
+    """Log a possible connection leak when a connection has been checked out this many
+    seconds (``UOW_LEAK_DETECTION_THRESHOLD``), as HikariCP does; 0 turns it off."""
+
+    leak_detection_stack: bool = False
+    """Add the full stack of where the unit of work was opened to leak reports
+    (``UOW_LEAK_DETECTION_STACK``); off by default, as capturing it costs time."""
+
     application_name: str = field(default_factory=_default_application_name)
     """Name shown in ``pg_stat_activity`` (``UOW_APPLICATION_NAME``), ASCII, at most 63
     characters. Defaults to ``uow:<program name>``."""
@@ -108,6 +120,9 @@ class Settings:
         _check_bool("pool_use_lifo", self.pool_use_lifo)
         _check_bool("echo", self.echo)
         _check_seconds("connect_timeout", self.connect_timeout, 1.0, 3600.0)
+        _check_bool("leak_detection_stack", self.leak_detection_stack)
+        for name in ("long_transaction_threshold", "leak_detection_threshold"):
+            _check_seconds(name, getattr(self, name), 0.0, 86400.0)
         for name in ("statement_timeout", "lock_timeout", "idle_in_transaction_timeout"):
             _check_seconds(name, getattr(self, name), 0.0, 86400.0)
             if 0 < getattr(self, name) < 0.001:

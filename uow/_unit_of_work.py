@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from ._database import ISOLATION_LEVELS, Database
 from ._default import get_database
 from ._errors import CommitOutcomeUnknown, ConnectionLost, TransactionRolledBack, UsageError
+from ._monitor import ORIGIN_KEY, caller_origin
 from ._repository import Repository
 
 __all__ = ["UnitOfWork", "declared_repositories", "joined_unit_open"]
@@ -125,6 +126,8 @@ class UnitOfWork:
             session = root.session
         else:
             session = database._new_session(readonly=self.readonly, isolation=self.isolation)
+            if database._watched:
+                session.info[ORIGIN_KEY] = caller_origin(database.settings.leak_detection_stack)
             if self.timeout is not None:
                 event.listen(session, "after_begin", self._apply_timeout)
         self._db, self._session, self._root = database, session, root

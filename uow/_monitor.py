@@ -1,0 +1,162 @@
+"""Report transactions that hold a connection too long, naming where they were opened.
+
+A session holds its connection exactly while a transaction is open, so one timer per
+transaction serves both reports: a *long transaction* (past
+``long_transaction_threshold``) and a *possible leak* (past
+``leak_detection_threshold``, HikariCP's ``leakDetectionThreshold``). Each is logged
+once when crossed and once more when the connection comes back. One daemon thread per
+process scans the open transactions; it sleeps while there are none.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+
+__all__ = ["ORIGIN_KEY", "caller_origin", "watch_sessions"]
+
+logger = logging.getLogger("uow")
+
+ORIGIN_KEY = "uow_origin"  # session.info key: where the unit of work was opened
+_WATCH_KEY = "uow_watch"
+_PACKAGE = str(Path(__file__).parent)
+
+
+@dataclass(eq=False, slots=True)
+class _Watch:
+    origin: str
+    stack: str | None
+    leak_after: float
+    long_after: float
+    count: Callable[[str], None]
+    began: float = field(default_factory=time.monotonic)
+    warned_leak: bool = False
+    warned_long: bool = False
+
+
+def caller_origin(with_stack: bool) -> tuple[str, str | None]:
+    """Where user code opened the unit of work: the first frame outside uow, and the stack."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+    origin = f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+    stack = "".join(traceback.format_stack(frame)) if with_stack else None
+    return origin, stack
+
+
+class _Monitor:
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._open: set[_Watch] = set()
+        self._thread: threading.Thread | None = None
+
+    def add(self, watch: _Watch) -> None:
+        with self._lock:
+            self._open.add(watch)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="uow-monitor", daemon=True)
+                self._thread.start()
+            self._lock.notify()
+
+    def remove(self, watch: _Watch) -> None:
+        with self._lock:
+            self._open.discard(watch)
+        if watch.warned_leak or watch.warned_long:
+            held = time.monotonic() - watch.began
+            logger.warning(
+                "the connection of the unit of work opened at %s came back after %.1fs",
+                watch.origin,
+                held,
+            )
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._open:
+                    self._lock.wait()
+                watches = list(self._open)
+            now = time.monotonic()
+            for watch in watches:
+                self._check(watch, now - watch.began)
+            shortest = min(min(w.leak_after, w.long_after) for w in watches)
+            time.sleep(min(1.0, max(0.01, shortest / 4)))
+
+    @staticmethod
+    def _check(watch: _Watch, age: float) -> None:
+        if not watch.warned_long and age > watch.long_after:
+            watch.warned_long = True
+            watch.count("long_transactions")
+            logger.warning(
+                "long transaction: open for %.1fs (long_transaction_threshold=%gs) in the unit "
+                "of work opened at %s; keep slow work (HTTP calls, files) outside units of work",
+                age,
+                watch.long_after,
+                watch.origin,
+            )
+        if not watch.warned_leak and age > watch.leak_after:
+            watch.warned_leak = True
+            watch.count("leaks")
+            logger.warning(
+                "possible connection leak: the unit of work opened at %s has held its connection "
+                "for %.1fs (leak_detection_threshold=%gs)%s",
+                watch.origin,
+                age,
+                watch.leak_after,
+                f"; opened from:\n{watch.stack}" if watch.stack else "",
+            )
+
+
+_monitor = _Monitor()
+
+
+def _after_fork_in_child() -> None:
+    global _monitor  # noqa: PLW0603 - the parent's thread does not exist in the child
+    _monitor = _Monitor()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def watch_sessions(
+    factory: sessionmaker[Session],
+    *,
+    leak_after: float,
+    long_after: float,
+    count: Callable[[str], None],
+) -> None:
+    """Time every root transaction of sessions made by ``factory``.
+
+    A threshold of 0 turns that report off; with both off nothing is installed.
+    """
+    if not leak_after and not long_after:
+        return
+    leak_after = leak_after or float("inf")
+    long_after = long_after or float("inf")
+
+    def began(session: Session, transaction: SessionTransaction, connection: Any) -> None:
+        if transaction.parent is not None or _WATCH_KEY in session.info:
+            return
+        origin, stack = session.info.get(ORIGIN_KEY) or ("<outside a unit of work>", None)
+        watch = _Watch(origin, stack, leak_after, long_after, count)
+        session.info[_WATCH_KEY] = watch
+        _monitor.add(watch)
+
+    def ended(session: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is None:
+            watch = session.info.pop(_WATCH_KEY, None)
+            if watch is not None:
+                _monitor.remove(watch)
+
+    event.listen(factory, "after_begin", began)
+    event.listen(factory, "after_transaction_end", ended)
