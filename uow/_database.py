@@ -7,6 +7,7 @@ import math
 import os
 import random
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any, Self
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -34,6 +36,8 @@ ISOLATION_LEVELS = frozenset({"SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED
 # TCP keepalives: without them a connection to a host that vanished (failover, a
 # dropped NAT entry) hangs until the kernel gives up, about two hours later; and
 # load balancers drop connections idle for 4 to 6 minutes.
+_RECYCLE_AT = "uow_recycle_at"
+
 _KEEPALIVES = {
     "keepalives": 1,
     "keepalives_idle": 30,
@@ -184,7 +188,8 @@ def _create_engine(settings: Settings, count: Callable[[str], None]) -> Engine:
         "pool_size": settings.pool_size,
         "max_overflow": settings.max_overflow,
         "pool_timeout": settings.pool_timeout,
-        "pool_recycle": settings.pool_recycle,
+        # uow recycles with jitter itself (see _install_events).
+        "pool_recycle": -1,
         "pool_pre_ping": settings.pool_pre_ping,
         "pool_use_lifo": settings.pool_use_lifo,
         "echo": settings.echo,
@@ -216,13 +221,23 @@ def _install_events(engine: Engine, settings: Settings, count: Callable[[str], N
     recycle = settings.pool_recycle
 
     if recycle > 0:
+        # Each connection gets its own deadline between 90% and 100% of pool_recycle,
+        # so connections opened together (at start-up, after a restart) are not all
+        # replaced in the same instant. The deadline lives beside the connection and
+        # its start time stays true: SQLAlchemy compares start times with the moment
+        # it last saw a disconnect, and a backdated one would be recycled again and
+        # again (a reconnect storm after every dropped connection).
 
         @event.listens_for(engine, "connect")
-        def _jitter_recycle(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-            # Age each connection by a random 0-10% of pool_recycle, so connections
-            # opened together (at start-up, after a restart) are not all replaced in
-            # the same instant. SQLAlchemy checks age against this start time.
-            record.starttime -= random.uniform(0, recycle * 0.1)  # type: ignore[attr-defined]  # noqa: S311
+        def _set_recycle_deadline(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+            jitter = random.uniform(0.9, 1.0)  # noqa: S311 - spreading load, not security
+            record.info[_RECYCLE_AT] = time.monotonic() + recycle * jitter
+
+        @event.listens_for(engine, "checkout")
+        def _recycle(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+            if time.monotonic() >= record.info.get(_RECYCLE_AT, math.inf):
+                # SQLAlchemy's documented way to replace a connection at checkout.
+                raise DisconnectionError("connection reached its pool_recycle age")
 
     gate = ConnectGate(settings.masked_url, count)
 

@@ -12,25 +12,23 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
-__all__ = ["ORIGIN_KEY", "caller_origin", "watch_sessions"]
+__all__ = ["ORIGIN_KEY", "describe_origin", "watch_sessions"]
 
 logger = logging.getLogger("uow")
 
 ORIGIN_KEY = "uow_origin"  # session.info key: where the unit of work was opened
 _WATCH_KEY = "uow_watch"
-_PACKAGE = str(Path(__file__).parent)
 
 
 @dataclass(eq=False, slots=True)
@@ -45,11 +43,8 @@ class _Watch:
     warned_long: bool = False
 
 
-def caller_origin(with_stack: bool) -> tuple[str, str | None]:
-    """Where user code opened the unit of work: the first frame outside uow, and the stack."""
-    frame = sys._getframe(1)
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
-        frame = frame.f_back
+def describe_origin(frame: FrameType, with_stack: bool) -> tuple[str, str | None]:
+    """``file:line in function`` of the frame that opened a unit of work, and its stack."""
     origin = f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
     stack = "".join(traceback.format_stack(frame)) if with_stack else None
     return origin, stack

@@ -35,10 +35,16 @@ class _Waiter:
 
 
 class _FairGate:
-    """A counting semaphore that grants permits strictly in arrival order."""
+    """A counting semaphore that grants permits strictly in arrival order.
+
+    The lock is re-entrant, like the one in SQLAlchemy's queue: a garbage-collected
+    connection (or a generator finalised mid-unit) can be returned by a finalizer that
+    runs in whichever thread allocates at that moment, even one already inside the
+    gate; with a plain lock that thread would deadlock on itself.
+    """
 
     def __init__(self, permits: int) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._free = permits
         self._waiters: deque[_Waiter] = deque()
 
@@ -47,12 +53,13 @@ class _FairGate:
         return len(self._waiters)
 
     def acquire(self, timeout: float) -> bool:
+        waiter = _Waiter()  # allocated outside the lock: allocation can run finalizers
         with self._lock:
             if self._free > 0 and not self._waiters:
                 self._free -= 1
                 return True
-            waiter = _Waiter()
             self._waiters.append(waiter)
+            self._dispatch()  # a permit freed by a finalizer meanwhile goes to the head
         try:
             if waiter.event.wait(timeout):
                 return True
@@ -72,12 +79,15 @@ class _FairGate:
 
     def release(self) -> None:
         with self._lock:
-            if self._waiters:
-                waiter = self._waiters.popleft()
-                waiter.granted = True
-                waiter.event.set()
-            else:
-                self._free += 1
+            self._free += 1
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            self._free -= 1
+            waiter.granted = True
+            waiter.event.set()
 
 
 class FairQueuePool(QueuePool):

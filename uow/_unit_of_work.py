@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import threading
 import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from types import TracebackType
+from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any, Self, TypeVar
 
 from sqlalchemy import Connection, event, text
@@ -18,7 +20,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from ._database import ISOLATION_LEVELS, Database
 from ._default import get_database
 from ._errors import CommitOutcomeUnknown, ConnectionLost, TransactionRolledBack, UsageError
-from ._monitor import ORIGIN_KEY, caller_origin
+from ._monitor import ORIGIN_KEY, describe_origin
 from ._repository import Repository
 
 __all__ = ["UnitOfWork", "declared_repositories", "joined_unit_open"]
@@ -39,6 +41,18 @@ def joined_unit_open(database: Database) -> bool:
     me = threading.get_ident()
     return any(u._db is database and u._owner == me for u in _active.get())
 
+
+def _caller_frame() -> FrameType:
+    """The frame that entered the unit of work: the first outside uow and its __enter__s."""
+    frame = sys._getframe(2)
+    while frame.f_back is not None and (
+        frame.f_code.co_filename.startswith(_PACKAGE) or frame.f_code.co_name == "__enter__"
+    ):
+        frame = frame.f_back
+    return frame
+
+
+_PACKAGE = str(Path(__file__).parent)
 
 _SET_TIMEOUT = text("SELECT set_config('statement_timeout', :timeout, true)")
 
@@ -106,6 +120,7 @@ class UnitOfWork:
         self._pending: list[Callable[[], object]] = []  # on_commit callbacks not yet committed
         self._committed: list[Callable[[], object]] = []
         self._failure: BaseException | None = None  # why a joined unit doomed this one
+        self._frame: FrameType | None = None  # where user code entered this unit
 
     # -- entering and leaving ---------------------------------------------------------
 
@@ -118,20 +133,20 @@ class UnitOfWork:
         database = self._database if self._database is not None else get_database()
         stack = _active.get()
         me = threading.get_ident()
-        # A context copied into another thread (asyncio.to_thread, executors) carries
-        # the stack along; units owned by other threads cannot be joined.
-        root = next((u for u in stack if u._db is database and u._owner == me), None)
+        caller = _caller_frame()
+        root = next((u for u in stack if u._joinable(database, me, caller)), None)
         if root is not None:
             self._check_can_join(root)
             session = root.session
         else:
             session = database._new_session(readonly=self.readonly, isolation=self.isolation)
             if database._watched:
-                session.info[ORIGIN_KEY] = caller_origin(database.settings.leak_detection_stack)
+                with_stack = database.settings.leak_detection_stack
+                session.info[ORIGIN_KEY] = describe_origin(caller, with_stack)
             if self.timeout is not None:
                 event.listen(session, "after_begin", self._apply_timeout)
         self._db, self._session, self._root = database, session, root
-        self._owner = me
+        self._owner, self._frame = me, caller
         self._token = _active.set((*stack, self))
         try:
             for name, repository_class, model in declared_repositories(type(self)):
@@ -166,6 +181,22 @@ class UnitOfWork:
             callbacks, self._committed = self._committed, []
             self._run_callbacks(callbacks, raise_errors=finished and exc is None)
 
+    def _joinable(self, database: Database, thread: int, caller: FrameType) -> bool:
+        """Whether a unit entered from ``caller`` in ``thread`` joins this one."""
+        if self._db is not database or self._owner != thread or self._session is None:
+            # A context copied into another thread (asyncio.to_thread, executors) or
+            # left behind by a generator finalised elsewhere carries stale entries.
+            return False
+        # Only join a unit whose block encloses the caller: one left open by a
+        # suspended generator is not on the call stack, and joining it would tie this
+        # unit's fate to a generator that may never resume.
+        frame: FrameType | None = caller
+        while frame is not None:
+            if frame is self._frame:
+                return True
+            frame = frame.f_back
+        return False
+
     def _check_can_join(self, root: UnitOfWork) -> None:
         if self.isolation is not None and self.isolation != root.isolation:
             raise UsageError(
@@ -185,7 +216,10 @@ class UnitOfWork:
             )
 
     def _finish(self) -> None:
-        session = self.session
+        # _session, not the thread-checked property: a generator's unit may be
+        # finalised by the garbage collector in another thread, and must still end.
+        session = self._session
+        assert session is not None
         if self._failure is not None:
             self._rollback_quietly()
             raise TransactionRolledBack(
@@ -215,7 +249,8 @@ class UnitOfWork:
         """Roll back; a failure is logged so it never hides the exception being handled."""
         self._pending = []
         try:
-            self.session.rollback()
+            if self._session is not None:
+                self._session.rollback()
         except BaseException:
             logger.exception("rollback failed; the connection will be discarded")
 
@@ -230,7 +265,7 @@ class UnitOfWork:
             except Exception:
                 logger.exception("closing the session failed; its connection was invalidated")
         self._failure = None
-        self._root = None
+        self._root = self._frame = None
         token, self._token = self._token, None
         if token is not None:
             try:

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 INI = ROOT / "alembic.ini"
 # The test server trusts every login, so any password works; '%' would break a URL put
 # through configparser (alembic.ini's sqlalchemy.url).
-SECRET = "s3cr%3t"  # noqa: S105 - a throwaway password the tests look for in output
+SECRET = "s3cr%3t"
 
 MakeDatabase = Callable[[], str]
 

@@ -177,7 +177,7 @@ def test_pool_survives_fork(make_database: MakeDatabase) -> None:
 
 
 def test_connections_are_recycled_with_jitter(make_database: MakeDatabase) -> None:
-    """Connections opened together get different recycle ages, within 10% of pool_recycle."""
+    """Each connection gets its own recycle deadline, between 90% and 100% of pool_recycle."""
     database = make_database(pool_size=5, pool_recycle=100)
     barrier = threading.Barrier(5)
 
@@ -187,8 +187,21 @@ def test_connections_are_recycled_with_jitter(make_database: MakeDatabase) -> No
             barrier.wait()
 
     run_threads(5, warm)
-    now = time.time()
-    ages = [now - record.starttime for record in list(database.engine.pool._pool.queue)]  # type: ignore[attr-defined]
-    assert len(ages) == 5
-    assert all(0 <= age <= 10.5 for age in ages)
-    assert len({round(age, 3) for age in ages}) > 1
+    now = time.monotonic()
+    records = list(database.engine.pool._pool.queue)  # type: ignore[attr-defined]
+    left = [record.info["uow_recycle_at"] - now for record in records]
+    assert len(left) == 5
+    assert all(89 <= seconds <= 100 for seconds in left)
+    assert len({round(seconds, 3) for seconds in left}) > 1
+
+
+def test_connection_past_its_recycle_age_is_replaced(make_database: MakeDatabase) -> None:
+    """A connection older than its deadline is closed and replaced at checkout."""
+    database = make_database(pool_size=1, pool_recycle=1)
+    with UnitOfWork(database) as unit:
+        first = unit.session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    with UnitOfWork(database) as unit:  # young: reused
+        assert unit.session.execute(text("SELECT pg_backend_pid()")).scalar_one() == first
+    time.sleep(1.05)
+    with UnitOfWork(database) as unit:
+        assert unit.session.execute(text("SELECT pg_backend_pid()")).scalar_one() != first

@@ -1,0 +1,153 @@
+"""Terminated backends: pg_terminate_backend on every pooled connection, idle or busy."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import psycopg
+from sqlalchemy import text
+
+from tests.faults.helpers import FaultWatch, causes, kind, run_threads, wait_for
+from uow import Database, UnitOfWork
+
+POOL_SIZE = 4
+
+
+def fill_pool(db: Database) -> set[int]:
+    """Open every pooled connection at once (units meet at a barrier); return backend pids."""
+    barrier = threading.Barrier(POOL_SIZE)
+    pids: set[int] = set()
+
+    def hold(i: int) -> None:
+        with UnitOfWork(db) as unit:
+            pids.add(unit.session.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            barrier.wait(10)
+
+    run_threads(POOL_SIZE, hold, timeout=15)
+    assert len(pids) == POOL_SIZE
+    assert db.status().idle == POOL_SIZE
+    return pids
+
+
+def test_idle_connections_terminated_are_replaced_without_errors(fault: FaultWatch) -> None:
+    """All idle pooled connections terminated: the next units in 4 threads see no error."""
+    db = fault.database(pool_size=POOL_SIZE, max_overflow=0, pool_timeout=10)
+    before = fill_pool(db)
+    killed = fault.terminate_sessions()
+    assert set(killed) == before
+    wait_for(lambda: fault.count_sessions() == 0, timeout=5, what="terminated backends to exit")
+
+    terminated_at = time.monotonic()
+    outcomes: Counter[str] = Counter()
+    after: set[int] = set()
+    first_ok: list[float] = []
+
+    def work(i: int) -> None:
+        for _ in range(10):
+            try:
+                with UnitOfWork(db) as unit:
+                    after.add(unit.session.execute(text("SELECT pg_backend_pid()")).scalar_one())
+                first_ok.append(time.monotonic() - terminated_at)
+                outcomes["ok"] += 1
+            except Exception as exc:
+                outcomes[kind(exc)] += 1
+
+    run_threads(POOL_SIZE, work, timeout=30)
+    end = fault.assert_clean()
+    print(
+        f"\n[terminate idle] killed {len(killed)} idle backends; {POOL_SIZE}x10 units: "
+        f"{dict(outcomes)}; first success {min(first_ok) * 1000:.0f} ms after; "
+        f"{len(after)} new backends, {len(after & before)} old ones reused; {end}"
+    )
+    assert outcomes == {"ok": POOL_SIZE * 10}
+    assert not after & before
+
+
+def test_busy_connections_terminated_fail_only_their_units(fault: FaultWatch) -> None:
+    """Backends terminated mid-query: only those units fail; queued and later units succeed."""
+    db = fault.database(pool_size=POOL_SIZE, max_overflow=0, pool_timeout=10)
+    before = fill_pool(db)
+    failures: list[tuple[BaseException, float]] = []
+    late: Counter[str] = Counter()
+    terminated_at = 0.0
+
+    def sleeper(i: int) -> None:
+        try:
+            with UnitOfWork(db) as unit:
+                unit.session.execute(text("SELECT pg_sleep(2)"))
+        except Exception as exc:
+            failures.append((exc, time.monotonic() - terminated_at))
+
+    def latecomer(i: int) -> None:
+        try:
+            with UnitOfWork(db) as unit:  # queued behind the sleepers for a connection
+                unit.session.execute(text("SELECT 1"))
+            late["ok"] += 1
+        except Exception as exc:
+            late[kind(exc)] += 1
+
+    def busy() -> bool:
+        rows = fault.side.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+            " AND state = 'active' AND query LIKE '%%pg_sleep%%'",
+            (fault.app_name,),
+        ).fetchone()
+        return rows is not None and rows[0] == POOL_SIZE
+
+    sleepers = threading.Thread(
+        target=run_threads, args=(POOL_SIZE, sleeper), kwargs={"timeout": 20}
+    )
+    sleepers.start()
+    wait_for(busy, timeout=5, what="every pooled connection to run pg_sleep")
+    latecomers = threading.Thread(
+        target=run_threads, args=(POOL_SIZE, latecomer), kwargs={"timeout": 20}
+    )
+    latecomers.start()
+    wait_for(lambda: db.status().waiting == POOL_SIZE, timeout=5, what="latecomers to queue")
+    terminated_at = time.monotonic()
+    killed = fault.terminate_sessions(state="active")
+    sleepers.join(25)
+    latecomers.join(25)
+    assert not sleepers.is_alive() and not latecomers.is_alive()
+
+    refill = fill_pool(db)  # a round of concurrent units: the pool is full again
+    end = fault.assert_clean()
+    kinds = Counter(kind(exc) for exc, _ in failures)
+    print(
+        f"\n[terminate busy] killed {len(killed)} backends running pg_sleep(2): sleepers failed "
+        f"{dict(kinds)} within {max(t for _, t in failures) * 1000:.0f} ms; {POOL_SIZE} queued "
+        f"latecomers {dict(late)}; refill round: {len(refill)} new backends, "
+        f"idle={db.status().idle}/{POOL_SIZE}; {end}"
+    )
+    assert set(killed) == before
+    assert len(failures) == POOL_SIZE, f"only {len(failures)} of the killed units failed"
+    for exc, after in failures:
+        assert after < 1.5, f"a unit failed {after:.2f}s after its backend was killed"
+        assert any(isinstance(e, psycopg.OperationalError) for e in causes(exc)), repr(exc)
+    assert late == {"ok": POOL_SIZE}
+    assert not refill & before
+    assert db.status().idle == POOL_SIZE
+
+
+def test_replacement_connections_are_reused(fault: FaultWatch) -> None:
+    """After the pool replaced terminated connections, later units reuse the replacements."""
+    db = fault.database(pool_size=POOL_SIZE, max_overflow=0, pool_timeout=10)
+    fill_pool(db)
+    fault.terminate_sessions()
+    wait_for(lambda: fault.count_sessions() == 0, timeout=5, what="terminated backends to exit")
+    backends: set[int] = set()
+    started = time.monotonic()
+
+    def work(i: int) -> None:
+        for _ in range(25):
+            with UnitOfWork(db) as unit:
+                backends.add(unit.session.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+    run_threads(POOL_SIZE, work, timeout=30)
+    print(
+        f"\n[terminate reuse] {POOL_SIZE}x25 units in {time.monotonic() - started:.2f}s after "
+        f"the kill opened {len(backends)} backends for a pool of {POOL_SIZE}"
+    )
+    assert len(backends) <= 2 * POOL_SIZE
