@@ -55,6 +55,7 @@ class _Monitor:
         self._lock = threading.Condition()
         self._open: set[_Watch] = set()
         self._thread: threading.Thread | None = None
+        self._shortest = float("inf")  # the threshold the thread's current nap is based on
 
     def add(self, watch: _Watch) -> None:
         with self._lock:
@@ -62,7 +63,10 @@ class _Monitor:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="uow-monitor", daemon=True)
                 self._thread.start()
-            self._lock.notify()
+            # Wake the thread only when it would otherwise look too late: waking it on
+            # every transaction would cost a context switch each.
+            if min(watch.leak_after, watch.long_after) < self._shortest:
+                self._lock.notify()
 
     def remove(self, watch: _Watch) -> None:
         with self._lock:
@@ -79,13 +83,19 @@ class _Monitor:
         while True:
             with self._lock:
                 while not self._open:
+                    self._shortest = float("inf")
                     self._lock.wait()
                 watches = list(self._open)
+                self._shortest = min(min(w.leak_after, w.long_after) for w in watches)
             now = time.monotonic()
             for watch in watches:
                 self._check(watch, now - watch.began)
-            shortest = min(min(w.leak_after, w.long_after) for w in watches)
-            time.sleep(min(1.0, max(0.01, shortest / 4)))
+            with self._lock:
+                # Recomputed here: a watch added while we were checking counts too.
+                self._shortest = min(
+                    (min(w.leak_after, w.long_after) for w in self._open), default=float("inf")
+                )
+                self._lock.wait(min(1.0, max(0.01, self._shortest / 4)))
 
     @staticmethod
     def _check(watch: _Watch, age: float) -> None:
