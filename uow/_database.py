@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,12 +13,11 @@ from typing import Any, Self
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import ConnectionPoolEntry
 
 from ._classify import translate
 from ._errors import ConfigurationError
+from ._liveness import install_checkout_checks
 from ._monitor import watch_sessions
 from ._outage import ConnectGate
 from ._pool import FairQueuePool
@@ -36,8 +33,6 @@ ISOLATION_LEVELS = frozenset({"SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED
 # TCP keepalives: without them a connection to a host that vanished (failover, a
 # dropped NAT entry) hangs until the kernel gives up, about two hours later; and
 # load balancers drop connections idle for 4 to 6 minutes.
-_RECYCLE_AT = "uow_recycle_at"
-
 _KEEPALIVES = {
     "keepalives": 1,
     "keepalives_idle": 30,
@@ -190,7 +185,8 @@ def _create_engine(settings: Settings, count: Callable[[str], None]) -> Engine:
         "pool_timeout": settings.pool_timeout,
         # uow recycles with jitter itself (see _install_events).
         "pool_recycle": -1,
-        "pool_pre_ping": settings.pool_pre_ping,
+        # Replaced by uow's cheaper liveness check (see _liveness).
+        "pool_pre_ping": False,
         "pool_use_lifo": settings.pool_use_lifo,
         "echo": settings.echo,
     }
@@ -218,27 +214,12 @@ def _server_options(settings: Settings) -> str:
 
 
 def _install_events(engine: Engine, settings: Settings, count: Callable[[str], None]) -> None:
-    recycle = settings.pool_recycle
-
-    if recycle > 0:
-        # Each connection gets its own deadline between 90% and 100% of pool_recycle,
-        # so connections opened together (at start-up, after a restart) are not all
-        # replaced in the same instant. The deadline lives beside the connection and
-        # its start time stays true: SQLAlchemy compares start times with the moment
-        # it last saw a disconnect, and a backdated one would be recycled again and
-        # again (a reconnect storm after every dropped connection).
-
-        @event.listens_for(engine, "connect")
-        def _set_recycle_deadline(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-            jitter = random.uniform(0.9, 1.0)  # noqa: S311 - spreading load, not security
-            record.info[_RECYCLE_AT] = time.monotonic() + recycle * jitter
-
-        @event.listens_for(engine, "checkout")
-        def _recycle(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
-            if time.monotonic() >= record.info.get(_RECYCLE_AT, math.inf):
-                # SQLAlchemy's documented way to replace a connection at checkout.
-                raise DisconnectionError("connection reached its pool_recycle age")
-
+    install_checkout_checks(
+        engine,
+        pre_ping=settings.pool_pre_ping,
+        idle_window=settings.pool_pre_ping_idle,
+        recycle=settings.pool_recycle,
+    )
     gate = ConnectGate(settings.masked_url, count)
 
     @event.listens_for(engine, "do_connect")

@@ -69,6 +69,11 @@ class Settings:
     """Test a connection before handing it out (``UOW_PRE_PING``), so one killed by a
     server restart or a failover is replaced instead of failing the caller."""
 
+    pool_pre_ping_idle: float = 1.0
+    """With ``pool_pre_ping``, connections idle in the pool this many seconds or more are
+    pinged (one round trip); ones returned more recently are checked without a round
+    trip, by looking at their socket (``UOW_POOL_PRE_PING_IDLE``). 0 pings every time."""
+
     pool_use_lifo: bool = False
     """Hand out the most recently returned connection first (``UOW_POOL_USE_LIFO``)."""
 
@@ -118,6 +123,7 @@ class Settings:
             _check_seconds("pool_recycle", self.pool_recycle, 1.0, 86400.0, extra="or -1")
         _check_bool("pool_pre_ping", self.pool_pre_ping)
         _check_bool("pool_use_lifo", self.pool_use_lifo)
+        _check_seconds("pool_pre_ping_idle", self.pool_pre_ping_idle, 0.0, 3600.0)
         _check_bool("echo", self.echo)
         _check_seconds("connect_timeout", self.connect_timeout, 1.0, 3600.0)
         _check_bool("leak_detection_stack", self.leak_detection_stack)
