@@ -17,7 +17,20 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session
 
 from tests.conftest import MakeDatabase
+from tests.models import Item
 from uow import UnitOfWork
+
+_SENT = "F\t"
+
+
+def _statement(line: str) -> str:
+    """The SQL of a frontend Query or Parse message, as PQtrace prints it."""
+    _, _, kind, rest = [*line.split("\t", 3), ""][:4]
+    if kind == "Query":
+        return rest.strip(' "')
+    if kind == "Parse":
+        return rest.split('"', 4)[3]  # Parse "name" "sql" ...
+    return ""
 
 
 class Trace:
@@ -39,7 +52,8 @@ class Trace:
         lines = self._file.read().decode().splitlines()
         self._file.seek(0)
         self._file.truncate()
-        queries = [line.split("\t", 3)[3].strip(' "') for line in lines if "\tQuery\t" in line]
+        sent = (_statement(line) for line in lines if line.startswith(_SENT))
+        queries = [statement for statement in sent if statement]
         return sum("ReadyForQuery" in line for line in lines), queries
 
     def close(self) -> None:
@@ -151,3 +165,58 @@ def test_timeout_costs_exactly_one_round_trip(
         unit.session.execute(text("SELECT 1"))
     round_trips, _ = traced.take()
     assert round_trips == 4
+
+
+def test_insert_many_uses_copy_with_defaults_filled(
+    make_database: MakeDatabase, trace: Callable[[Engine], Trace], admin: psycopg.Connection[Any]
+) -> None:
+    """Rows of the same shape go through one COPY, with the Python default for omitted columns."""
+    admin.execute("TRUNCATE uow_test_items RESTART IDENTITY")
+    database = make_database(pool_size=1)
+    traced = trace(database.engine)
+    with UnitOfWork(database) as unit:
+        assert unit.repository(Item).insert_many({"name": f"n{i}"} for i in range(3000)) == 3000
+    _, queries = traced.take()
+    assert [q for q in queries if q.startswith("COPY")] == [
+        'COPY "uow_test_items" ("name", "qty") FROM STDIN'
+    ]
+    assert not [q for q in queries if q.startswith("INSERT")]
+    row = admin.execute(
+        "SELECT count(*), min(qty), max(qty), max(id) FROM uow_test_items"
+    ).fetchone()
+    assert row == (3000, 0, 0, 3000)
+    admin.execute("TRUNCATE uow_test_items RESTART IDENTITY")
+
+
+def test_insert_many_falls_back_to_insert_for_mixed_rows(
+    make_database: MakeDatabase, trace: Callable[[Engine], Trace], admin: psycopg.Connection[Any]
+) -> None:
+    """Rows with different keys are inserted with multi-row INSERTs instead of COPY."""
+    admin.execute("TRUNCATE uow_test_items RESTART IDENTITY")
+    database = make_database(pool_size=1)
+    traced = trace(database.engine)
+    with UnitOfWork(database) as unit:
+        rows = [{"name": "a", "qty": 1}, {"name": "b"}]
+        assert unit.repository(Item).insert_many(rows) == 2
+    _, queries = traced.take()
+    assert not [q for q in queries if q.startswith("COPY")]
+    assert [q for q in queries if q.startswith("INSERT")]
+    assert admin.execute("SELECT name, qty FROM uow_test_items ORDER BY name").fetchall() == [
+        ("a", 1),
+        ("b", 0),
+    ]
+    admin.execute("TRUNCATE uow_test_items RESTART IDENTITY")
+
+
+def test_update_where_is_one_plain_statement_when_nothing_is_loaded(
+    make_database: MakeDatabase, trace: Callable[[Engine], Trace]
+) -> None:
+    """With no objects loaded, update_where sends a single UPDATE, without RETURNING."""
+    database = make_database(pool_size=1)
+    traced = trace(database.engine)
+    with UnitOfWork(database) as unit:
+        unit.repository(Item).update_where({"qty": Item.qty + 1}, Item.id == 1)
+    _, queries = traced.take()
+    updates = [q for q in queries if q.startswith("UPDATE")]
+    assert len(updates) == 1
+    assert "RETURNING" not in updates[0]
