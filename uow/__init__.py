@@ -5,6 +5,7 @@ bounded, fair connection pool: it commits on success, rolls back on any error an
 always returns the connection.
 """
 
+from ._async import AsyncRepository, AsyncUnitOfWork
 from ._database import Database, PoolStatus
 from ._default import configure, get_database
 from ._errors import (
@@ -22,11 +23,13 @@ from ._errors import (
     UsageError,
 )
 from ._repository import Repository
-from ._retry import run_transaction, transactional
+from ._retry import run_transaction, run_transaction_async, transactional
 from ._settings import Settings
 from ._unit_of_work import UnitOfWork
 
 __all__ = [
+    "AsyncRepository",
+    "AsyncUnitOfWork",
     "CommitOutcomeUnknown",
     "ConfigurationError",
     "ConnectionLost",
@@ -47,5 +50,6 @@ __all__ = [
     "configure",
     "get_database",
     "run_transaction",
+    "run_transaction_async",
     "transactional",
 ]

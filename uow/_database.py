@@ -9,10 +9,11 @@ import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Literal, Self, overload
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from ._classify import translate
@@ -20,7 +21,7 @@ from ._errors import ConfigurationError
 from ._liveness import install_checkout_checks
 from ._monitor import watch_sessions
 from ._outage import ConnectGate
-from ._pool import FairQueuePool
+from ._pool import AsyncQueuePool, FairQueuePool
 from ._settings import Settings
 
 __all__ = ["ISOLATION_LEVELS", "Database", "PoolStatus"]
@@ -83,6 +84,9 @@ class Database:
         self._counters = dict.fromkeys(COUNTERS, 0)
         self.engine: Engine = _create_engine(settings, self._count)
         self._sessionmakers: dict[tuple[bool, str | None], sessionmaker[Session]] = {}
+        self._async_engine: AsyncEngine | None = None
+        self._async_binds: dict[tuple[bool, str | None], AsyncEngine] = {}
+        self._async_session_class: type[Session] | None = None
         _track_for_fork(self)
 
     def _new_session(self, *, readonly: bool = False, isolation: str | None = None) -> Session:
@@ -96,24 +100,57 @@ class Database:
                     factory = self._sessionmakers[key] = self._make_sessionmaker(*key)
         return factory()
 
-    def _make_sessionmaker(self, readonly: bool, isolation: str | None) -> sessionmaker[Session]:
-        bind = self.engine
-        options: dict[str, Any] = {}
-        if isolation is not None:
-            options["isolation_level"] = isolation
-        if readonly:
-            options["postgresql_readonly"] = True
-        if options:
-            # psycopg applies both in its BEGIN statement: no extra round trip.
-            bind = bind.execution_options(**options)
-        # Objects stay readable after the unit of work has committed and closed.
-        factory = sessionmaker(bind=bind, expire_on_commit=False, close_resets_only=False)
+    @property
+    def async_engine(self) -> AsyncEngine:
+        """The asyncio engine (psycopg 3's async driver), built on first use, same settings."""
+        engine = self._async_engine
+        if engine is None:
+            with self._lock:
+                if self._async_engine is None:
+                    self._async_engine = _create_engine(
+                        self.settings, self._count, asynchronous=True
+                    )
+                engine = self._async_engine
+        return engine
+
+    def _new_async_session(
+        self, *, readonly: bool = False, isolation: str | None = None
+    ) -> AsyncSession:
+        """A new AsyncSession whose transactions use the given characteristics."""
+        key = (readonly, isolation)
+        bind = self._async_binds.get(key)
+        if bind is None:
+            options = _transaction_options(readonly, isolation)
+            bind = self.async_engine.execution_options(**options) if options else self.async_engine
+            self._async_binds[key] = bind
+        if self._async_session_class is None:
+            # A per-database Session subclass carries the monitor's listeners.
+            session_class = type("UowAsyncSyncSession", (Session,), {})
+            self._watch(session_class)
+            self._async_session_class = session_class
+        return AsyncSession(
+            bind=bind,
+            expire_on_commit=False,
+            close_resets_only=False,
+            sync_session_class=self._async_session_class,
+        )
+
+    def _watch(self, target: sessionmaker[Session] | type[Session]) -> None:
         watch_sessions(
-            factory,
+            target,
             leak_after=self.settings.leak_detection_threshold,
             long_after=self.settings.long_transaction_threshold,
             count=self._count,
         )
+
+    def _make_sessionmaker(self, readonly: bool, isolation: str | None) -> sessionmaker[Session]:
+        bind = self.engine
+        options = _transaction_options(readonly, isolation)
+        if options:
+            bind = bind.execution_options(**options)
+        # Objects stay readable after the unit of work has committed and closed.
+        factory = sessionmaker(bind=bind, expire_on_commit=False, close_resets_only=False)
+        self._watch(factory)
         return factory
 
     @property
@@ -152,9 +189,18 @@ class Database:
     def dispose(self) -> None:
         """Close the idle connections and start a fresh pool.
 
-        Connections still checked out are closed when they come back.
+        Connections still checked out are closed when they come back. The asyncio
+        engine's pool is dropped too; use :meth:`dispose_async` to close its connections
+        from inside the event loop.
         """
         self.engine.dispose()
+        if self._async_engine is not None:
+            self._async_engine.sync_engine.dispose(close=False)
+
+    async def dispose_async(self) -> None:
+        """Close the asyncio engine's idle connections (call it from the event loop)."""
+        if self._async_engine is not None:
+            await self._async_engine.dispose()
 
     def __enter__(self) -> Self:
         return self
@@ -167,7 +213,27 @@ class Database:
         return f"Database({s.masked_url!r}, pool_size={s.pool_size}, max_overflow={s.max_overflow})"
 
 
-def _create_engine(settings: Settings, count: Callable[[str], None]) -> Engine:
+def _transaction_options(readonly: bool, isolation: str | None) -> dict[str, Any]:
+    # psycopg applies both in its BEGIN statement: no extra round trip.
+    options: dict[str, Any] = {}
+    if isolation is not None:
+        options["isolation_level"] = isolation
+    if readonly:
+        options["postgresql_readonly"] = True
+    return options
+
+
+@overload
+def _create_engine(
+    settings: Settings, count: Callable[[str], None], *, asynchronous: Literal[False] = False
+) -> Engine: ...
+@overload
+def _create_engine(
+    settings: Settings, count: Callable[[str], None], *, asynchronous: Literal[True]
+) -> AsyncEngine: ...
+def _create_engine(
+    settings: Settings, count: Callable[[str], None], *, asynchronous: bool = False
+) -> Engine | AsyncEngine:
     options = dict(settings.engine_options)
     connect_args = {
         "connect_timeout": max(2, math.ceil(settings.connect_timeout)),
@@ -179,7 +245,7 @@ def _create_engine(settings: Settings, count: Callable[[str], None]) -> Engine:
         connect_args["options"] = server_options
     connect_args.update(options.pop("connect_args", {}))
     pool_options: dict[str, Any] = {
-        "poolclass": FairQueuePool,
+        "poolclass": AsyncQueuePool if asynchronous else FairQueuePool,
         "pool_size": settings.pool_size,
         "max_overflow": settings.max_overflow,
         "pool_timeout": settings.pool_timeout,
@@ -191,14 +257,17 @@ def _create_engine(settings: Settings, count: Callable[[str], None]) -> Engine:
         "echo": settings.echo,
     }
     pool_options.update(options)
+    make = create_async_engine if asynchronous else create_engine
     try:
-        engine = create_engine(settings.url, connect_args=connect_args, **pool_options)
+        engine = make(settings.url, connect_args=connect_args, **pool_options)
     except TypeError as exc:
         raise ConfigurationError(
             f"engine_options {sorted(settings.engine_options)} were refused by "
             f"sqlalchemy.create_engine: {exc}"
         ) from None
-    _install_events(engine, settings, count)
+    _install_events(
+        engine.sync_engine if isinstance(engine, AsyncEngine) else engine, settings, count
+    )
     return engine
 
 
@@ -256,4 +325,6 @@ def _after_fork_in_child() -> None:
     # dispose(close=False) forgets them and starts an empty pool.
     for database in list(_databases):
         database.engine.dispose(close=False)
+        if database._async_engine is not None:
+            database._async_engine.sync_engine.dispose(close=False)
         database._lock = threading.Lock()

@@ -36,7 +36,8 @@ _RECYCLE_AT = "uow_recycle_at"
 
 def _quiet(dbapi_connection: Any) -> bool:
     """True if libpq thinks the connection is fine and nothing is waiting on its socket."""
-    pgconn = dbapi_connection.pgconn
+    # The asyncio driver's connection is wrapped in SQLAlchemy's adapter.
+    pgconn = getattr(dbapi_connection, "driver_connection", dbapi_connection).pgconn
     if pgconn.status != ConnStatus.OK:
         return False
     readable, _, _ = select.select([pgconn.socket], [], [], 0)

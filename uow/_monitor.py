@@ -134,7 +134,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def watch_sessions(
-    factory: sessionmaker[Session],
+    factory: sessionmaker[Session] | type[Session],
     *,
     leak_after: float,
     long_after: float,

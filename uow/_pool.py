@@ -18,12 +18,13 @@ import time
 from collections import deque
 from typing import Any
 
-from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 from sqlalchemy.util import queue as sqla_queue
 
 from ._errors import PoolExhausted
 
-__all__ = ["FairQueuePool"]
+__all__ = ["AsyncQueuePool", "FairQueuePool"]
 
 
 class _Waiter:
@@ -144,11 +145,27 @@ class FairQueuePool(QueuePool):
                 self._gate.release()
 
     def _exhausted(self, waited: float) -> PoolExhausted:
-        return PoolExhausted(
-            f"no database connection became free within pool_timeout={self._timeout:g}s "
-            f"(waited {waited:.2f}s): all {self.checkedout()} connections are checked out "
-            f"(pool_size={self.size()}, max_overflow={self._max_overflow}) and "
-            f"{self.waiting} more callers are queued. Keep units of work short (no slow I/O "
-            "while one is open), or raise UOW_POOL_SIZE within the server's max_connections, "
-            "or raise UOW_POOL_TIMEOUT if callers can afford to wait."
-        )
+        return _exhausted(self, waited, self.waiting)
+
+
+class AsyncQueuePool(AsyncAdaptedQueuePool):
+    """SQLAlchemy's asyncio pool, whose waiters asyncio already serves in arrival order
+    (an asyncio.Queue); a timeout is raised as PoolExhausted, with the numbers."""
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        started = time.monotonic()
+        try:
+            return super()._do_get()
+        except sa_exc.TimeoutError:
+            raise _exhausted(self, time.monotonic() - started, None) from None
+
+
+def _exhausted(pool: QueuePool, waited: float, waiting: int | None) -> PoolExhausted:
+    queued = f" and {waiting} more callers are queued" if waiting is not None else ""
+    return PoolExhausted(
+        f"no database connection became free within pool_timeout={pool._timeout:g}s "
+        f"(waited {waited:.2f}s): all {pool.checkedout()} connections are checked out "
+        f"(pool_size={pool.size()}, max_overflow={pool._max_overflow}){queued}. Keep units of "
+        "work short (no slow I/O while one is open), or raise UOW_POOL_SIZE within the "
+        "server's max_connections, or raise UOW_POOL_TIMEOUT if callers can afford to wait."
+    )

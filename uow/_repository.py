@@ -24,7 +24,7 @@ from sqlalchemy.orm import Mapper, Session
 from ._bulk import copy_plan
 from ._errors import UsageError
 
-__all__ = ["ModelT", "Repository"]
+__all__ = ["ModelT", "Repository", "model_from_bases"]
 
 ModelT = TypeVar("ModelT")
 
@@ -49,16 +49,7 @@ class Repository(Generic[ModelT]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "model" in cls.__dict__:
-            return
-        for base in getattr(cls, "__orig_bases__", ()):
-            if typing.get_origin(base) is not None and issubclass(
-                typing.get_origin(base), Repository
-            ):
-                (model,) = typing.get_args(base)
-                if isinstance(model, type):
-                    cls.model = model
-                return
+        model_from_bases(cls, Repository)
 
     def __init__(self, session: Session, model: type[ModelT] | None = None) -> None:
         """Bind a repository to a session.
@@ -336,6 +327,19 @@ class Repository(Generic[ModelT]):
     def __repr__(self) -> str:
         state = "active" if self._session is not None else "ended"
         return f"<{type(self).__name__} of {self._model.__name__} ({state})>"
+
+
+def model_from_bases(cls: type[Any], family: type[Any]) -> None:
+    """Set ``cls.model`` from ``class X(Family[Model])``, unless the class sets it itself."""
+    if "model" in cls.__dict__:
+        return
+    for base in getattr(cls, "__orig_bases__", ()):
+        origin = typing.get_origin(base)
+        if isinstance(origin, type) and issubclass(origin, family):
+            (model,) = typing.get_args(base)
+            if isinstance(model, type):
+                cls.model = model
+            return
 
 
 def _ordered(stmt: Select[Any], order_by: OrderBy | Sequence[OrderBy]) -> Select[Any]:

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import logging
 import random
 import time
-from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
+from ._async import AsyncUnitOfWork
 from ._database import Database
 from ._errors import TransientError, UsageError
 from ._unit_of_work import UnitOfWork, joined_unit_open
 
-__all__ = ["run_transaction", "transactional"]
+__all__ = ["run_transaction", "run_transaction_async", "transactional"]
 
 logger = logging.getLogger("uow")
 
 P = ParamSpec("P")
 T = TypeVar("T")
 U = TypeVar("U", bound=UnitOfWork)
+A = TypeVar("A", bound=AsyncUnitOfWork)
 
 
 def run_transaction(
@@ -67,13 +71,8 @@ def run_transaction(
     Raises:
         TransientError: the last attempt's error, once the retries are used up.
     """
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
-        raise UsageError(f"retries={retries!r} is invalid; use an integer from 0 to 100")
-    if not 0 < backoff <= max_backoff <= 60:
-        raise UsageError(
-            f"backoff={backoff!r}, max_backoff={max_backoff!r} are invalid; "
-            "use 0 < backoff <= max_backoff <= 60 seconds"
-        )
+    _check_options(retries, backoff, max_backoff)
+    policy = _Policy(retries, backoff, max_backoff)
     attempt = 0
     while True:
         unit = unit_of_work(database, isolation=isolation, readonly=readonly, timeout=timeout)
@@ -81,23 +80,76 @@ def run_transaction(
             with unit:
                 result = fn(unit)
         except TransientError as exc:
-            if attempt >= retries or joined_unit_open(unit.database):
-                raise
-            delay = random.uniform(0, min(max_backoff, backoff * 2**attempt))  # noqa: S311
+            time.sleep(_retry_delay(exc, attempt, policy, unit=unit, fn=fn))
             attempt += 1
-            unit.database._count("retries")
-            logger.info(
-                "retrying %s (attempt %d of %d) in %.3fs after %s: %s",
-                getattr(fn, "__qualname__", fn),
-                attempt + 1,
-                retries + 1,
-                delay,
-                type(exc).__name__,
-                exc,
-            )
-            time.sleep(delay)
             continue
         return result
+
+
+async def run_transaction_async(
+    fn: Callable[[A], Awaitable[T]],
+    *,
+    retries: int = 5,
+    unit_of_work: Callable[..., A] = AsyncUnitOfWork,  # type: ignore[assignment]
+    database: Database | None = None,
+    isolation: str | None = None,
+    readonly: bool = False,
+    timeout: float | None = None,
+    backoff: float = 0.05,
+    max_backoff: float = 2.0,
+) -> T:
+    """:func:`run_transaction` for asyncio: ``await fn(uow)`` in an AsyncUnitOfWork."""
+    _check_options(retries, backoff, max_backoff)
+    policy = _Policy(retries, backoff, max_backoff)
+    attempt = 0
+    while True:
+        unit = unit_of_work(database, isolation=isolation, readonly=readonly, timeout=timeout)
+        try:
+            async with unit:
+                result = await fn(unit)
+        except TransientError as exc:
+            await asyncio.sleep(_retry_delay(exc, attempt, policy, unit=unit._core, fn=fn))
+            attempt += 1
+            continue
+        return result
+
+
+def _check_options(retries: int, backoff: float, max_backoff: float) -> None:
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
+        raise UsageError(f"retries={retries!r} is invalid; use an integer from 0 to 100")
+    if not 0 < backoff <= max_backoff <= 60:
+        raise UsageError(
+            f"backoff={backoff!r}, max_backoff={max_backoff!r} are invalid; "
+            "use 0 < backoff <= max_backoff <= 60 seconds"
+        )
+
+
+class _Policy(NamedTuple):
+    retries: int
+    backoff: float
+    max_backoff: float
+
+
+def _retry_delay(
+    exc: TransientError, attempt: int, policy: _Policy, *, unit: UnitOfWork, fn: object
+) -> float:
+    """How long to wait before the next attempt; re-raises ``exc`` when there is none."""
+    retries = policy.retries
+    if attempt >= retries or joined_unit_open(unit.database, unit._current_owner()):
+        raise exc
+    cap = min(policy.max_backoff, policy.backoff * 2**attempt)
+    delay = random.uniform(0, cap)  # noqa: S311 - jitter, not security
+    unit.database._count("retries")
+    logger.info(
+        "retrying %s (attempt %d of %d) in %.3fs after %s: %s",
+        getattr(fn, "__qualname__", fn),
+        attempt + 2,
+        retries + 1,
+        delay,
+        type(exc).__name__,
+        exc,
+    )
+    return delay
 
 
 def transactional(
@@ -118,7 +170,8 @@ def transactional(
     ``@transactional`` or ``@transactional(retries=5, isolation="SERIALIZABLE")``: the
     decorated function is called without its first argument, which the decorator
     fills with a fresh unit of work on each attempt. Same rules as
-    :func:`run_transaction`::
+    :func:`run_transaction`. An ``async def`` function gets an AsyncUnitOfWork (or
+    the ``unit_of_work`` given) and runs through :func:`run_transaction_async`::
 
         @uow.transactional(retries=5, isolation="SERIALIZABLE", unit_of_work=BankUnitOfWork)
         def transfer(uow: BankUnitOfWork, source: int, target: int, amount: int) -> None:
@@ -138,6 +191,18 @@ def transactional(
     }
 
     def decorate(function: Callable[Concatenate[Any, P], T]) -> Callable[P, T]:
+        if inspect.iscoroutinefunction(function):
+            if unit_of_work is UnitOfWork:
+                options["unit_of_work"] = AsyncUnitOfWork
+
+            @functools.wraps(function)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return await run_transaction_async(
+                    lambda unit: function(unit, *args, **kwargs), **options
+                )
+
+            return async_wrapper  # type: ignore[return-value]
+
         @functools.wraps(function)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
             return run_transaction(lambda unit: function(unit, *args, **kwargs), **options)

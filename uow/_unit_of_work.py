@@ -36,10 +36,12 @@ M = TypeVar("M")
 _active: ContextVar[tuple[UnitOfWork, ...]] = ContextVar("uow_active", default=())
 
 
-def joined_unit_open(database: Database) -> bool:
-    """Tell whether this thread has a unit of work open on ``database``."""
-    me = threading.get_ident()
-    return any(u._db is database and u._owner == me for u in _active.get())
+def joined_unit_open(database: Database, owner: int | None = None) -> bool:
+    """Tell whether this thread (or the given owner) has a unit of work open on ``database``."""
+    me = threading.get_ident() if owner is None else owner
+    return any(
+        u._db is database and u._owner == me and u._session is not None for u in _active.get()
+    )
 
 
 def _caller_frame() -> FrameType:
@@ -125,6 +127,18 @@ class UnitOfWork:
     # -- entering and leaving ---------------------------------------------------------
 
     def __enter__(self) -> Self:
+        return self._enter(threading.get_ident(), _caller_frame())
+
+    # What owns a unit: a thread here, a task in AsyncUnitOfWork's core.
+    _owner_kind = "thread"
+
+    def _current_owner(self) -> int:
+        return threading.get_ident()
+
+    def _open_session(self, database: Database) -> Session:
+        return database._new_session(readonly=self.readonly, isolation=self.isolation)
+
+    def _enter(self, me: int, caller: FrameType) -> Self:
         if self._session is not None:
             raise UsageError(
                 "this UnitOfWork is already active; open a nested unit with a new "
@@ -132,14 +146,12 @@ class UnitOfWork:
             )
         database = self._database if self._database is not None else get_database()
         stack = _active.get()
-        me = threading.get_ident()
-        caller = _caller_frame()
         root = next((u for u in stack if u._joinable(database, me, caller)), None)
         if root is not None:
             self._check_can_join(root)
             session = root.session
         else:
-            session = database._new_session(readonly=self.readonly, isolation=self.isolation)
+            session = self._open_session(database)
             if database._watched:
                 with_stack = database.settings.leak_detection_stack
                 session.info[ORIGIN_KEY] = describe_origin(caller, with_stack)
@@ -307,10 +319,11 @@ class UnitOfWork:
             raise UsageError(
                 "this UnitOfWork is not active; use it inside `with UnitOfWork() as uow:`"
             )
-        if self._owner != threading.get_ident():
+        if self._owner != self._current_owner():
+            kind = self._owner_kind
             raise UsageError(
-                "this UnitOfWork belongs to another thread; sessions and connections are not "
-                "thread-safe, so open a UnitOfWork in each thread"
+                f"this unit of work belongs to another {kind}; sessions and connections are "
+                f"not safe to share, so open a unit of work in each {kind}"
             )
         return session
 
@@ -416,17 +429,22 @@ def _commit(session: Session) -> None:
         ) from exc
 
 
-_declared: dict[type[Any], list[tuple[str, type[Repository[Any]], type[Any]]]] = {}
+_declared: dict[tuple[type[Any], type[Any]], list[tuple[str, type[Any], type[Any]]]] = {}
 
 
-def declared_repositories(cls: type[Any]) -> list[tuple[str, type[Repository[Any]], type[Any]]]:
-    """The repositories a unit-of-work class declares: (attribute, repository class, model)."""
-    found = _declared.get(cls)
+def declared_repositories(
+    cls: type[Any], family: type[Any] = Repository
+) -> list[tuple[str, type[Any], type[Any]]]:
+    """The repositories a unit-of-work class declares: (attribute, repository class, model).
+
+    ``family`` is the repository base class to look for (AsyncRepository for async units).
+    """
+    found = _declared.get((cls, family))
     if found is None:
         found = []
         for name, hint in typing.get_type_hints(cls).items():
             origin = typing.get_origin(hint) or hint
-            if not (isinstance(origin, type) and issubclass(origin, Repository)):
+            if not (isinstance(origin, type) and issubclass(origin, family)):
                 continue
             args = typing.get_args(hint)
             model = args[0] if args else getattr(origin, "model", None)
@@ -436,5 +454,5 @@ def declared_repositories(cls: type[Any]) -> list[tuple[str, type[Repository[Any
                     "annotate it as Repository[Model] or a subclass of Repository[Model]"
                 )
             found.append((name, origin, model))
-        _declared[cls] = found
+        _declared[cls, family] = found
     return found

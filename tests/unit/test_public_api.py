@@ -14,6 +14,8 @@ import uow.testing
 def test_all_is_pinned_and_sorted() -> None:
     """uow exports exactly these names, in sorted order."""
     assert uow.__all__ == [
+        "AsyncRepository",
+        "AsyncUnitOfWork",
         "CommitOutcomeUnknown",
         "ConfigurationError",
         "ConnectionLost",
@@ -34,6 +36,7 @@ def test_all_is_pinned_and_sorted() -> None:
         "configure",
         "get_database",
         "run_transaction",
+        "run_transaction_async",
         "transactional",
     ]
 
@@ -42,7 +45,7 @@ def test_every_error_derives_from_the_base() -> None:
     """Every public exception is a UnitOfWorkError, so one except clause catches them all."""
     errors = [getattr(uow, name) for name in uow.__all__ if name[0].isupper()]
     errors = [e for e in errors if isinstance(e, type) and issubclass(e, BaseException)]
-    assert len(errors) == 12
+    assert len(errors) == 12  # AsyncRepository and AsyncUnitOfWork are not errors
     for error in errors:
         assert issubclass(error, uow.UnitOfWorkError)
 
