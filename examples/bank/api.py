@@ -9,7 +9,9 @@ status codes without leaking internals: pool exhaustion and database outages are
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, Path, Request, Response, status
@@ -27,7 +29,8 @@ from uow import (
     get_database,
 )
 
-from . import services
+from . import async_services, services
+from .async_services import AsyncBankUnitOfWork
 from .services import (
     MAX_AMOUNT,
     MAX_KEY_LENGTH,
@@ -143,6 +146,18 @@ class HealthOut(BaseModel):
     pool: PoolOut
 
 
+def _closing_async_pool(
+    database: Database | None,
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # The async endpoints' connections belong to this event loop: close them in it.
+        await (database or get_database()).dispose_async()
+
+    return lifespan
+
+
 def create_app(database: Database | None = None) -> FastAPI:
     """Build the API.
 
@@ -150,7 +165,8 @@ def create_app(database: Database | None = None) -> FastAPI:
         database: where the bank lives; defaults to ``uow.get_database()`` (from
             ``DATABASE_URL``), looked up on the first request, not here.
     """
-    app = FastAPI(title="uow example bank", version="1")
+
+    app = FastAPI(title="uow example bank", version="1", lifespan=_closing_async_pool(database))
     _add_error_handlers(app)
 
     def snapshot() -> BankUnitOfWork:
@@ -192,6 +208,30 @@ def create_app(database: Database | None = None) -> FastAPI:
             key=result.key,
             replayed=result.replayed,
         )
+
+    @app.post("/async/transfers", status_code=status.HTTP_201_CREATED)
+    async def transfer_async(body: NewTransfer, response: Response) -> TransferOut:
+        """The same transfer on AsyncUnitOfWork: the event loop is never blocked."""
+        result = await async_services.transfer(
+            AsyncBankUnitOfWork(database), body.source_id, body.target_id, body.amount, key=body.key
+        )
+        if result.replayed:
+            response.status_code = status.HTTP_200_OK
+        return TransferOut(
+            id=result.id,
+            source_id=result.source_id,
+            target_id=result.target_id,
+            amount=result.amount,
+            key=result.key,
+            replayed=result.replayed,
+        )
+
+    @app.get("/async/accounts/{account_id}")
+    async def get_account_async(account_id: AccountId) -> AccountOut:
+        """An account's owner and balance, read on AsyncUnitOfWork."""
+        unit = AsyncBankUnitOfWork(database, readonly=True)
+        found = await async_services.get_account(unit, account_id)
+        return AccountOut(id=found.id, owner=found.owner, balance=found.balance)
 
     @app.get("/accounts/{account_id}/statement")
     def statement(account_id: AccountId) -> StatementOut:

@@ -12,7 +12,9 @@ per mode:
   request's application work (``--work-ms``) done inside its transaction;
 - uow: the example app's services on uow, one bounded pool per process, same work
   inside the transaction;
-- uow-short-tx: the same, with the application work moved before the transaction.
+- uow-short-tx: the same, with the application work moved before the transaction;
+- uow-async: uow-short-tx on AsyncUnitOfWork, each process one event loop running as
+  many tasks as the others run threads.
 
 Prints a table per mode, writes ``summary.json`` and ``storm.png`` into ``--out``,
 and exits non-zero if uow mode broke a guarantee (a connection error, more
@@ -22,6 +24,7 @@ connections than its budget, or a broken invariant).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import multiprocessing as mp
@@ -45,12 +48,13 @@ from sqlalchemy.exc import DBAPIError
 
 import uow
 import uow.migrations
-from examples.bank import services
+from examples.bank import async_services, services
+from examples.bank.async_services import AsyncBankUnitOfWork
 from examples.bank.models import Account
 from examples.bank.unit_of_work import BankUnitOfWork
 from uow.testing import EmbeddedPostgres
 
-MODES = ("naive", "uow", "uow-short-tx")
+MODES = ("naive", "uow", "uow-short-tx", "uow-async")
 APP_ROLE = "bank_app"
 INITIAL_BALANCE = 10_000
 
@@ -207,69 +211,117 @@ class Load:
     duration: float
 
 
+class Recorder:
+    """One worker process's outcomes, shared by its clients (threads or tasks)."""
+
+    def __init__(self, committed: Any, start: float) -> None:
+        self.latencies: list[float] = []
+        self.done_at: list[float] = []
+        self.errors: Counter[str] = Counter()
+        self.connection_errors = 0
+        self.declined = 0
+        self._committed = committed
+        self._start = start
+        self._lock = threading.Lock()
+
+    def record(self, began: float, ok: bool, error: Exception | None = None) -> None:
+        ended = time.monotonic()
+        with self._lock:
+            if error is not None:
+                kind, is_connection = classify(error)
+                self.errors[kind] += 1
+                self.connection_errors += is_connection
+            elif ok:
+                self.latencies.append(ended - began)
+                self.done_at.append(ended - self._start)
+            else:
+                self.declined += 1
+        if ok and error is None:
+            with self._committed.get_lock():
+                self._committed.value += 1
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "latencies": self.latencies,
+            "done_at": self.done_at,
+            "errors": dict(self.errors),
+            "connection_errors": self.connection_errors,
+            "declined": self.declined,
+        }
+
+
+def pick(load: Load, rng: random.Random) -> tuple[int, int, int]:
+    source, target = rng.sample(range(1, load.accounts + 1), 2)
+    return source, target, rng.randint(1, 100)
+
+
+def thread_client(load: Load, recorder: Recorder, deadline: float) -> None:
+    """One client thread: transfers until the deadline, naive or on uow."""
+    dsn = libpq(load.app_url)
+    rng = random.Random()  # noqa: S311 - load generation, not security
+    while time.monotonic() < deadline:
+        source, target, amount = pick(load, rng)
+        began = time.monotonic()
+        try:
+            if load.mode == "naive":
+                ok = naive_transfer(dsn, source, target, amount, load.work)
+            else:
+                ok = uow_transfer(load.mode, source, target, amount, load.work)
+        except Exception as exc:  # noqa: BLE001 - the demo counts every failure by kind
+            recorder.record(began, False, exc)
+            time.sleep(0.01)  # a client that failed does not retry in a hot loop
+            continue
+        recorder.record(began, ok)
+
+
+async def task_client(load: Load, recorder: Recorder, deadline: float) -> None:
+    """One client task: uow-short-tx's transfers on AsyncUnitOfWork."""
+    rng = random.Random()  # noqa: S311 - load generation, not security
+    while time.monotonic() < deadline:
+        source, target, amount = pick(load, rng)
+        began = time.monotonic()
+        try:
+            await asyncio.sleep(load.work)  # the application's own work, before the transaction
+            unit = AsyncBankUnitOfWork()
+            await async_services.transfer(unit, source, target, amount, key=uuid.uuid4().hex)
+        except services.InsufficientFunds:
+            recorder.record(began, False)
+            continue
+        except Exception as exc:  # noqa: BLE001 - the demo counts every failure by kind
+            recorder.record(began, False, exc)
+            await asyncio.sleep(0.01)
+            continue
+        recorder.record(began, True)
+
+
+async def task_clients(load: Load, recorder: Recorder, deadline: float) -> None:
+    await asyncio.gather(*(task_client(load, recorder, deadline) for _ in range(load.threads)))
+    await uow.get_database().dispose_async()
+
+
 def worker(load: Load, ready: Any, go: Any, results: Any, committed: Any) -> None:
-    """A worker process: ``threads`` clients doing transfers until the deadline."""
-    mode, work = load.mode, load.work
-    if mode != "naive":
+    """A worker process: ``threads`` clients (or tasks) doing transfers until the deadline."""
+    if load.mode != "naive":
         uow.configure(
             load.app_url, pool_size=load.pool_size, max_overflow=0, application_name="storm-uow"
         )
-    dsn = libpq(load.app_url)
-    latencies: list[float] = []
-    done_at: list[float] = []
-    errors: Counter[str] = Counter()
-    connection_errors = 0
-    declined = 0
-    lock = threading.Lock()
     ready.put(os.getpid())
     go.wait()
     start = time.monotonic()
     deadline = start + load.duration
-
-    def client() -> None:
-        nonlocal connection_errors, declined
-        rng = random.Random()  # noqa: S311 - load generation, not security
-        while time.monotonic() < deadline:
-            source, target = rng.sample(range(1, load.accounts + 1), 2)
-            amount = rng.randint(1, 100)
-            began = time.monotonic()
-            try:
-                if mode == "naive":
-                    ok = naive_transfer(dsn, source, target, amount, work)
-                else:
-                    ok = uow_transfer(mode, source, target, amount, work)
-            except Exception as exc:  # noqa: BLE001 - the demo counts every failure by kind
-                kind, is_connection = classify(exc)
-                with lock:
-                    errors[kind] += 1
-                    connection_errors += is_connection
-                time.sleep(0.01)  # a client that failed does not retry in a hot loop
-                continue
-            ended = time.monotonic()
-            with lock:
-                if ok:
-                    latencies.append(ended - began)
-                    done_at.append(ended - start)
-                else:
-                    declined += 1
-            if ok:
-                with committed.get_lock():
-                    committed.value += 1
-
-    pool = [threading.Thread(target=client) for _ in range(load.threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    results.put(
-        {
-            "latencies": latencies,
-            "done_at": done_at,
-            "errors": dict(errors),
-            "connection_errors": connection_errors,
-            "declined": declined,
-        }
-    )
+    recorder = Recorder(committed, start)
+    if load.mode == "uow-async":
+        asyncio.run(task_clients(load, recorder, deadline))  # one event loop per process
+    else:
+        clients = [
+            threading.Thread(target=thread_client, args=(load, recorder, deadline))
+            for _ in range(load.threads)
+        ]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join()
+    results.put(recorder.report())
 
 
 # -- one run ------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def serving(app: FastAPI) -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     # uvicorn installs signal handlers only in the main thread, so a thread is safe.
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -153,6 +153,25 @@ def test_transfer_statuses(api: str) -> None:
     assert call("POST", f"{api}/transfers", {**order, "target_id": 999, "key": "t-4"})[0] == 404
     assert call("POST", f"{api}/transfers", {**order, "amount": -1, "key": "t-5"})[0] == 422
     assert call("GET", f"{api}/accounts/{ann}")[2]["balance"] == 600
+    assert call("GET", f"{api}/accounts/{bob}")[2]["balance"] == 400
+
+
+def test_async_endpoints_follow_the_same_rules(api: str) -> None:
+    """The async path (AsyncUnitOfWork) answers like the sync one: 201, 200, 409, 404."""
+    ann = open_account(api, "ann", 1_000)
+    bob = open_account(api, "bob")
+    order = {"source_id": ann, "target_id": bob, "amount": 400, "key": "a-1"}
+    created = call("POST", f"{api}/async/transfers", order)
+    assert created[0] == 201
+    assert call("POST", f"{api}/async/transfers", order)[0] == 200  # replayed, not applied
+    assert call("POST", f"{api}/transfers", order)[0] == 200  # the sync path sees the same key
+    too_much = {**order, "amount": 601, "key": "a-2"}
+    assert call("POST", f"{api}/async/transfers", too_much)[0] == 409
+    assert (
+        call("POST", f"{api}/async/transfers", {**order, "target_id": 999, "key": "a-3"})[0] == 404
+    )
+    assert call("GET", f"{api}/async/accounts/{ann}")[2]["balance"] == 600
+    assert call("GET", f"{api}/async/accounts/999")[0] == 404
     assert call("GET", f"{api}/accounts/{bob}")[2]["balance"] == 400
 
 

@@ -26,9 +26,9 @@ def test_short_storm_uow_has_no_connection_errors_and_stays_in_budget(tmp_path: 
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     modes = {mode["mode"]: mode for mode in summary["modes"]}
-    assert set(modes) == {"naive", "uow", "uow-short-tx"}
+    assert set(modes) == {"naive", "uow", "uow-short-tx", "uow-async"}
     budget = summary["processes"] * summary["pool_size"]
-    for name in ("uow", "uow-short-tx"):
+    for name in ("uow", "uow-short-tx", "uow-async"):
         mode = modes[name]
         assert mode["connection_errors"] == 0, mode["errors"]
         assert mode["errors"] == {}
