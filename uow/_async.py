@@ -17,11 +17,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,14 +29,12 @@ from sqlalchemy.util import await_only, greenlet_spawn
 from ._database import Database
 from ._errors import UsageError
 from ._repository import Criterion, ModelT, OrderBy, Repository, _ordered, model_from_bases
-from ._unit_of_work import UnitOfWork, _active, declared_repositories
+from ._unit_of_work import UnitOfWork, _active, _caller_frame, declared_repositories
 
 __all__ = ["AsyncRepository", "AsyncUnitOfWork"]
 
 M = TypeVar("M")
 T = TypeVar("T")
-
-_PACKAGE = str(Path(__file__).parent)
 
 
 def _task_owner() -> int:
@@ -60,17 +56,6 @@ class _Core(UnitOfWork):
             readonly=self.readonly, isolation=self.isolation
         )
         return self.async_session.sync_session
-
-
-def _entering_frame() -> FrameType:
-    # A running coroutine's frame links back through the coroutines awaiting it, so
-    # the caller's frame is on the chain exactly while its `async with` block runs.
-    frame = sys._getframe(2)
-    while frame.f_back is not None and (
-        frame.f_code.co_filename.startswith(_PACKAGE) or frame.f_code.co_name == "__aenter__"
-    ):
-        frame = frame.f_back
-    return frame
 
 
 async def _shielded(step: Awaitable[T]) -> T:
@@ -123,7 +108,7 @@ class AsyncUnitOfWork:
         return self._core.database
 
     async def __aenter__(self) -> Self:
-        caller = _entering_frame()
+        caller = _caller_frame("__aenter__")
         core = self._core
         await greenlet_spawn(core._enter, _task_owner(), caller)
         root = core._root

@@ -44,11 +44,15 @@ def joined_unit_open(database: Database, owner: int | None = None) -> bool:
     )
 
 
-def _caller_frame() -> FrameType:
-    """The frame that entered the unit of work: the first outside uow and its __enter__s."""
+def _caller_frame(entry: str = "__enter__") -> FrameType:
+    """The frame that entered the unit of work: the first outside uow and its ``entry``s.
+
+    For ``async with`` the same holds: a running coroutine's frame links back through
+    the coroutines awaiting it, so the caller is on the chain while its block runs.
+    """
     frame = sys._getframe(2)
     while frame.f_back is not None and (
-        frame.f_code.co_filename.startswith(_PACKAGE) or frame.f_code.co_name == "__enter__"
+        frame.f_code.co_filename.startswith(_PACKAGE) or frame.f_code.co_name == entry
     ):
         frame = frame.f_back
     return frame

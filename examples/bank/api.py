@@ -146,6 +146,20 @@ class HealthOut(BaseModel):
     pool: PoolOut
 
 
+def _transfer_out(result: services.Transfer, response: Response) -> TransferOut:
+    """201 when the transfer was made now, 200 when an earlier request made it."""
+    if result.replayed:
+        response.status_code = status.HTTP_200_OK
+    return TransferOut(
+        id=result.id,
+        source_id=result.source_id,
+        target_id=result.target_id,
+        amount=result.amount,
+        key=result.key,
+        replayed=result.replayed,
+    )
+
+
 def _closing_async_pool(
     database: Database | None,
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
@@ -198,16 +212,7 @@ def create_app(database: Database | None = None) -> FastAPI:
         result = services.transfer(
             BankUnitOfWork(database), body.source_id, body.target_id, body.amount, key=body.key
         )
-        if result.replayed:
-            response.status_code = status.HTTP_200_OK
-        return TransferOut(
-            id=result.id,
-            source_id=result.source_id,
-            target_id=result.target_id,
-            amount=result.amount,
-            key=result.key,
-            replayed=result.replayed,
-        )
+        return _transfer_out(result, response)
 
     @app.post("/async/transfers", status_code=status.HTTP_201_CREATED)
     async def transfer_async(body: NewTransfer, response: Response) -> TransferOut:
@@ -215,16 +220,7 @@ def create_app(database: Database | None = None) -> FastAPI:
         result = await async_services.transfer(
             AsyncBankUnitOfWork(database), body.source_id, body.target_id, body.amount, key=body.key
         )
-        if result.replayed:
-            response.status_code = status.HTTP_200_OK
-        return TransferOut(
-            id=result.id,
-            source_id=result.source_id,
-            target_id=result.target_id,
-            amount=result.amount,
-            key=result.key,
-            replayed=result.replayed,
-        )
+        return _transfer_out(result, response)
 
     @app.get("/async/accounts/{account_id}")
     async def get_account_async(account_id: AccountId) -> AccountOut:
