@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
@@ -83,7 +84,7 @@ class Repository(Generic[ModelT]):
 
     @property
     def _mapper(self) -> Mapper[Any]:
-        return inspect(self._model)  # type: ignore[no-any-return]
+        return _mapper_of(self._model)
 
     def _select(self, where: tuple[Criterion, ...], by: Mapping[str, Any]) -> Select[Any]:
         stmt = select(self._model)
@@ -212,7 +213,7 @@ class Repository(Generic[ModelT]):
     def _check_columns(self, keys: set[str], what: str) -> None:
         # The ORM bulk INSERT silently ignores keys that are not columns: a typo
         # would lose data without a word.
-        known = set(self._mapper.columns.keys())
+        known = _column_keys(self._mapper)
         unknown = keys - known
         if unknown:
             raise UsageError(
@@ -272,24 +273,26 @@ class Repository(Generic[ModelT]):
         loaded, the statement runs as plain Core, the cheapest path for hot writes.
         """
         session = self.session
-        if session.identity_map or session.new or session.deleted:
+        if session.identity_map or session.new or session.deleted or session.dirty:
             stmt = update(self._model).values(dict(values))
-            options = {"synchronize_session": "fetch"}
-        else:
-            # Nothing to keep in step: skip the ORM's bookkeeping (and RETURNING).
-            mapper = self._mapper
-            self._check_columns(set(values), "update_where")
-            table = mapper.local_table
-            assert isinstance(table, Table)
-            stmt = update(table).values({mapper.c[k]: v for k, v in values.items()})
-            by = {mapper.c[k].name: v for k, v in by.items()} if by else by
-            options = {}
+            if where:
+                stmt = stmt.where(*where)
+            if by:
+                stmt = stmt.filter_by(**by)
+            result = session.execute(stmt, execution_options={"synchronize_session": "fetch"})
+            return int(getattr(result, "rowcount", 0))
+        # Nothing loaded to keep in step and nothing to flush: run it as plain Core on
+        # the session's connection (in its transaction), without the ORM's bookkeeping.
+        mapper = self._mapper
+        self._check_columns(set(values), "update_where")
+        table = mapper.local_table
+        assert isinstance(table, Table)
+        core = update(table).values({mapper.c[k]: v for k, v in values.items()})
         if where:
-            stmt = stmt.where(*where)
+            core = core.where(*where)
         if by:
-            stmt = stmt.filter_by(**by)
-        result = session.execute(stmt, execution_options=options)
-        return int(getattr(result, "rowcount", 0))
+            core = core.filter_by(**{mapper.c[k].name: v for k, v in by.items()})
+        return int(session.connection().execute(core).rowcount)
 
     def delete_where(self, *where: Criterion, **by: Any) -> int:
         """Delete matching rows in one statement; returns the row count."""
@@ -327,6 +330,21 @@ class Repository(Generic[ModelT]):
     def __repr__(self) -> str:
         state = "active" if self._session is not None else "ended"
         return f"<{type(self).__name__} of {self._model.__name__} ({state})>"
+
+
+_MAPPERS: dict[type[Any], Mapper[Any]] = {}
+
+
+def _mapper_of(model: type[Any]) -> Mapper[Any]:
+    mapper = _MAPPERS.get(model)
+    if mapper is None:
+        mapper = _MAPPERS[model] = inspect(model)
+    return mapper
+
+
+@functools.cache
+def _column_keys(mapper: Mapper[Any]) -> frozenset[str]:
+    return frozenset(mapper.columns.keys())
 
 
 def model_from_bases(cls: type[Any], family: type[Any]) -> None:
