@@ -50,8 +50,8 @@ class CopyPlan:
 
 def copy_plan(mapper: Mapper[Any], dialect: Dialect, keys: frozenset[str]) -> CopyPlan | None:
     """A plan for COPYing rows with these attribute keys, or None if COPY would differ."""
-    if dialect.name != "postgresql" or dialect.driver != "psycopg":
-        return None
+    if dialect.name != "postgresql" or dialect.driver != "psycopg" or dialect.is_async:
+        return None  # the asyncio driver's COPY would need awaiting: plain INSERTs there
     return _plan(mapper, dialect, keys)
 
 

@@ -42,8 +42,11 @@ def translate(  # noqa: PLR0911 - one return per kind of error reads best
     the connection instead of returning it to the pool.
     """
     original = context.original_exception
-    if context.is_pre_ping:
-        return None  # SQLAlchemy replaces the stale connection itself
+    if context.is_pre_ping or not isinstance(original, Exception):
+        # A pre-ping's stale connection SQLAlchemy replaces itself. A cancelled task,
+        # a timeout or Ctrl-C (CancelledError, KeyboardInterrupt) must stay what it is:
+        # SQLAlchemy already discards the interrupted connection.
+        return None
     sqlstate = getattr(original, "sqlstate", None)
     if ends_session(sqlstate):
         context.is_disconnect = True

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import threading
 import time
 from typing import Any
@@ -280,3 +282,25 @@ def test_connection_lost_during_commit_is_not_retried(
     assert database.status().checked_out == 0
     with UnitOfWork() as unit:  # the dead connection was discarded
         assert unit.session.execute(text("SELECT 1")).scalar_one() == 1
+
+
+def test_ctrl_c_during_a_statement_stays_keyboard_interrupt(database: Database) -> None:
+    """Ctrl-C mid-statement propagates as KeyboardInterrupt, is not retried, leaks nothing."""
+    calls = 0
+
+    def slow(unit: UnitOfWork) -> None:
+        nonlocal calls
+        calls += 1
+        unit.session.execute(text("SELECT pg_sleep(3)"))
+
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_transaction(slow)
+    finally:
+        timer.cancel()
+    assert calls == 1
+    assert time.monotonic() - started < 2
+    assert database.status().checked_out == 0
