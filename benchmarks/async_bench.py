@@ -3,6 +3,7 @@
     python -m benchmarks.async_bench [--quick] [--duration 5] [--repeats 3]
 
 W1 (one short transaction: ``UPDATE ... SET balance = balance + 1 WHERE id = $1``, commit)
+with plain SQLAlchemy ``AsyncSession`` as a further reference (what uow runs on),
 from 1, 8 and 32 asyncio tasks in one event loop, every variant on a pool of the same
 size, variants alternated within each repeat. Prints transactions per second and the
 ratio of each variant to asyncpg and to raw psycopg async, and writes
@@ -26,6 +27,7 @@ import asyncpg
 import psycopg
 import psycopg_pool
 from sqlalchemy import BigInteger, make_url, update
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import uow
@@ -83,6 +85,12 @@ async def variants(url: str, pool_size: int) -> tuple[dict[str, Transaction], Ca
         async with ppool.connection() as conn:  # commits on exit
             await conn.execute(SQL_PG, (key,))
 
+    plain = create_async_engine(url, pool_size=pool_size, max_overflow=0)
+
+    async def sqlalchemy_tx(key: int) -> None:
+        async with AsyncSession(plain) as session, session.begin():
+            await session.execute(stmt.where(Account.id == key))
+
     async def uow_core_tx(key: int) -> None:
         async with uow.AsyncUnitOfWork(db) as unit:
             await unit.session.execute(stmt.where(Account.id == key))
@@ -103,11 +111,13 @@ async def variants(url: str, pool_size: int) -> tuple[dict[str, Transaction], Ca
         await apg.close()
         await ppool.close()
         await db.dispose_async()
+        await plain.dispose()
         db.dispose()
 
     return {
         "asyncpg": asyncpg_tx,
         "psycopg-async": psycopg_tx,
+        "SQLAlchemy AsyncSession": sqlalchemy_tx,
         "uow-async (session.execute)": uow_core_tx,
         "uow-async (update_where)": uow_lean_tx,
         "uow-async (ORM get + modify)": uow_orm_tx,
