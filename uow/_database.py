@@ -15,7 +15,9 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
+from ._budget import Budget, read_budget
 from ._classify import translate
 from ._errors import ConfigurationError
 from ._liveness import install_checkout_checks
@@ -170,6 +172,19 @@ class Database:
             waiting=pool.waiting,
         )
 
+    def check(self) -> Budget:
+        """Check the connection budget now (uow also does on its first connection).
+
+        Raises:
+            ConfigurationError: ``processes x (pool_size + max_overflow)`` does not fit
+                in what the server allows; the message gives the numbers.
+        """
+        with self.engine.connect() as connection:
+            dbapi_connection = connection.connection.dbapi_connection
+            budget = read_budget(dbapi_connection, self.settings)
+        budget.check()
+        return budget
+
     def counters(self) -> dict[str, int]:
         """Event counts since the database was created.
 
@@ -289,6 +304,17 @@ def _install_events(engine: Engine, settings: Settings, count: Callable[[str], N
         idle_window=settings.pool_pre_ping_idle,
         recycle=settings.pool_recycle,
     )
+    if settings.check_budget:
+        checked = threading.Event()
+
+        @event.listens_for(engine, "connect")
+        def _check_budget(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+            # Once per engine, on its first connection: one query, then never again.
+            if checked.is_set():
+                return
+            read_budget(dbapi_connection, settings).check()
+            checked.set()
+
     gate = ConnectGate(settings.masked_url, count)
 
     @event.listens_for(engine, "do_connect")

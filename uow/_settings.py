@@ -30,6 +30,11 @@ _DRIVER = "postgresql+psycopg"
 _ACCEPTED_SCHEMES = ("postgres", "postgresql", "postgresql+psycopg")
 
 
+def _default_processes() -> int:
+    raw = os.environ.get("WEB_CONCURRENCY", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else 1
+
+
 def _default_application_name() -> str:
     program = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
     return f"uow:{program}"[:63] if program else "uow"
@@ -108,6 +113,15 @@ class Settings:
     """Name shown in ``pg_stat_activity`` (``UOW_APPLICATION_NAME``), ASCII, at most 63
     characters. Defaults to ``uow:<program name>``."""
 
+    processes: int = field(default_factory=_default_processes)
+    """How many processes share the connection budget, each with its own pool
+    (``UOW_PROCESSES``; default ``WEB_CONCURRENCY``, gunicorn's and uvicorn's variable,
+    else 1), 1 to 10000."""
+
+    check_budget: bool = True
+    """On the first connection, check that ``processes x (pool_size + max_overflow)``
+    fits in the server's ``max_connections`` (``UOW_CHECK_BUDGET``)."""
+
     echo: bool = False
     """Log every statement through SQLAlchemy's ``echo`` (``UOW_ECHO``)."""
 
@@ -125,6 +139,8 @@ class Settings:
         _check_bool("pool_use_lifo", self.pool_use_lifo)
         _check_seconds("pool_pre_ping_idle", self.pool_pre_ping_idle, 0.0, 3600.0)
         _check_bool("echo", self.echo)
+        _check_bool("check_budget", self.check_budget)
+        _check_int("processes", self.processes, 1, 10000)
         _check_seconds("connect_timeout", self.connect_timeout, 1.0, 3600.0)
         _check_bool("leak_detection_stack", self.leak_detection_stack)
         for name in ("long_transaction_threshold", "leak_detection_threshold"):

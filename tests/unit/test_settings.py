@@ -172,3 +172,15 @@ def test_from_env_warns_about_a_misspelt_variable(caplog: pytest.LogCaptureFixtu
     Settings.from_env({"DATABASE_URL": "postgresql://h/db", "UOW_POOLSIZE": "4"})
     assert "UOW_POOLSIZE" in caplog.text
     assert "UOW_POOL_SIZE" in caplog.text
+
+
+def test_processes_default_from_web_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
+    """processes defaults to WEB_CONCURRENCY (gunicorn, uvicorn), else 1; UOW_PROCESSES wins."""
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    assert Settings(url=URL).processes == 1
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    assert Settings(url=URL).processes == 4
+    env = {"DATABASE_URL": URL, "UOW_PROCESSES": "8"}
+    assert Settings.from_env(env).processes == 8
+    with pytest.raises(ConfigurationError, match="processes"):
+        Settings(url=URL, processes=0)
