@@ -1,0 +1,382 @@
+"""``uow doctor``: look at the server with the current settings and say what needs action.
+
+One connection, opened the way the application opens them (same URL, same
+``application_name``, same startup options), reads the server's limits, who holds
+connections, transactions left open and the longest statements, then checks the
+connection budget and the settings. The report is plain text or JSON; the exit code
+says whether anything needs action (0 no, 1 yes, 2 the server could not be reached).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from ._budget import read_budget
+from ._database import Database
+from ._errors import UnitOfWorkError
+from ._settings import Settings
+
+__all__ = [
+    "EXIT_ACTION",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "Finding",
+    "Report",
+    "ServerSession",
+    "diagnose",
+    "render",
+    "run",
+]
+
+EXIT_OK = 0
+EXIT_ACTION = 1
+EXIT_UNREACHABLE = 2
+
+_TOP = 5
+_QUERY_CHARS = 60
+# A statement that sets a password (ALTER ROLE ... PASSWORD '...') must not be echoed.
+_PASSWORD = re.compile(r"password", re.IGNORECASE)
+
+_LIMITS = """
+SELECT current_setting('server_version'),
+       current_setting('max_connections')::int,
+       current_setting('superuser_reserved_connections')::int,
+       current_setting('reserved_connections', true)::int
+"""
+_BY_APPLICATION = """
+SELECT application_name, coalesce(state, 'unknown'), count(*)::int
+  FROM pg_stat_activity
+ WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+ GROUP BY 1, 2
+ ORDER BY 1, 2
+"""
+_IDLE_IN_TRANSACTION = """
+SELECT pid, application_name,
+       extract(epoch FROM clock_timestamp() - state_change)::float8, query
+  FROM pg_stat_activity
+ WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+   AND state LIKE 'idle in transaction%%'
+ ORDER BY 3 DESC
+"""
+_LONGEST_TRANSACTIONS = """
+SELECT pid, application_name,
+       extract(epoch FROM clock_timestamp() - xact_start)::float8, query
+  FROM pg_stat_activity
+ WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+   AND xact_start IS NOT NULL
+ ORDER BY 3 DESC
+ LIMIT %s
+"""
+_LONGEST_QUERIES = """
+SELECT pid, application_name,
+       extract(epoch FROM clock_timestamp() - query_start)::float8, query
+  FROM pg_stat_activity
+ WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+   AND state = 'active' AND query_start IS NOT NULL
+ ORDER BY 3 DESC
+ LIMIT %s
+"""
+
+
+@dataclass(frozen=True)
+class ServerSession:
+    """One server session: who holds it, for how long, doing what."""
+
+    pid: int
+    application_name: str
+    seconds: float
+    query: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something worth a look; ``action`` is true when it makes the exit code 1."""
+
+    code: str
+    message: str
+    advice: str
+    action: bool
+
+
+@dataclass
+class Report:
+    """Everything ``uow doctor`` found; ``as_dict()`` is the JSON form, with stable keys."""
+
+    url: str
+    application_name: str
+    server: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    connections: list[dict[str, Any]] = field(default_factory=list)
+    idle_in_transaction: list[ServerSession] = field(default_factory=list)
+    longest_transactions: list[ServerSession] = field(default_factory=list)
+    longest_queries: list[ServerSession] = field(default_factory=list)
+    budget: dict[str, Any] = field(default_factory=dict)
+    warnings: list[Finding] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """1 if any warning needs action, else 0."""
+        return EXIT_ACTION if any(w.action for w in self.warnings) else EXIT_OK
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain data for JSON."""
+        data = asdict(self)
+        data["exit_code"] = self.exit_code
+        return data
+
+
+def diagnose(settings: Settings, *, idle_threshold: float = 60.0) -> Report:
+    """Connect with ``settings`` and collect the report.
+
+    Args:
+        settings: How the application connects; the budget is checked for these values.
+        idle_threshold: Seconds after which a session ``idle in transaction`` needs action.
+
+    Returns:
+        The report; its ``exit_code`` is 0 or 1.
+
+    Raises:
+        UnitOfWorkError: The server could not be reached (``DatabaseUnavailable``).
+        sqlalchemy.exc.SQLAlchemyError: The driver failed in a way uow does not classify.
+    """
+    report = Report(url=settings.masked_url, application_name=settings.application_name)
+    report.settings = {
+        name: getattr(settings, name)
+        for name in (
+            "pool_size",
+            "max_overflow",
+            "processes",
+            "pool_pre_ping",
+            "pool_recycle",
+            "statement_timeout",
+            "lock_timeout",
+            "idle_in_transaction_timeout",
+        )
+    }
+    # The budget is read below, and reported instead of raised.
+    with (
+        Database(settings.replace(check_budget=False, pool_size=1)) as database,
+        database.engine.connect() as connection,
+    ):
+        raw = connection.connection.dbapi_connection
+        _read_server(raw, report)
+        budget = read_budget(raw, settings)
+    report.budget = {
+        "processes": budget.processes,
+        "per_process": budget.per_process,
+        "needed": budget.needed,
+        "max_connections": budget.max_connections,
+        "reserved": budget.reserved,
+        "used_by_others": budget.used_by_others,
+        "available": budget.available,
+        "exceeded": budget.needed > budget.available,
+    }
+    report.warnings = _warnings(settings, report, idle_threshold)
+    return report
+
+
+def _read_server(raw: Any, report: Report) -> None:
+    cursor = raw.cursor()
+    try:
+        cursor.execute(_LIMITS)
+        version, max_connections, superuser, reserved = cursor.fetchone()
+        report.server = {
+            "version": version,
+            "max_connections": max_connections,
+            "superuser_reserved_connections": superuser,
+            "reserved_connections": reserved,  # None before PostgreSQL 16
+        }
+        cursor.execute(_BY_APPLICATION)
+        report.connections = [
+            {"application_name": app, "state": state, "count": count}
+            for app, state, count in cursor.fetchall()
+        ]
+        cursor.execute(_IDLE_IN_TRANSACTION)
+        report.idle_in_transaction = [_session(row) for row in cursor.fetchall()]
+        cursor.execute(_LONGEST_TRANSACTIONS, (_TOP,))
+        report.longest_transactions = [_session(row) for row in cursor.fetchall()]
+        cursor.execute(_LONGEST_QUERIES, (_TOP,))
+        report.longest_queries = [_session(row) for row in cursor.fetchall()]
+    finally:
+        cursor.close()
+        raw.rollback()
+
+
+def _session(row: tuple[Any, ...]) -> ServerSession:
+    pid, app, seconds, query = row
+    text = " ".join((query or "").split())
+    if _PASSWORD.search(text):
+        text = "<hidden: mentions a password>"
+    return ServerSession(
+        pid=int(pid),
+        application_name=app or "",
+        seconds=round(float(seconds or 0.0), 3),
+        query=text[:_QUERY_CHARS],
+    )
+
+
+def _warnings(settings: Settings, report: Report, idle_threshold: float) -> list[Finding]:
+    found: list[Finding] = []
+
+    def warn(code: str, message: str, advice: str, *, action: bool) -> None:
+        found.append(Finding(code, message, advice, action))
+
+    budget = report.budget
+    if budget["exceeded"]:
+        warn(
+            "budget_exceeded",
+            f"connection budget exceeded: {budget['processes']} processes x "
+            f"{budget['per_process']} = {budget['needed']} needed, {budget['available']} "
+            "available",
+            "lower UOW_POOL_SIZE or UOW_MAX_OVERFLOW, run fewer processes, raise "
+            "max_connections, or put PgBouncer in front",
+            action=True,
+        )
+    stuck = [s for s in report.idle_in_transaction if s.seconds > idle_threshold]
+    for session in stuck:
+        warn(
+            "idle_in_transaction",
+            f"pid {session.pid} ({session.application_name or '-'}) idle in transaction for "
+            f"{session.seconds:.1f} s (threshold {idle_threshold:g} s)",
+            "find the code that opens a transaction and then waits (network calls, user "
+            "input); keep transactions short and set idle_in_transaction_timeout",
+            action=True,
+        )
+    for name, variable in (
+        ("statement_timeout", "UOW_STATEMENT_TIMEOUT"),
+        ("lock_timeout", "UOW_LOCK_TIMEOUT"),
+        ("idle_in_transaction_timeout", "UOW_IDLE_IN_TRANSACTION_TIMEOUT"),
+    ):
+        if getattr(settings, name) == 0:
+            warn(
+                f"{name}_disabled",
+                f"{name} is disabled ({variable}=0)",
+                f"set {variable} to a limit in seconds so the server stops what runs away",
+                action=True,
+            )
+    if not settings.pool_pre_ping:
+        warn(
+            "pre_ping_off",
+            "pool_pre_ping is off (UOW_PRE_PING=false)",
+            "a connection killed by a restart or failover will fail its caller; turn it on",
+            action=False,
+        )
+    if settings.pool_recycle == -1:
+        warn(
+            "pool_recycle_disabled",
+            "pool_recycle is disabled (UOW_POOL_RECYCLE=-1)",
+            "connections dropped by load balancers or PgBouncer idle limits go unnoticed; "
+            "set it below those limits (default 300 s)",
+            action=False,
+        )
+    if settings.max_overflow > 0:
+        warn(
+            "overflow_churn",
+            f"max_overflow={settings.max_overflow}: overflow churn",
+            "overflow connections are opened and closed on every burst, each costing the "
+            "server a backend start; prefer a larger pool_size and UOW_MAX_OVERFLOW=0",
+            action=False,
+        )
+    return found
+
+
+def render(report: Report) -> str:
+    """The report as a plain-text table."""
+    lines = [f"uow doctor: {report.url} (application_name {report.application_name})", ""]
+    server = report.server
+    lines += ["Server", *_table(["setting", "value"], [[k, v] for k, v in server.items()]), ""]
+    lines += [
+        "Connections (client backends, excluding this one)",
+        *_table(
+            ["application_name", "state", "count"],
+            [[c["application_name"], c["state"], c["count"]] for c in report.connections],
+        ),
+        "",
+    ]
+    for title, sessions in (
+        ("Idle in transaction", report.idle_in_transaction),
+        (f"Longest open transactions (top {_TOP})", report.longest_transactions),
+        (f"Longest running queries (top {_TOP})", report.longest_queries),
+    ):
+        rows = [[s.pid, s.application_name, f"{s.seconds:.1f} s", s.query] for s in sessions]
+        lines += [title, *_table(["pid", "application", "duration", "query"], rows), ""]
+    budget = report.budget
+    lines += [
+        "Connection budget",
+        *_table(
+            ["needed", "available", "max_connections", "reserved", "used_by_others"],
+            [
+                [
+                    f"{budget['processes']} x {budget['per_process']} = {budget['needed']}",
+                    budget["available"],
+                    budget["max_connections"],
+                    budget["reserved"],
+                    budget["used_by_others"],
+                ]
+            ],
+        ),
+        "",
+    ]
+    if report.warnings:
+        lines.append("Warnings")
+        for w in report.warnings:
+            tag = "ACTION" if w.action else "advice"
+            lines.append(f"  [{tag}] {w.message}\n           -> {w.advice}")
+    else:
+        lines.append("No warnings.")
+    return "\n".join(lines)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    if not rows:
+        return ["  (none)"]
+    cells = [[_cell(v) for v in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return "  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+
+    return [line(cells[0]), line(["-" * w for w in widths]), *(line(row) for row in cells[1:])]
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def run(
+    settings: Settings,
+    *,
+    as_json: bool = False,
+    idle_threshold: float = 60.0,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """Run the doctor and print its report.
+
+    Args:
+        settings: How the application connects.
+        as_json: Print JSON instead of the text table.
+        idle_threshold: Seconds after which a session idle in transaction needs action.
+        out: Where the report goes.
+        err: Where the one-line error goes when the server cannot be reached.
+
+    Returns:
+        The exit code: 0 nothing needs action, 1 something does, 2 unreachable.
+    """
+    try:
+        report = diagnose(settings, idle_threshold=idle_threshold)
+    except (UnitOfWorkError, SQLAlchemyError) as exc:
+        # The driver's message can quote the DSN; only the masked URL is printed.
+        kind = type(exc).__name__
+        print(f"uow doctor: cannot reach {settings.masked_url} ({kind})", file=err)
+        return EXIT_UNREACHABLE
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2, sort_keys=True), file=out)
+    else:
+        print(render(report), file=out)
+    return report.exit_code
