@@ -164,9 +164,16 @@ class UnitOfWork:
         self._db, self._session, self._root = database, session, root
         self._owner, self._frame = me, caller
         self._token = _active.set((*stack, self))
+        return self._attach_repositories(lambda cls, model: cls(session, model))
+
+    def _attach_repositories(self, build: Callable[[Any, Any], Repository[Any]]) -> Self:
+        """Set each declared repository attribute to ``build(repository_class, model)``.
+
+        Called once the unit is active; if building fails, the unit is left again.
+        """
         try:
             for name, repository_class, model in declared_repositories(type(self)):
-                setattr(self, name, self._remember(model, repository_class(session, model)))
+                setattr(self, name, self._remember(model, build(repository_class, model)))
         except BaseException:
             self._leave()
             raise

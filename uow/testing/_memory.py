@@ -26,7 +26,7 @@ from sqlalchemy.sql import operators
 from .._database import Database
 from .._errors import UsageError
 from .._repository import ModelT, OrderBy, Repository
-from .._unit_of_work import UnitOfWork, declared_repositories
+from .._unit_of_work import UnitOfWork
 from ._memory_store import (
     InMemoryStore,
     _compile,
@@ -372,14 +372,8 @@ class FakeUnitOfWork(UnitOfWork):
         self.store._flush()  # what standalone repositories added counts as committed
         self._begin = self.store._snapshot()
         self.store._active = self
-        try:
-            for name, repository_class, model in declared_repositories(type(self)):
-                repository = _in_memory(repository_class)(self.store, model)
-                setattr(self, name, self._remember(model, repository))
-        except BaseException:
-            self._leave()
-            raise
-        return self
+        store = self.store
+        return self._attach_repositories(lambda cls, model: _in_memory(cls)(store, model))
 
     def __exit__(
         self,
