@@ -24,7 +24,9 @@ from ._liveness import install_checkout_checks
 from ._monitor import watch_sessions
 from ._outage import ConnectGate
 from ._pool import AsyncQueuePool, FairQueuePool
+from ._session_state import install_session_state_warnings
 from ._settings import Settings
+from ._timeouts import LocalTimeouts, install_session_timeouts, startup_options
 
 __all__ = ["ISOLATION_LEVELS", "Database", "PoolStatus"]
 
@@ -89,6 +91,7 @@ class Database:
         self._async_engine: AsyncEngine | None = None
         self._async_binds: dict[tuple[bool, str | None], AsyncEngine] = {}
         self._async_session_class: type[Session] | None = None
+        self._local_timeouts = LocalTimeouts(settings)
         _track_for_fork(self)
 
     def _new_session(self, *, readonly: bool = False, isolation: str | None = None) -> Session:
@@ -138,6 +141,7 @@ class Database:
         )
 
     def _watch(self, target: sessionmaker[Session] | type[Session]) -> None:
+        event.listen(target, "after_begin", self._local_timeouts)
         watch_sessions(
             target,
             leak_after=self.settings.leak_detection_threshold,
@@ -255,7 +259,11 @@ def _create_engine(
         "application_name": settings.application_name,
         **_KEEPALIVES,
     }
-    server_options = _server_options(settings)
+    if settings.pgbouncer == "transaction":
+        # A statement prepared on one server connection is missing on the next, or names
+        # another client's statement there: errors, or the wrong SQL run without error.
+        connect_args["prepare_threshold"] = None
+    server_options = startup_options(settings)
     if server_options:
         connect_args["options"] = server_options
     connect_args.update(options.pop("connect_args", {}))
@@ -286,17 +294,6 @@ def _create_engine(
     return engine
 
 
-def _server_options(settings: Settings) -> str:
-    pairs = {
-        "statement_timeout": settings.statement_timeout,
-        "lock_timeout": settings.lock_timeout,
-        "idle_in_transaction_session_timeout": settings.idle_in_transaction_timeout,
-    }
-    return " ".join(
-        f"-c {name}={round(seconds * 1000)}" for name, seconds in pairs.items() if seconds
-    )
-
-
 def _install_events(engine: Engine, settings: Settings, count: Callable[[str], None]) -> None:
     install_checkout_checks(
         engine,
@@ -304,7 +301,12 @@ def _install_events(engine: Engine, settings: Settings, count: Callable[[str], N
         idle_window=settings.pool_pre_ping_idle,
         recycle=settings.pool_recycle,
     )
-    if settings.check_budget:
+    install_session_timeouts(engine, settings)
+    if settings.pgbouncer == "transaction":
+        install_session_state_warnings(engine)
+    # Behind PgBouncer the pool sizes count client connections to PgBouncer, not server
+    # connections: PgBouncer's own pool bounds those, so max_connections says nothing here.
+    if settings.check_budget and settings.pgbouncer == "off":
         checked = threading.Event()
 
         @event.listens_for(engine, "connect")

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import _pooler
 from ._budget import read_budget
 from ._database import Database
 from ._errors import UnitOfWorkError
@@ -116,6 +117,7 @@ class Report:
     longest_transactions: list[ServerSession] = field(default_factory=list)
     longest_queries: list[ServerSession] = field(default_factory=list)
     budget: dict[str, Any] = field(default_factory=dict)
+    pgbouncer: dict[str, Any] = field(default_factory=dict)
     warnings: list[Finding] = field(default_factory=list)
 
     @property
@@ -158,14 +160,16 @@ def diagnose(settings: Settings, *, idle_threshold: float = 60.0) -> Report:
             "idle_in_transaction_timeout",
         )
     }
-    # The budget is read below, and reported instead of raised.
-    with (
-        Database(settings.replace(check_budget=False, pool_size=1)) as database,
-        database.engine.connect() as connection,
-    ):
+    # The budget is read below, and reported instead of raised. The doctor's connection
+    # goes the way that works everywhere, PgBouncer in any mode included: no startup
+    # options, no prepared statements, nothing set on the session.
+    quiet = settings.replace(check_budget=False, pool_size=1, pgbouncer="transaction")
+    with Database(quiet) as database, database.engine.connect() as connection:
         raw = connection.connection.dbapi_connection
         _read_server(raw, report)
         budget = read_budget(raw, settings)
+        server_port = connection.exec_driver_sql("SELECT inet_server_port()").scalar()
+    report.pgbouncer = _pooler.detect(settings, server_port)
     report.budget = {
         "processes": budget.processes,
         "per_process": budget.per_process,
@@ -226,8 +230,10 @@ def _warnings(settings: Settings, report: Report, idle_threshold: float) -> list
     def warn(code: str, message: str, advice: str, *, action: bool) -> None:
         found.append(Finding(code, message, advice, action))
 
+    found.extend(Finding(*finding) for finding in _pooler.findings(settings, report.pgbouncer))
     budget = report.budget
-    if budget["exceeded"]:
+    # Behind PgBouncer the pools hold client connections; PgBouncer bounds the server's.
+    if budget["exceeded"] and settings.pgbouncer == "off" and not report.pgbouncer["detected"]:
         warn(
             "budget_exceeded",
             f"connection budget exceeded: {budget['processes']} processes x "
@@ -322,6 +328,10 @@ def render(report: Report) -> str:
         ),
         "",
     ]
+    bouncer = report.pgbouncer
+    if bouncer.get("detected"):
+        keys = ["version", "pool_mode", "max_prepared_statements", "default_pool_size"]
+        lines += ["PgBouncer", *_table(keys, [[bouncer[k] for k in keys]]), ""]
     if report.warnings:
         lines.append("Warnings")
         for w in report.warnings:

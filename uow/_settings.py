@@ -122,6 +122,15 @@ class Settings:
     """On the first connection, check that ``processes x (pool_size + max_overflow)``
     fits in the server's ``max_connections`` (``UOW_CHECK_BUDGET``)."""
 
+    pgbouncer: str = "off"
+    """PgBouncer's ``pool_mode`` when connecting through PgBouncer (``UOW_PGBOUNCER``):
+    ``"off"`` (a direct connection), ``"session"`` or ``"transaction"``. Behind PgBouncer
+    the timeouts cannot travel in the startup packet, so uow sets them on each new
+    connection (session) or in each transaction with ``SET LOCAL``, one round trip
+    (transaction); in transaction mode psycopg's prepared statements are also turned off
+    and the connection budget check is skipped (PgBouncer's pool bounds the server's
+    connections). See the README's "PgBouncer" section."""
+
     echo: bool = False
     """Log every statement through SQLAlchemy's ``echo`` (``UOW_ECHO``)."""
 
@@ -152,6 +161,7 @@ class Settings:
                     f"{name}={getattr(self, name)!r} is below PostgreSQL's 1 ms resolution; "
                     "use 0 to disable it or a value of at least 0.001 seconds"
                 )
+        _check_pgbouncer(self)
         name = self.application_name
         if not isinstance(name, str) or len(name) > 63 or not name.isascii():
             raise ConfigurationError(
@@ -255,6 +265,26 @@ def _normalize_url(raw: object) -> str:
     if url.port is not None and not 0 < url.port < 65536:
         raise ConfigurationError(f"url {mask_url(url)!r} has port {url.port}; use 1 to 65535")
     return url.set(drivername=_DRIVER).render_as_string(hide_password=False)
+
+
+_PGBOUNCER_MODES = ("off", "session", "transaction")
+
+
+def _check_pgbouncer(settings: Settings) -> None:
+    mode = settings.pgbouncer
+    normalized = mode.strip().lower() if isinstance(mode, str) else mode
+    if normalized == "statement":
+        raise ConfigurationError(
+            "pgbouncer='statement' is not supported: PgBouncer's statement mode forbids "
+            "transactions of more than one statement, and a unit of work is a transaction. "
+            "Use pool_mode = transaction in pgbouncer.ini and UOW_PGBOUNCER=transaction"
+        )
+    if normalized not in _PGBOUNCER_MODES:
+        raise ConfigurationError(
+            f"pgbouncer={mode!r} is invalid; use one of {', '.join(_PGBOUNCER_MODES)} "
+            "(PgBouncer's pool_mode, or off for a direct connection)"
+        )
+    object.__setattr__(settings, "pgbouncer", normalized)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

@@ -14,14 +14,14 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self, TypeVar
 
-from sqlalchemy import Connection, event, text
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session
 
 from ._database import ISOLATION_LEVELS, Database
 from ._default import get_database
 from ._errors import CommitOutcomeUnknown, ConnectionLost, TransactionRolledBack, UsageError
 from ._monitor import ORIGIN_KEY, describe_origin
 from ._repository import Repository
+from ._timeouts import TIMEOUT_KEY
 
 __all__ = ["UnitOfWork", "declared_repositories", "joined_unit_open"]
 
@@ -59,8 +59,6 @@ def _caller_frame(entry: str = "__enter__") -> FrameType:
 
 
 _PACKAGE = str(Path(__file__).parent)
-
-_SET_TIMEOUT = text("SELECT set_config('statement_timeout', :timeout, true)")
 
 
 class UnitOfWork:
@@ -160,7 +158,8 @@ class UnitOfWork:
                 with_stack = database.settings.leak_detection_stack
                 session.info[ORIGIN_KEY] = describe_origin(caller, with_stack)
             if self.timeout is not None:
-                event.listen(session, "after_begin", self._apply_timeout)
+                # Read by the database's after_begin listener (see _timeouts).
+                session.info[TIMEOUT_KEY] = self.timeout
         self._db, self._session, self._root = database, session, root
         self._owner, self._frame = me, caller
         self._token = _active.set((*stack, self))
@@ -301,12 +300,6 @@ class UnitOfWork:
     def _doom(self, cause: BaseException) -> None:
         if self._failure is None:
             self._failure = cause
-
-    def _apply_timeout(
-        self, session: Session, transaction: SessionTransaction, connection: Connection
-    ) -> None:
-        assert self.timeout is not None
-        connection.execute(_SET_TIMEOUT, {"timeout": f"{round(self.timeout * 1000)}ms"})
 
     @staticmethod
     def _run_callbacks(callbacks: list[Callable[[], object]], *, raise_errors: bool) -> None:

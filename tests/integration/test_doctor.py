@@ -27,6 +27,7 @@ JSON_KEYS = {
     "idle_in_transaction",
     "longest_queries",
     "longest_transactions",
+    "pgbouncer",
     "server",
     "settings",
     "url",

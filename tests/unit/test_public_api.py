@@ -69,6 +69,7 @@ def test_submodule_namespaces_are_pinned() -> None:
         "FakeUnitOfWork",
         "InMemoryRepository",
         "InMemoryStore",
+        "PgBouncer",
         "fake",
         "rolled_back",
     }

@@ -184,3 +184,20 @@ def test_processes_default_from_web_concurrency(monkeypatch: pytest.MonkeyPatch)
     assert Settings.from_env(env).processes == 8
     with pytest.raises(ConfigurationError, match="processes"):
         Settings(url=URL, processes=0)
+
+
+def test_pgbouncer_mode_is_read_and_normalised() -> None:
+    """UOW_PGBOUNCER takes PgBouncer's pool_mode names, in any case."""
+    env = {"DATABASE_URL": "postgresql://h/db", "UOW_PGBOUNCER": " Transaction "}
+    assert Settings.from_env(env).pgbouncer == "transaction"
+    assert Settings(url="postgresql://h/db").pgbouncer == "off"
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [("statement", "statement mode forbids transactions"), ("txn", "use one of off, session")],
+)
+def test_pgbouncer_bad_mode_says_what_to_use(mode: str, message: str) -> None:
+    """Statement mode is refused with the reason; an unknown mode lists the accepted ones."""
+    with pytest.raises(ConfigurationError, match=message):
+        Settings(url="postgresql://h/db", pgbouncer=mode)

@@ -1,6 +1,7 @@
 """Helpers for testing code that uses uow.
 
 - :class:`EmbeddedPostgres`: a throwaway PostgreSQL server in a temporary directory.
+- :class:`PgBouncer`: a throwaway PgBouncer in front of a server (needs ``pgbouncer`` installed).
 - :func:`rolled_back`: run units of work inside one transaction that is rolled back.
 - ``uow.testing.fixtures``: pytest fixtures built on both.
 - :func:`fake`, :class:`FakeUnitOfWork`, :class:`InMemoryRepository`, :class:`InMemoryStore`:
@@ -9,6 +10,7 @@
 
 from ._memory import FakeUnitOfWork, InMemoryRepository, fake
 from ._memory_store import InMemoryStore
+from ._pgbouncer import PgBouncer
 from ._postgres import EmbeddedPostgres
 from ._transactional import rolled_back
 
@@ -17,6 +19,7 @@ __all__ = [
     "FakeUnitOfWork",
     "InMemoryRepository",
     "InMemoryStore",
+    "PgBouncer",
     "fake",
     "rolled_back",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, event
 from sqlalchemy.orm import Session
 
 from .._database import Database
@@ -25,16 +25,19 @@ class _BoundDatabase(Database):
         self._lock = parent._lock
         self._counters = parent._counters  # events count towards the real database
         self._connection = connection
+        self._local_timeouts = parent._local_timeouts
 
     def _new_session(self, *, readonly: bool = False, isolation: str | None = None) -> Session:
         # readonly and isolation cannot change inside the test's open transaction;
         # they are exercised by tests on a real Database instead.
-        return Session(
+        session = Session(
             bind=self._connection,
             join_transaction_mode="create_savepoint",
             expire_on_commit=False,
             close_resets_only=False,
         )
+        event.listen(session, "after_begin", self._local_timeouts)  # timeout= still applies
+        return session
 
     def dispose(self) -> None:
         """Nothing to do: the pool belongs to the parent database."""

@@ -1,0 +1,147 @@
+"""Find out whether a URL leads to PgBouncer and in which ``pool_mode``, for ``uow doctor``.
+
+PgBouncer answers like PostgreSQL; only its admin console (the virtual database
+``pgbouncer``, open to users in ``admin_users`` or ``stats_users``) tells its settings.
+Without console access the one hint left is the port: the server reports the port it
+listens on, which differs from the URL's when something sits in between.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from ._settings import Settings
+
+__all__ = ["detect", "findings"]
+
+_CONSOLE_TIMEOUT = 3
+
+Finding = tuple[str, str, str, bool]  # code, message, advice, action
+
+
+def detect(settings: Settings, server_port: int | None) -> dict[str, Any]:
+    """Describe what the URL leads to.
+
+    Args:
+        settings: The application's settings (URL and ``pgbouncer``).
+        server_port: ``inet_server_port()`` as the server reported it (None on a socket).
+
+    Returns:
+        ``{"detected": True, "via": "console", "version", "pool_mode",
+        "max_prepared_statements", "default_pool_size", "max_client_conn"}`` when the
+        console answered; else ``{"detected": None, "via": "port", ...}`` when the ports
+        differ (a proxy of some kind), or ``{"detected": False}``.
+    """
+    url = make_url(settings.url)
+    url_port = url.port or 5432
+    try:
+        with psycopg.connect(
+            host=url.host or "",
+            port=url_port,
+            user=url.username or "",
+            password=url.password or "",
+            dbname="pgbouncer",
+            connect_timeout=_CONSOLE_TIMEOUT,
+            autocommit=True,
+        ) as console:
+            # The console speaks the simple query protocol only: no parameters, no prepare.
+            config = {row[0]: row[1] for row in console.execute("SHOW CONFIG", prepare=False)}
+            version_row = console.execute("SHOW VERSION", prepare=False).fetchone()
+    except psycopg.Error:
+        # Not PgBouncer (no such database), or a user without console rights.
+        if server_port is not None and server_port != url_port:
+            return {
+                "detected": None,
+                "via": "port",
+                "url_port": url_port,
+                "server_port": server_port,
+            }
+        return {"detected": False}
+    return {
+        "detected": True,
+        "via": "console",
+        "version": version_row[0] if version_row else None,
+        "pool_mode": config.get("pool_mode"),
+        # PgBouncer 1.21 added protocol-level prepared statements; before, there is none.
+        "max_prepared_statements": int(config.get("max_prepared_statements", "0") or 0),
+        "default_pool_size": int(config.get("default_pool_size", "0") or 0),
+        "max_client_conn": int(config.get("max_client_conn", "0") or 0),
+    }
+
+
+def findings(settings: Settings, found: dict[str, Any]) -> list[Finding]:
+    """What needs action given what :func:`detect` found and the ``pgbouncer`` setting."""
+    mode, setting, detected = found.get("pool_mode"), settings.pgbouncer, found.get("detected")
+    if detected is None and setting == "off":
+        return [
+            (
+                "proxy_in_between",
+                f"the server listens on port {found['server_port']} but the URL uses port "
+                f"{found['url_port']}: a pooler or proxy sits in between",
+                "if it is PgBouncer in transaction mode, set UOW_PGBOUNCER=transaction "
+                "(prepared statements and session settings break there otherwise)",
+                False,
+            )
+        ]
+    if not detected:
+        return [_not_confirmed(setting)] if setting != "off" else []
+    if mode == "transaction" and setting != "transaction":
+        return [_prepared_statements(setting, found["max_prepared_statements"])]
+    rule = _MODE_RULES.get((mode, setting))
+    return [rule] if rule else []
+
+
+def _not_confirmed(setting: str) -> Finding:
+    return (
+        "pgbouncer_not_confirmed",
+        f"UOW_PGBOUNCER={setting}, but PgBouncer's console did not answer this user",
+        "if the URL leads to PostgreSQL directly, unset UOW_PGBOUNCER (in transaction mode "
+        "it costs a round trip per transaction); to let doctor check, add the user to "
+        "PgBouncer's stats_users",
+        False,
+    )
+
+
+def _prepared_statements(setting: str, max_prepared: int) -> Finding:
+    problem = (
+        "psycopg's prepared statements are on behind PgBouncer in transaction mode "
+        f"(max_prepared_statements={max_prepared}): statements fail with 'prepared "
+        "statement \"_pg3_N\" does not exist' or run another client's SQL"
+        if max_prepared == 0
+        else "session settings are sent behind PgBouncer in transaction mode"
+    )
+    return (
+        "prepared_statements_behind_pgbouncer",
+        f"{problem} (UOW_PGBOUNCER={setting})",
+        "set UOW_PGBOUNCER=transaction: prepared statements off, timeouts per transaction",
+        True,
+    )
+
+
+_MODE_RULES: dict[tuple[str | None, str], Finding] = {
+    ("session", "off"): (
+        "pgbouncer_session_mode",
+        "the URL leads to PgBouncer in session mode, which refuses the startup options "
+        "uow sends for its timeouts",
+        "set UOW_PGBOUNCER=session",
+        True,
+    ),
+    ("session", "transaction"): (
+        "pgbouncer_mode_mismatch",
+        "UOW_PGBOUNCER=transaction, but PgBouncer runs in session mode",
+        "set UOW_PGBOUNCER=session to save a round trip per transaction",
+        False,
+    ),
+    **{
+        ("statement", setting): (
+            "pgbouncer_statement_mode",
+            "PgBouncer runs in statement mode, which forbids multi-statement transactions",
+            "use pool_mode = transaction for this database in pgbouncer.ini",
+            True,
+        )
+        for setting in ("off", "session", "transaction")
+    },
+}

@@ -1,0 +1,98 @@
+"""Server-side timeouts: how they reach the server, directly or through PgBouncer.
+
+Direct connections carry them in the startup packet (``options=-c ...``), at no round
+trip. PgBouncer refuses that startup parameter, and in transaction mode a session-level
+``SET`` would leak to whichever client gets the server connection next; so behind
+PgBouncer they are set once per connection (session mode) or with ``set_config(...,
+true)``, the function form of ``SET LOCAL``, at the start of each transaction.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from sqlalchemy import Connection, Engine, TextClause, event, text
+from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from ._settings import Settings
+
+__all__ = ["TIMEOUT_KEY", "LocalTimeouts", "install_session_timeouts", "startup_options"]
+
+TIMEOUT_KEY = "uow_statement_timeout"
+"""``session.info`` key of a unit of work's own statement timeout, in seconds."""
+
+
+def server_timeouts(settings: Settings) -> dict[str, str]:
+    """The server settings uow manages, by server name; disabled (0) ones are left out."""
+    pairs = {
+        "statement_timeout": settings.statement_timeout,
+        "lock_timeout": settings.lock_timeout,
+        "idle_in_transaction_session_timeout": settings.idle_in_transaction_timeout,
+    }
+    return {name: _ms(seconds) for name, seconds in pairs.items() if seconds}
+
+
+def startup_options(settings: Settings) -> str:
+    """The libpq ``options`` value for a direct connection ("" behind PgBouncer)."""
+    if settings.pgbouncer != "off":
+        return ""
+    return " ".join(f"-c {name}={value}" for name, value in server_timeouts(settings).items())
+
+
+def install_session_timeouts(engine: Engine, settings: Settings) -> None:
+    """Behind PgBouncer in session mode: set the timeouts once on each new connection."""
+    values = server_timeouts(settings)
+    if settings.pgbouncer != "session" or not values:
+        return
+    query, params = _set_config(values, local=False)
+    sql = str(query.compile(dialect=engine.dialect))  # %(name)s placeholders, for psycopg
+
+    @event.listens_for(engine, "connect")
+    def _set_timeouts(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        # Autocommit for this one statement: one round trip instead of BEGIN, SET, COMMIT.
+        dbapi_connection.autocommit = True
+        try:
+            dbapi_connection.execute(sql, params)
+        finally:
+            dbapi_connection.autocommit = False
+
+
+class LocalTimeouts:
+    """A session ``after_begin`` listener that sets timeouts for the new transaction.
+
+    It sets a unit of work's own ``timeout=`` (given in ``session.info``), and behind
+    PgBouncer in transaction mode every managed timeout too: one statement, one round trip,
+    and none at all for a unit with nothing to set.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._always = server_timeouts(settings) if settings.pgbouncer == "transaction" else {}
+
+    def __call__(
+        self, session: Session, transaction: SessionTransaction, connection: Connection
+    ) -> None:
+        values = self._always
+        timeout = session.info.get(TIMEOUT_KEY)
+        if timeout is not None:
+            values = {**values, "statement_timeout": _ms(timeout)}
+        if values:
+            connection.execute(*_set_config(values, local=True))
+
+
+def _ms(seconds: float) -> str:
+    return f"{round(seconds * 1000)}ms"
+
+
+def _set_config(values: dict[str, str], *, local: bool) -> tuple[TextClause, dict[str, Any]]:
+    params: dict[str, Any] = {"local": local}
+    for i, (name, value) in enumerate(values.items()):
+        params[f"n{i}"], params[f"v{i}"] = name, value
+    return _statement(len(values)), params
+
+
+@functools.cache
+def _statement(count: int) -> TextClause:
+    calls = ", ".join(f"set_config(:n{i}, :v{i}, :local)" for i in range(count))
+    return text(f"SELECT {calls}")
