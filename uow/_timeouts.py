@@ -53,9 +53,11 @@ def install_session_timeouts(engine: Engine, settings: Settings) -> None:
     def _set_timeouts(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         # Autocommit for this one statement: one round trip instead of BEGIN, SET, COMMIT.
         dbapi_connection.autocommit = True
+        cursor = dbapi_connection.cursor()  # psycopg's, or SQLAlchemy's asyncio adapter
         try:
-            dbapi_connection.execute(sql, params)
+            cursor.execute(sql, params)
         finally:
+            cursor.close()
             dbapi_connection.autocommit = False
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +13,7 @@ from sqlalchemy import make_url, text
 
 from tests.conftest import MakeDatabase
 from tests.integration.test_round_trips import Trace
-from uow import ConfigurationError, StatementTimeout, UnitOfWork
+from uow import AsyncUnitOfWork, ConfigurationError, StatementTimeout, UnitOfWork
 from uow._session_state import session_state_problem
 from uow.testing import PgBouncer
 
@@ -225,3 +226,32 @@ def test_session_state_rules(statement: str, problem: Any) -> None:
     else:
         assert reason is not None
         assert problem in reason
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_async_units_get_the_same_treatment(
+    make_database: MakeDatabase, bouncer_url: str, session_bouncer: PgBouncer, mode: str
+) -> None:
+    """AsyncUnitOfWork behind PgBouncer: timeouts set, and no prepared statements in
+    transaction mode, from the same settings."""
+    url = (
+        bouncer_url
+        if mode == "transaction"
+        else session_bouncer.url_for(make_url(bouncer_url).database or "")
+    )
+    database = make_database(url=url, pgbouncer=mode, lock_timeout=4)
+
+    async def check() -> None:
+        try:
+            for _ in range(8):
+                async with AsyncUnitOfWork(database) as unit:
+                    result = await unit.session.execute(text("SHOW lock_timeout"))
+                    assert result.scalar_one() == "4s"
+                    connection = await unit.session.connection()
+                    raw = (await connection.get_raw_connection()).driver_connection
+                    expected = None if mode == "transaction" else 5
+                    assert raw.prepare_threshold == expected  # type: ignore[union-attr]
+        finally:
+            await database.dispose_async()
+
+    asyncio.run(check())
