@@ -43,6 +43,13 @@ _QUERY_CHARS = 60
 # A statement that sets a password (ALTER ROLE ... PASSWORD '...') must not be echoed.
 _PASSWORD = re.compile(r"password", re.IGNORECASE)
 
+# uow's setting -> the server's parameter it sets.
+_TIMEOUT_SETTINGS = {
+    "statement_timeout": "statement_timeout",
+    "lock_timeout": "lock_timeout",
+    "idle_in_transaction_timeout": "idle_in_transaction_session_timeout",
+}
+
 _LIMITS = """
 SELECT current_setting('server_version'),
        current_setting('max_connections')::int,
@@ -169,6 +176,10 @@ def diagnose(settings: Settings, *, idle_threshold: float = 60.0) -> Report:
         _read_server(raw, report)
         budget = read_budget(raw, settings)
         server_port = connection.exec_driver_sql("SELECT inet_server_port()").scalar()
+        # What a session gets when uow sets nothing: the role's, database's or server's value.
+        for name in _TIMEOUT_SETTINGS.values():
+            value = connection.exec_driver_sql(f"SHOW {name}").scalar()
+            report.server[f"default_{name}"] = value
     report.pgbouncer = _pooler.detect(settings, server_port)
     report.budget = {
         "processes": budget.processes,
@@ -258,7 +269,12 @@ def _warnings(settings: Settings, report: Report, idle_threshold: float) -> list
         ("lock_timeout", "UOW_LOCK_TIMEOUT"),
         ("idle_in_transaction_timeout", "UOW_IDLE_IN_TRANSACTION_TIMEOUT"),
     ):
-        if getattr(settings, name) == 0:
+        # Off in uow but set on the role or database (as behind PgBouncer, to save the
+        # per-transaction round trip) is fine.
+        if (
+            getattr(settings, name) == 0
+            and report.server[f"default_{_TIMEOUT_SETTINGS[name]}"] == "0"
+        ):
             warn(
                 f"{name}_disabled",
                 f"{name} is disabled ({variable}=0)",

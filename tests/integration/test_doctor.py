@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import make_url
 
 from tests.conftest import libpq_dsn
 from uow import Settings
@@ -172,3 +173,22 @@ def test_run_entry_point_reports_unreachable(app_name: str) -> None:
     out, err = io.StringIO(), io.StringIO()
     assert run(settings, out=out, err=err) == 2
     assert "s3cret-pw" not in err.getvalue() and "***" in err.getvalue()
+
+
+def test_a_timeout_set_on_the_role_is_not_reported_disabled(
+    postgres_url: str, admin: psycopg.Connection[Any], app_name: str
+) -> None:
+    """uow's timeout off but the role's on (the PgBouncer recipe): no warning for that one."""
+    role = f"uow_doctor_{app_name[-12:]}"
+    admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        admin.execute(f"ALTER ROLE \"{role}\" SET statement_timeout = '5s'")
+        url = make_url(postgres_url).set(username=role).render_as_string(hide_password=False)
+        settings = Settings(url=url, statement_timeout=0, lock_timeout=0, application_name=app_name)
+        report = diagnose(settings)
+        codes = {w.code for w in report.warnings}
+        assert report.server["default_statement_timeout"] == "5s"
+        assert "statement_timeout_disabled" not in codes
+        assert "lock_timeout_disabled" in codes
+    finally:
+        admin.execute(f'DROP ROLE "{role}"')
