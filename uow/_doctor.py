@@ -190,6 +190,7 @@ def diagnose(settings: Settings, *, idle_threshold: float = 60.0) -> Report:
         "used_by_others": budget.used_by_others,
         "available": budget.available,
         "exceeded": budget.needed > budget.available,
+        "applies": settings.pgbouncer == "off" and not report.pgbouncer.get("detected"),
     }
     report.warnings = _warnings(settings, report, idle_threshold)
     return report
@@ -244,7 +245,7 @@ def _warnings(settings: Settings, report: Report, idle_threshold: float) -> list
     found.extend(Finding(*finding) for finding in _pooler.findings(settings, report.pgbouncer))
     budget = report.budget
     # Behind PgBouncer the pools hold client connections; PgBouncer bounds the server's.
-    if budget["exceeded"] and settings.pgbouncer == "off" and not report.pgbouncer["detected"]:
+    if budget["exceeded"] and budget["applies"]:
         warn(
             "budget_exceeded",
             f"connection budget exceeded: {budget['processes']} processes x "
@@ -327,23 +328,7 @@ def render(report: Report) -> str:
     ):
         rows = [[s.pid, s.application_name, f"{s.seconds:.1f} s", s.query] for s in sessions]
         lines += [title, *_table(["pid", "application", "duration", "query"], rows), ""]
-    budget = report.budget
-    lines += [
-        "Connection budget",
-        *_table(
-            ["needed", "available", "max_connections", "reserved", "used_by_others"],
-            [
-                [
-                    f"{budget['processes']} x {budget['per_process']} = {budget['needed']}",
-                    budget["available"],
-                    budget["max_connections"],
-                    budget["reserved"],
-                    budget["used_by_others"],
-                ]
-            ],
-        ),
-        "",
-    ]
+    lines += ["Connection budget", *_budget_lines(report.budget), ""]
     bouncer = report.pgbouncer
     if bouncer.get("detected"):
         keys = ["version", "pool_mode", "max_prepared_statements", "default_pool_size"]
@@ -356,6 +341,26 @@ def render(report: Report) -> str:
     else:
         lines.append("No warnings.")
     return "\n".join(lines)
+
+
+def _budget_lines(budget: dict[str, Any]) -> list[str]:
+    if not budget["applies"]:
+        return [
+            "  not checked: behind PgBouncer the pools hold connections to PgBouncer, and",
+            "  PgBouncer's default_pool_size bounds the server's connections",
+        ]
+    return _table(
+        ["needed", "available", "max_connections", "reserved", "used_by_others"],
+        [
+            [
+                f"{budget['processes']} x {budget['per_process']} = {budget['needed']}",
+                budget["available"],
+                budget["max_connections"],
+                budget["reserved"],
+                budget["used_by_others"],
+            ]
+        ],
+    )
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:

@@ -14,7 +14,13 @@ per mode:
   inside the transaction;
 - uow-short-tx: the same, with the application work moved before the transaction;
 - uow-async: uow-short-tx on AsyncUnitOfWork, each process one event loop running as
-  many tasks as the others run threads.
+  many tasks as the others run threads;
+- uow-pgbouncer (only with ``--modes``; needs the ``pgbouncer`` binary): uow-short-tx
+  through a PgBouncer in transaction mode (``UOW_PGBOUNCER=transaction``), every thread
+  its own client connection, PgBouncer holding the same server-connection budget.
+
+Halfway through each mode, ``uow doctor`` looks at the server with that mode's settings;
+its report goes to ``doctor-<mode>.txt`` in ``--out``.
 
 Prints a table per mode, writes ``summary.json`` and ``storm.png`` into ``--out``,
 and exits non-zero if uow mode broke a guarantee (a connection error, more
@@ -52,9 +58,11 @@ from examples.bank import async_services, services
 from examples.bank.async_services import AsyncBankUnitOfWork
 from examples.bank.models import Account
 from examples.bank.unit_of_work import BankUnitOfWork
-from uow.testing import EmbeddedPostgres
+from uow._doctor import diagnose, render
+from uow.testing import EmbeddedPostgres, PgBouncer
 
 MODES = ("naive", "uow", "uow-short-tx", "uow-async")
+EXTRA_MODES = ("uow-pgbouncer",)
 APP_ROLE = "bank_app"
 INITIAL_BALANCE = 10_000
 
@@ -183,7 +191,7 @@ def naive_transfer(dsn: str, source: int, target: int, amount: int, work: float)
 def uow_transfer(mode: str, source: int, target: int, amount: int, work: float) -> bool:
     key = uuid.uuid4().hex
     try:
-        if mode == "uow-short-tx":
+        if mode in ("uow-short-tx", "uow-pgbouncer"):
             time.sleep(work)  # the application's own work, before the transaction
             services.transfer(BankUnitOfWork(), source, target, amount, key=key)
             return True
@@ -209,6 +217,7 @@ class Load:
     accounts: int
     work: float
     duration: float
+    pgbouncer: str = "off"
 
 
 class Recorder:
@@ -303,7 +312,11 @@ def worker(load: Load, ready: Any, go: Any, results: Any, committed: Any) -> Non
     """A worker process: ``threads`` clients (or tasks) doing transfers until the deadline."""
     if load.mode != "naive":
         uow.configure(
-            load.app_url, pool_size=load.pool_size, max_overflow=0, application_name="storm-uow"
+            load.app_url,
+            pool_size=load.pool_size,
+            max_overflow=0,
+            application_name="storm-uow",
+            pgbouncer=load.pgbouncer,
         )
     ready.put(os.getpid())
     go.wait()
@@ -342,21 +355,45 @@ def poll_connections(
             time.sleep(0.05)
 
 
+def doctor(load: Load, processes: int, path: Path) -> None:
+    """Write what ``uow doctor`` sees right now, with the mode's settings, to ``path``."""
+    settings = uow.Settings(
+        url=load.app_url,
+        pool_size=load.pool_size,
+        processes=processes,
+        pgbouncer=load.pgbouncer,
+        application_name="uow-doctor",  # not storm-*: the poller counts those
+    )
+    try:
+        text = render(diagnose(settings))
+    except (uow.UnitOfWorkError, DBAPIError) as exc:
+        text = f"uow doctor: cannot reach {settings.masked_url}: {classify(exc)[0]}"
+    path.write_text(f"$ uow doctor   # halfway through the {load.mode} storm\n{text}\n")
+
+
+def make_load(mode: str, args: argparse.Namespace, app_url: str) -> Load:
+    bounced = mode == "uow-pgbouncer"
+    return Load(
+        mode=mode,
+        app_url=args.pgbouncer_url if bounced else app_url,
+        threads=args.threads,
+        # Client connections to PgBouncer are cheap: one per thread. PgBouncer's own pool
+        # holds the server connections, within the same budget as the other modes.
+        pool_size=args.threads if bounced else args.pool_size,
+        accounts=args.accounts,
+        work=args.work_ms / 1000,
+        duration=args.duration,
+        pgbouncer="transaction" if bounced else "off",
+    )
+
+
 def run_mode(
     mode: str, args: argparse.Namespace, admin_url: str, app_url: str, total: int
 ) -> ModeResult:
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     committed = ctx.Value("q", 0)
-    load = Load(
-        mode=mode,
-        app_url=app_url,
-        threads=args.threads,
-        pool_size=args.pool_size,
-        accounts=args.accounts,
-        work=args.work_ms / 1000,
-        duration=args.duration,
-    )
+    load = make_load(mode, args, app_url)
     procs = [
         ctx.Process(target=worker, args=(load, ready, go, results, committed))
         for _ in range(args.processes)
@@ -372,10 +409,14 @@ def run_mode(
     poller.start()
     go.set()
     budget = None if mode == "naive" else args.processes * args.pool_size
+    doctor_at, doctored = start[0] + args.duration / 2, False
     # On a terminal the progress line redraws itself; in a log, one line a second.
     tty = sys.stdout.isatty()
     prefix, end = ("\r", "") if tty else ("", "\n")
     while any(proc.is_alive() for proc in procs) and results.qsize() < len(procs):
+        if not doctored and time.monotonic() >= doctor_at:
+            doctor(load, args.processes, args.out / f"doctor-{mode}.txt")
+            doctored = True
         elapsed = time.monotonic() - start[0]
         peak = max((n for _, n in samples), default=0)
         print(
@@ -511,16 +552,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pool-size", type=int, default=0, help="uow pool per process (auto)")
     parser.add_argument("--work-ms", type=float, default=50.0, help="application work per request")
     parser.add_argument("--accounts", type=int, default=200, help="accounts to spread load over")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {MODES}")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated, of {MODES + EXTRA_MODES}"
+    )
     parser.add_argument("--out", type=Path, default=Path("storm-results"), help="output folder")
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(args.modes) - set(MODES)
+    unknown = set(args.modes) - set(MODES + EXTRA_MODES)
     if unknown or not args.modes:
-        parser.error(f"unknown modes {sorted(unknown)}; choose from {MODES}")
+        parser.error(f"unknown modes {sorted(unknown)}; choose from {MODES + EXTRA_MODES}")
     if min(args.processes, args.threads, args.accounts - 1) < 1 or args.duration <= 0:
         parser.error("--processes, --threads and --duration must be positive, --accounts >= 2")
     return args
+
+
+def start_pgbouncer(stack: contextlib.ExitStack, app_url: str, args: argparse.Namespace) -> str:
+    """Start PgBouncer (transaction mode) before the server; return the app's URL through it."""
+    url = make_url(app_url)
+    assert url.port and url.host and url.database, "uow-pgbouncer needs a TCP URL"
+    bouncer = stack.enter_context(
+        PgBouncer(
+            url.port,
+            server_host=url.host,
+            default_pool_size=args.processes * args.pool_size,
+            max_client_conn=args.processes * args.threads + 50,
+            users=("postgres", url.username or "postgres"),
+            # Lets `uow doctor`, connecting as the app, read PgBouncer's settings.
+            settings={"stats_users": url.username or "postgres"},
+        )
+    )
+    through = make_url(bouncer.url_for(url.database)).set(
+        username=url.username, password=url.password
+    )
+    return through.render_as_string(hide_password=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -538,13 +602,16 @@ def main(argv: list[str] | None = None) -> int:
             f" uow pool {args.pool_size} per process (budget {args.processes * args.pool_size})"
         )
         total = prepare(admin_url, app_url, args.accounts)
-        results = [run_mode(mode, args, admin_url, app_url, total) for mode in args.modes]
+        args.out.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            if "uow-pgbouncer" in args.modes:
+                args.pgbouncer_url = start_pgbouncer(stack, app_url, args)
+            results = [run_mode(mode, args, admin_url, app_url, total) for mode in args.modes]
     print()
     print_table(results, max_connections)
     lines = verdict(results)
     print()
     print("\n".join(lines))
-    args.out.mkdir(parents=True, exist_ok=True)
     summary = {
         "max_connections": max_connections,
         "processes": args.processes,

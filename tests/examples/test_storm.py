@@ -39,3 +39,30 @@ def test_short_storm_uow_has_no_connection_errors_and_stays_in_budget(tmp_path: 
     assert modes["naive"]["invariant_holds"]  # failed requests still leave no half-transfer
     assert (tmp_path / "storm.png").stat().st_size > 10_000
     assert "ok uow:" in done.stdout
+    # uow doctor looked at the server halfway through each mode, as the app connects.
+    report = (tmp_path / "doctor-uow.txt").read_text()
+    assert "storm-uow" in report
+    assert "Connection budget" in report
+
+
+def test_short_storm_through_pgbouncer(tmp_path: Path) -> None:
+    """uow-pgbouncer: 30 client connections through PgBouncer, no errors, server within budget."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [
+            sys.executable, "-m", "examples.bank.storm",
+            "--duration", "2", "--processes", "2", "--threads", "15",
+            "--max-connections", "20", "--accounts", "40", "--work-ms", "20",
+            "--modes", "uow-pgbouncer", "--out", str(tmp_path),
+        ],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    (mode,) = json.loads((tmp_path / "summary.json").read_text())["modes"]
+    assert mode["errors"] == {}
+    assert mode["committed"] > 0
+    assert 0 < mode["peak_connections"] <= mode["budget"]
+    assert mode["invariant_holds"], mode["invariant_detail"]
+    report = (tmp_path / "doctor-uow-pgbouncer.txt").read_text()
+    assert "transaction" in report and "PgBouncer 1." in report
+    assert "No warnings." in report

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Self
 
@@ -60,7 +60,7 @@ class PgBouncer:
     """A PgBouncer process pooling connections to one PostgreSQL server.
 
     Every database name is forwarded to the server (``* = host=... port=...``) as the
-    client's user; authentication is ``trust`` for user ``postgres``, who is also the
+    client's user; authentication is ``trust`` for the given users; ``postgres`` is the
     admin of the ``pgbouncer`` console database (``SHOW POOLS``, ``SHOW CONFIG``). The
     process is stopped and its directory deleted on `cleanup`, on garbage collection or at
     interpreter exit. Not thread-safe.
@@ -80,6 +80,7 @@ class PgBouncer:
         default_pool_size: int = 20,
         max_client_conn: int = 1000,
         settings: Mapping[str, str | int | float | bool] | None = None,
+        users: Sequence[str] = (_USER,),
         base_dir: Path | str | None = None,
     ) -> None:
         """Write the config; `start` starts PgBouncer.
@@ -91,6 +92,7 @@ class PgBouncer:
             default_pool_size: Server connections per database and user pair.
             max_client_conn: Client connections PgBouncer accepts.
             settings: Extra ``[pgbouncer]`` settings, e.g. ``{"max_prepared_statements": 100}``.
+            users: Users allowed in (trusted, no password), passed on to the server as they are.
             base_dir: Parent of the temporary directory; None uses `tempfile.gettempdir`.
 
         Raises:
@@ -105,7 +107,9 @@ class PgBouncer:
         self._tmp = Path(tempfile.mkdtemp(prefix="uow-pgbouncer-", dir=base_dir))
         self.log_path = self._tmp / "pgbouncer.log"
         self._config = self._tmp / "pgbouncer.ini"
-        (self._tmp / "users.txt").write_text(f'"{_USER}" ""\n')
+        if bad := [user for user in users if not user or '"' in user or "\n" in user]:
+            raise ValueError(f"invalid user names {bad!r}")
+        (self._tmp / "users.txt").write_text("".join(f'"{user}" ""\n' for user in users))
         pairs: dict[str, str | int | float | bool] = {
             "listen_addr": self.host,
             "listen_port": self.port,
