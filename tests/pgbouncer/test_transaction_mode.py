@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,15 @@ from sqlalchemy import make_url, text
 
 from tests.conftest import MakeDatabase
 from tests.integration.test_round_trips import Trace
-from uow import AsyncUnitOfWork, ConfigurationError, StatementTimeout, UnitOfWork
+from uow import (
+    AsyncUnitOfWork,
+    ConfigurationError,
+    ConnectionLost,
+    DatabaseUnavailable,
+    StatementTimeout,
+    UnitOfWork,
+    UnitOfWorkError,
+)
 from uow._session_state import session_state_problem
 from uow.testing import PgBouncer
 
@@ -255,3 +264,30 @@ def test_async_units_get_the_same_treatment(
             await database.dispose_async()
 
     asyncio.run(check())
+
+
+def test_a_pgbouncer_restart_is_survived(make_database: MakeDatabase, postgres_url: str) -> None:
+    """PgBouncer goes away and comes back: units fail cleanly meanwhile, then work again."""
+    server = make_url(postgres_url)
+    assert server.port and server.database
+    with PgBouncer(server.port, server_host=server.host or "") as bouncer:
+        database = make_database(
+            url=bouncer.url_for(server.database), pgbouncer="transaction", pool_size=2
+        )
+        for _ in range(4):
+            with UnitOfWork(database) as unit:
+                unit.session.execute(text("SELECT 1"))
+        bouncer.stop()
+        with pytest.raises(UnitOfWorkError), UnitOfWork(database) as unit:
+            unit.session.execute(text("SELECT 1"))
+        bouncer.start()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with UnitOfWork(database) as unit:
+                    assert unit.session.execute(text("SELECT 1")).scalar_one() == 1
+                break
+            except (DatabaseUnavailable, ConnectionLost):
+                assert time.monotonic() < deadline, "no recovery within 10 s"
+                time.sleep(0.05)
+        assert database.status().checked_out == 0
