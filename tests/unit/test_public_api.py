@@ -23,6 +23,7 @@ def test_all_is_pinned_and_sorted() -> None:
         "DatabaseUnavailable",
         "DeadlockDetected",
         "PoolExhausted",
+        "PoolStats",
         "PoolStatus",
         "Repository",
         "SerializationFailure",
