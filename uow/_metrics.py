@@ -42,7 +42,8 @@ class PoolStats:
     pool_min: int
     """Connections the pool keeps open once opened (``pool_size``; HikariCP ``minimumIdle``)."""
     pool_max: int
-    """Most connections it may open (``pool_size + max_overflow``; ``maximumPoolSize``)."""
+    """Most connections it may open (``pool_size + max_overflow``, -1 for no limit;
+    HikariCP ``maximumPoolSize``)."""
     pool_size: int
     """Connections open now, in use or idle (HikariCP ``totalConnections``)."""
     pool_available: int
