@@ -132,7 +132,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--quiet-wait",
         type=float,
         help="before each point, wait up to this many seconds while other processes take"
-        f" more than {QUIET:.0%} of the CPUs (10; quick 2; 0: never wait)",
+        f" more than {QUIET * 100:.0f}%% of the CPUs (10; quick 2; 0: never wait)",
     )
     add("--seed", type=int, default=1, help="seed of the clients' random ids (1)")
     add("--out", type=Path, default=ROOT / "benchmarks" / "results", help="output directory")

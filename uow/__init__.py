@@ -6,7 +6,7 @@ always returns the connection.
 """
 
 from ._async import AsyncRepository, AsyncUnitOfWork
-from ._database import Database, PoolStatus
+from ._database import Database, PoolStats, PoolStatus
 from ._default import configure, get_database
 from ._errors import (
     CommitOutcomeUnknown,
@@ -37,6 +37,7 @@ __all__ = [
     "DatabaseUnavailable",
     "DeadlockDetected",
     "PoolExhausted",
+    "PoolStats",
     "PoolStatus",
     "Repository",
     "SerializationFailure",

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from ._budget import Budget, read_budget
 from ._classify import translate
 from ._errors import ConfigurationError
 from ._liveness import install_checkout_checks
+from ._metrics import PoolStats, install_metrics, read_stats
 from ._monitor import watch_sessions
 from ._outage import ConnectGate
 from ._pool import AsyncQueuePool, FairQueuePool
@@ -28,7 +30,7 @@ from ._session_state import install_session_state_warnings
 from ._settings import Settings
 from ._timeouts import LocalTimeouts, install_session_timeouts, startup_options
 
-__all__ = ["ISOLATION_LEVELS", "Database", "PoolStatus"]
+__all__ = ["ISOLATION_LEVELS", "Database", "PoolStats", "PoolStatus"]
 
 logger = logging.getLogger("uow")
 
@@ -176,6 +178,19 @@ class Database:
             waiting=pool.waiting,
         )
 
+    def stats(self) -> PoolStats:
+        """Return the pool's gauges, timers and counters (psycopg_pool's names).
+
+        Reads memory only: no round trip. The asyncio engine's pool, once built, is
+        added in. See :class:`PoolStats` for each field and its HikariCP equivalent.
+        """
+        with self._lock:
+            counters = dict(self._counters)
+        stats = read_stats(self.engine.pool, counters)
+        if self._async_engine is not None:
+            stats += read_stats(self._async_engine.sync_engine.pool, {})
+        return stats
+
     def check(self) -> Budget:
         """Check the connection budget now (uow also does on its first connection).
 
@@ -317,16 +332,20 @@ def _install_events(engine: Engine, settings: Settings, count: Callable[[str], N
             read_budget(dbapi_connection, settings).check()
             checked.set()
 
+    metrics = install_metrics(engine)  # after the liveness check: see install_metrics
     gate = ConnectGate(settings.masked_url, count)
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
-        gate.before_connect()
+        gate.before_connect()  # a fast failure is not an attempt: not timed
+        started = time.monotonic()
         try:
             connection = dialect.connect(*cargs, **cparams)
         except Exception as exc:
+            metrics.connect_done(started, ok=False)
             gate.failed(exc)
             raise
+        metrics.connect_done(started, ok=True)
         gate.succeeded()
         return connection
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
@@ -26,11 +27,14 @@ __all__ = [
     "EXIT_ACTION",
     "EXIT_OK",
     "EXIT_UNREACHABLE",
+    "Activity",
     "Finding",
     "Report",
     "ServerSession",
+    "collect_activity",
     "diagnose",
     "render",
+    "render_activity",
     "run",
 ]
 
@@ -89,6 +93,11 @@ SELECT pid, application_name,
  ORDER BY 3 DESC
  LIMIT %s
 """
+_TRANSACTIONS = """
+SELECT xact_commit, xact_rollback
+  FROM pg_stat_database
+ WHERE datname = current_database()
+"""
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,63 @@ class ServerSession:
     application_name: str
     seconds: float
     query: str
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What the server's client sessions are doing at one moment (``doctor`` and ``top``)."""
+
+    taken_at: float
+    """``time.monotonic()`` when it was read."""
+    database: str
+    """The current database, which the transaction counters are for."""
+    connections: list[dict[str, Any]]
+    """``{"application_name", "state", "count"}`` per application and state."""
+    idle_in_transaction: list[ServerSession]
+    longest_transactions: list[ServerSession]
+    longest_queries: list[ServerSession]
+    xact_commit: int
+    """Transactions committed in this database since its statistics were reset."""
+    xact_rollback: int
+    """Transactions rolled back in this database since its statistics were reset."""
+
+
+def collect_activity(raw: Any) -> Activity:
+    """Read who holds connections and what they run, on a psycopg connection.
+
+    Five short queries in one transaction, which is rolled back: it ends the
+    statistics snapshot PostgreSQL keeps per transaction, so the next call sees new
+    counters.
+    """
+    cursor = raw.cursor()
+    try:
+        cursor.execute(_BY_APPLICATION)
+        connections = [
+            {"application_name": app, "state": state, "count": count}
+            for app, state, count in cursor.fetchall()
+        ]
+        cursor.execute(_IDLE_IN_TRANSACTION)
+        idle = [_session(row) for row in cursor.fetchall()]
+        cursor.execute(_LONGEST_TRANSACTIONS, (_TOP,))
+        transactions = [_session(row) for row in cursor.fetchall()]
+        cursor.execute(_LONGEST_QUERIES, (_TOP,))
+        queries = [_session(row) for row in cursor.fetchall()]
+        cursor.execute(_TRANSACTIONS)
+        commits, rollbacks = cursor.fetchone() or (0, 0)
+        taken_at = time.monotonic()
+    finally:
+        cursor.close()
+        raw.rollback()
+    return Activity(
+        taken_at=taken_at,
+        database=raw.info.dbname,
+        connections=connections,
+        idle_in_transaction=idle,
+        longest_transactions=transactions,
+        longest_queries=queries,
+        xact_commit=int(commits or 0),
+        xact_rollback=int(rollbacks or 0),
+    )
 
 
 @dataclass(frozen=True)
@@ -207,20 +273,13 @@ def _read_server(raw: Any, report: Report) -> None:
             "superuser_reserved_connections": superuser,
             "reserved_connections": reserved,  # None before PostgreSQL 16
         }
-        cursor.execute(_BY_APPLICATION)
-        report.connections = [
-            {"application_name": app, "state": state, "count": count}
-            for app, state, count in cursor.fetchall()
-        ]
-        cursor.execute(_IDLE_IN_TRANSACTION)
-        report.idle_in_transaction = [_session(row) for row in cursor.fetchall()]
-        cursor.execute(_LONGEST_TRANSACTIONS, (_TOP,))
-        report.longest_transactions = [_session(row) for row in cursor.fetchall()]
-        cursor.execute(_LONGEST_QUERIES, (_TOP,))
-        report.longest_queries = [_session(row) for row in cursor.fetchall()]
     finally:
         cursor.close()
-        raw.rollback()
+    activity = collect_activity(raw)
+    report.connections = activity.connections
+    report.idle_in_transaction = activity.idle_in_transaction
+    report.longest_transactions = activity.longest_transactions
+    report.longest_queries = activity.longest_queries
 
 
 def _session(row: tuple[Any, ...]) -> ServerSession:
@@ -313,21 +372,12 @@ def render(report: Report) -> str:
     lines = [f"uow doctor: {report.url} (application_name {report.application_name})", ""]
     server = report.server
     lines += ["Server", *_table(["setting", "value"], [[k, v] for k, v in server.items()]), ""]
-    lines += [
-        "Connections (client backends, excluding this one)",
-        *_table(
-            ["application_name", "state", "count"],
-            [[c["application_name"], c["state"], c["count"]] for c in report.connections],
-        ),
-        "",
-    ]
-    for title, sessions in (
-        ("Idle in transaction", report.idle_in_transaction),
-        (f"Longest open transactions (top {_TOP})", report.longest_transactions),
-        (f"Longest running queries (top {_TOP})", report.longest_queries),
-    ):
-        rows = [[s.pid, s.application_name, f"{s.seconds:.1f} s", s.query] for s in sessions]
-        lines += [title, *_table(["pid", "application", "duration", "query"], rows), ""]
+    lines += render_activity(
+        report.connections,
+        report.idle_in_transaction,
+        report.longest_transactions,
+        report.longest_queries,
+    )
     lines += ["Connection budget", *_budget_lines(report.budget), ""]
     bouncer = report.pgbouncer
     if bouncer.get("detected"):
@@ -361,6 +411,31 @@ def _budget_lines(budget: dict[str, Any]) -> list[str]:
             ]
         ],
     )
+
+
+def render_activity(
+    connections: list[dict[str, Any]],
+    idle_in_transaction: list[ServerSession],
+    longest_transactions: list[ServerSession],
+    longest_queries: list[ServerSession],
+) -> list[str]:
+    """The connections and session tables, as lines (``doctor`` and ``top``)."""
+    lines = [
+        "Connections (client backends, excluding this one)",
+        *_table(
+            ["application_name", "state", "count"],
+            [[c["application_name"], c["state"], c["count"]] for c in connections],
+        ),
+        "",
+    ]
+    for title, sessions in (
+        ("Idle in transaction", idle_in_transaction),
+        (f"Longest open transactions (top {_TOP})", longest_transactions),
+        (f"Longest running queries (top {_TOP})", longest_queries),
+    ):
+        rows = [[s.pid, s.application_name, f"{s.seconds:.1f} s", s.query] for s in sessions]
+        lines += [title, *_table(["pid", "application", "duration", "query"], rows), ""]
+    return lines
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:

@@ -28,10 +28,14 @@ from sqlalchemy import Engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry
 
-__all__ = ["install_checkout_checks"]
+__all__ = ["Recycled", "install_checkout_checks"]
 
 _IDLE_SINCE = "uow_idle_since"
 _RECYCLE_AT = "uow_recycle_at"
+
+
+class Recycled(DisconnectionError):
+    """A connection replaced at checkout for its age: deliberate, not a lost connection."""
 
 
 def _quiet(dbapi_connection: Any) -> bool:
@@ -73,7 +77,7 @@ def install_checkout_checks(
         # Raising DisconnectionError here is SQLAlchemy's documented way to have the
         # pool replace a connection at checkout.
         if now >= record.info.get(_RECYCLE_AT, math.inf):
-            raise DisconnectionError("connection reached its pool_recycle age")
+            raise Recycled("connection reached its pool_recycle age")
         idle_since = record.info.get(_IDLE_SINCE)
         if not pre_ping or idle_since is None:
             return

@@ -16,13 +16,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 from sqlalchemy.util import queue as sqla_queue
 
 from ._errors import PoolExhausted
+from ._metrics import PoolMetrics
 
 __all__ = ["AsyncQueuePool", "FairQueuePool"]
 
@@ -52,6 +53,14 @@ class _FairGate:
     @property
     def waiting(self) -> int:
         return len(self._waiters)
+
+    def try_acquire(self) -> bool:
+        """Take a permit if one is free and nobody is queued; never waits."""
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return True
+        return False
 
     def acquire(self, timeout: float) -> bool:
         waiter = _Waiter()  # allocated outside the lock: allocation can run finalizers
@@ -95,13 +104,17 @@ class FairQueuePool(QueuePool):
     """QueuePool whose waiters are served in arrival order and time out as PoolExhausted.
 
     Thread-safe, like QueuePool. With ``max_overflow=-1`` (no limit) nobody ever waits,
-    so no gate is used.
+    so no gate is used. ``metrics`` records each caller's wait (see ``uow._metrics``).
     """
 
     def __init__(self, creator: Any, pool_size: int = 5, max_overflow: int = 10, **kw: Any) -> None:
         super().__init__(creator, pool_size=pool_size, max_overflow=max_overflow, **kw)
         limit = pool_size + max_overflow
         self._gate = _FairGate(limit) if max_overflow >= 0 and pool_size > 0 else None
+        self.metrics = PoolMetrics()
+
+    def recreate(self) -> FairQueuePool:
+        return _keep_metrics(self, super().recreate())
 
     @property
     def waiting(self) -> int:
@@ -109,17 +122,38 @@ class FairQueuePool(QueuePool):
         return self._gate.waiting if self._gate is not None else 0
 
     def _do_get(self) -> ConnectionPoolEntry:
-        gate = self._gate
-        if gate is None:
-            return super()._do_get()
+        metrics = self.metrics
         started = time.monotonic()
-        if not gate.acquire(self._timeout):
-            raise self._exhausted(time.monotonic() - started)
+        gate = self._gate
         try:
-            return self._get_with_permit()
-        except BaseException:
-            gate.release()
+            if gate is None:
+                record = super()._do_get()
+            else:
+                self._acquire(gate, started)
+                try:
+                    record = self._get_with_permit()
+                except BaseException:
+                    gate.release()
+                    raise
+        except PoolExhausted:
+            metrics.request_done(started, timeout=True)
             raise
+        except BaseException:
+            metrics.request_done(started, error=True)
+            raise
+        metrics.request_done(started)
+        return record
+
+    def _acquire(self, gate: _FairGate, started: float) -> None:
+        if gate.try_acquire():  # the common case: a connection is free, nobody queues
+            return
+        self.metrics.enter_queue()
+        try:
+            acquired = gate.acquire(self._timeout)
+        finally:
+            self.metrics.leave_queue()
+        if not acquired:
+            raise self._exhausted(time.monotonic() - started)
 
     def _get_with_permit(self) -> ConnectionPoolEntry:
         # Holding a permit means fewer than pool_size + max_overflow connections are
@@ -152,12 +186,44 @@ class AsyncQueuePool(AsyncAdaptedQueuePool):
     """SQLAlchemy's asyncio pool, whose waiters asyncio already serves in arrival order
     (an asyncio.Queue); a timeout is raised as PoolExhausted, with the numbers."""
 
+    def __init__(self, creator: Any, **kw: Any) -> None:
+        super().__init__(creator, **kw)
+        self.metrics = PoolMetrics()
+
+    def recreate(self) -> AsyncQueuePool:
+        return _keep_metrics(self, super().recreate())
+
     def _do_get(self) -> ConnectionPoolEntry:
+        metrics = self.metrics
         started = time.monotonic()
+        # QueuePool waits exactly when nothing is idle and no new connection may be
+        # opened; asyncio runs one task at a time, so this read is what _do_get sees.
+        queued = -1 < self._max_overflow <= self._overflow and self._pool.empty()
+        if queued:
+            metrics.enter_queue()
         try:
-            return super()._do_get()
+            record = super()._do_get()
         except sa_exc.TimeoutError:
+            metrics.request_done(started, timeout=True)
             raise _exhausted(self, time.monotonic() - started, None) from None
+        except BaseException:
+            metrics.request_done(started, error=True)
+            raise
+        finally:
+            if queued:
+                metrics.leave_queue()
+        metrics.request_done(started)
+        return record
+
+
+_PoolT = TypeVar("_PoolT", FairQueuePool, AsyncQueuePool)
+
+
+def _keep_metrics(old: _PoolT, new: QueuePool) -> _PoolT:
+    # dispose() and fork handling replace the pool; its counts carry on.
+    assert isinstance(new, type(old))
+    new.metrics = old.metrics
+    return new
 
 
 def _exhausted(pool: QueuePool, waited: float, waiting: int | None) -> PoolExhausted:

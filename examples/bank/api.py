@@ -4,7 +4,7 @@ Endpoints are plain ``def`` functions: uow is synchronous, and FastAPI runs them
 its thread pool, where each request opens its own unit of work. Errors map to
 status codes without leaking internals: pool exhaustion and database outages are
 503 (with ``Retry-After`` when retrying soon is the right move), domain errors
-404/409/422.
+404/409/422. ``GET /metrics`` exposes the pool's metrics to Prometheus.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from typing import Annotated, Literal
 
 from fastapi import FastAPI, Path, Request, Response, status
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+import uow.prometheus
 from uow import (
     Database,
     DatabaseUnavailable,
@@ -278,6 +280,16 @@ def create_app(database: Database | None = None) -> FastAPI:
                 waiting=pool.waiting,
             ),
         )
+
+    @app.get("/metrics", response_class=Response)
+    def metrics() -> Response:
+        """The pool's gauges, timers and counters in Prometheus' text format."""
+        # A registry per scrape, because the database is looked up per request (tests
+        # swap the default). An app with a fixed database registers it once at start-up
+        # on prometheus_client's default registry instead.
+        registry = CollectorRegistry()
+        uow.prometheus.register(database if database is not None else get_database(), registry)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -8,6 +8,7 @@ import sys
 
 import uow
 import uow.migrations
+import uow.prometheus
 import uow.testing
 
 
@@ -23,6 +24,7 @@ def test_all_is_pinned_and_sorted() -> None:
         "DatabaseUnavailable",
         "DeadlockDetected",
         "PoolExhausted",
+        "PoolStats",
         "PoolStatus",
         "Repository",
         "SerializationFailure",
@@ -61,8 +63,9 @@ def test_import_opens_no_engine() -> None:
 
 
 def test_submodule_namespaces_are_pinned() -> None:
-    """uow.migrations and uow.testing export exactly these names, sorted."""
+    """uow.migrations, uow.prometheus and uow.testing export exactly these names, sorted."""
     assert uow.migrations.__all__ == ["check", "current", "downgrade", "upgrade"]
+    assert uow.prometheus.__all__ == ["UowCollector", "register"]
     assert uow.testing.__all__ == sorted(uow.testing.__all__)
     assert set(uow.testing.__all__) == {
         "EmbeddedPostgres",

@@ -1,0 +1,259 @@
+"""Pool metrics: gauges, timers and counters for one engine, named after psycopg_pool's.
+
+One :class:`PoolMetrics` recorder belongs to each engine's pool (the pool creates it
+and hands it on when SQLAlchemy recreates the pool on ``dispose()``). The pool feeds it
+the time each caller spends getting a connection; pool events feed it the rest. It
+adds no round trip, and per unit of work only a few ``time.monotonic()`` calls and
+integer additions under a lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, event
+from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
+
+from ._liveness import Recycled
+
+__all__ = ["PoolMetrics", "PoolStats", "install_metrics", "read_stats"]
+
+_CHECKED_OUT_AT = "uow_checked_out_at"  # record.info key: when the connection left the pool
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A snapshot of a database's pool: gauges, timers and counters since it was created.
+
+    Names follow psycopg_pool's ``get_stats()`` keys where one exists; HikariCP's
+    equivalent is given for each. Durations are milliseconds (floats, unlike
+    psycopg_pool's integers, so short transactions still add up). Counters only grow.
+    When the database has built its asyncio engine too, its pool is added in: both
+    are connections this process holds to the same server.
+    """
+
+    pool_min: int
+    """Connections the pool keeps open once opened (``pool_size``; HikariCP ``minimumIdle``)."""
+    pool_max: int
+    """Most connections it may open (``pool_size + max_overflow``, -1 for no limit;
+    HikariCP ``maximumPoolSize``)."""
+    pool_size: int
+    """Connections open now, in use or idle (HikariCP ``totalConnections``)."""
+    pool_available: int
+    """Connections idle in the pool now (HikariCP ``idleConnections``)."""
+    pool_checked_out: int
+    """Connections in use by a unit of work now (HikariCP ``activeConnections``)."""
+    pool_overflow: int
+    """Connections open now beyond ``pool_size`` (overflow; closed again when returned)."""
+    requests_waiting: int
+    """Callers queued for a connection now (HikariCP ``pendingThreads``)."""
+    requests_num: int
+    """Connections requested from the pool (HikariCP's ``pool.Wait`` timer count)."""
+    requests_queued: int
+    """Requests that had to queue because no connection was free."""
+    requests_wait_ms: float
+    """Time callers spent getting a connection: queued, or opening a new one
+    (HikariCP ``pool.Wait``; psycopg_pool counts only the time queued)."""
+    requests_errors: int
+    """Requests that got no connection: timeouts, or a connection that could not be opened."""
+    requests_timeouts: int
+    """Requests that timed out as ``PoolExhausted`` after ``pool_timeout``
+    (HikariCP ``pool.ConnectionTimeoutRate`` / connectionTimeout count)."""
+    usage_ms: float
+    """Time connections spent checked out, summed (HikariCP ``pool.Usage``)."""
+    connections_num: int
+    """Connections opened to the server (server backends started)."""
+    connections_ms: float
+    """Time spent opening connections, failed attempts included
+    (HikariCP ``pool.ConnectionCreation``)."""
+    connections_errors: int
+    """Failed attempts to open a connection (same as ``connect_failures``)."""
+    connections_lost: int
+    """Connections found dead at checkout, or that died in use, and were discarded."""
+    invalidations: int
+    """Connections invalidated for any reason: lost, recycled, or marked for replacement."""
+    retries: int
+    """Units of work run again after a transient error."""
+    leaks: int
+    """Connections held past ``leak_detection_threshold``."""
+    long_transactions: int
+    """Transactions open past ``long_transaction_threshold``."""
+    connect_failures: int
+    """Failed attempts to open a connection."""
+    fast_failures: int
+    """Connections refused without trying, while the server was unreachable."""
+
+    def __add__(self, other: PoolStats) -> PoolStats:
+        """Field by field sum: two pools to the same server, seen as one."""
+        return PoolStats(
+            **{
+                f.name: getattr(self, f.name) + getattr(other, f.name)
+                for f in dataclasses.fields(self)
+            }
+        )
+
+
+class PoolMetrics:
+    """Timers and counters of one pool. Thread-safe; every method is a few additions."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.waiting = 0
+        self.requests = 0
+        self.queued = 0
+        self.wait_seconds = 0.0
+        self.request_errors = 0
+        self.timeouts = 0
+        self.usage_seconds = 0.0
+        self.connects = 0
+        self.connect_seconds = 0.0
+        self.connect_errors = 0
+        self.lost = 0
+        self.invalidations = 0
+        _recorders.add(self)
+
+    def enter_queue(self) -> None:
+        """A caller found no free connection and queues for one."""
+        with self._lock:
+            self.queued += 1
+            self.waiting += 1
+
+    def leave_queue(self) -> None:
+        """A queued caller got a connection, timed out or was interrupted."""
+        with self._lock:
+            self.waiting -= 1
+
+    def request_done(self, started: float, *, error: bool = False, timeout: bool = False) -> None:
+        """A request for a connection that began at ``started`` (monotonic) ended."""
+        elapsed = time.monotonic() - started
+        with self._lock:
+            self.requests += 1
+            self.wait_seconds += elapsed
+            if error or timeout:
+                self.request_errors += 1
+            if timeout:
+                self.timeouts += 1
+
+    def connect_done(self, started: float, *, ok: bool) -> None:
+        """An attempt to open a connection that began at ``started`` ended."""
+        elapsed = time.monotonic() - started
+        with self._lock:
+            self.connect_seconds += elapsed
+            if ok:
+                self.connects += 1
+            else:
+                self.connect_errors += 1
+
+    def _checked_out(self, dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        record.info[_CHECKED_OUT_AT] = time.monotonic()
+
+    def _checked_in(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        # record.info survives an invalidation until the record reconnects, so a
+        # connection invalidated while in use is still timed.
+        began = record.info.pop(_CHECKED_OUT_AT, None)
+        if began is not None:
+            held = time.monotonic() - began
+            with self._lock:
+                self.usage_seconds += held
+
+    def _invalidated(
+        self, dbapi_connection: Any, record: ConnectionPoolEntry, exception: BaseException | None
+    ) -> None:
+        # An invalidation with an error means the connection was found broken; one
+        # without (Connection.invalidate()) or for its age (Recycled) is deliberate.
+        lost = exception is not None and not isinstance(exception, Recycled)
+        with self._lock:
+            self.invalidations += 1
+            if lost:
+                self.lost += 1
+
+    def _soft_invalidated(
+        self, dbapi_connection: Any, record: ConnectionPoolEntry, exception: BaseException | None
+    ) -> None:
+        with self._lock:
+            self.invalidations += 1
+
+    def _after_fork(self) -> None:
+        # The parent's lock may have been held at fork time, and its queued threads
+        # do not exist here; the counts so far are kept, like Database.counters().
+        self._lock = threading.Lock()
+        self.waiting = 0
+
+
+_recorders: weakref.WeakSet[PoolMetrics] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for recorder in list(_recorders):
+        recorder._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def install_metrics(engine: Engine) -> PoolMetrics:
+    """Feed the pool events of ``engine`` to its pool's recorder, and return the recorder.
+
+    Installed after uow's liveness check, so a connection the check replaces is not
+    counted as checked out twice.
+    """
+    recorder = metrics_of(engine.pool)
+    event.listen(engine, "checkout", recorder._checked_out)
+    event.listen(engine, "checkin", recorder._checked_in)
+    event.listen(engine, "invalidate", recorder._invalidated)
+    event.listen(engine, "soft_invalidate", recorder._soft_invalidated)
+    return recorder
+
+
+def metrics_of(pool: Pool) -> PoolMetrics:
+    """The recorder of one of uow's pools."""
+    recorder = getattr(pool, "metrics", None)
+    if not isinstance(recorder, PoolMetrics):
+        raise TypeError(
+            f"{type(pool).__name__} keeps no uow metrics; do not replace uow's pool class "
+            "through engine_options['poolclass']"
+        )
+    return recorder
+
+
+def read_stats(pool: Pool, counters: Mapping[str, int]) -> PoolStats:
+    """A snapshot of ``pool``'s gauges and recorder, with the database's ``counters``."""
+    recorder = metrics_of(pool)
+    assert isinstance(pool, QueuePool)
+    size = pool.size()
+    max_overflow = pool._max_overflow
+    idle = pool.checkedin()
+    checked_out = pool.checkedout()
+    with recorder._lock:
+        return PoolStats(
+            pool_min=size,
+            pool_max=size + max_overflow if max_overflow >= 0 else -1,
+            pool_size=idle + checked_out,
+            pool_available=idle,
+            pool_checked_out=checked_out,
+            pool_overflow=max(0, idle + checked_out - size),
+            requests_waiting=recorder.waiting,
+            requests_num=recorder.requests,
+            requests_queued=recorder.queued,
+            requests_wait_ms=recorder.wait_seconds * 1000,
+            requests_errors=recorder.request_errors,
+            requests_timeouts=recorder.timeouts,
+            usage_ms=recorder.usage_seconds * 1000,
+            connections_num=recorder.connects,
+            connections_ms=recorder.connect_seconds * 1000,
+            connections_errors=recorder.connect_errors,
+            connections_lost=recorder.lost,
+            invalidations=recorder.invalidations,
+            retries=counters.get("retries", 0),
+            leaks=counters.get("leaks", 0),
+            long_transactions=counters.get("long_transactions", 0),
+            connect_failures=counters.get("connect_failures", 0),
+            fast_failures=counters.get("fast_failures", 0),
+        )
