@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ._doctor import EXIT_UNREACHABLE, run
+from ._doctor import DEFAULT_MAX_REPLICA_LAG, EXIT_UNREACHABLE, run
 from ._errors import ConfigurationError
 from ._settings import Settings
 
@@ -26,8 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "doctor",
         help="check the server and the settings; exit 1 if something needs action",
         description="Connect with the current settings (DATABASE_URL, UOW_*) and report the "
-        "server's limits, who holds connections, open transactions, the connection budget "
-        "and settings that need action. Exit 0: all well; 1: something needs action; "
+        "server's limits, who holds connections, open transactions, the connection budget, "
+        "replication and each read replica's lag (UOW_REPLICA_URLS), and settings that need "
+        "action. Exit 0: all well; 1: something needs action; "
         "2: the server cannot be reached or the settings are invalid.",
     )
     doctor.add_argument("--url", help="PostgreSQL URL (default: DATABASE_URL)")
@@ -38,6 +39,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=60.0,
         metavar="SECONDS",
         help="a session idle in transaction longer than this needs action (default 60)",
+    )
+    doctor.add_argument(
+        "--max-replica-lag",
+        type=float,
+        default=DEFAULT_MAX_REPLICA_LAG,
+        metavar="SECONDS",
+        help="a read replica lagging more than this needs action (default 30)",
     )
     args = parser.parse_args(argv)
     try:
@@ -50,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings,
         as_json=args.json,
         idle_threshold=args.idle_threshold,
+        max_replica_lag=args.max_replica_lag,
         out=sys.stdout,
         err=sys.stderr,
     )

@@ -2,26 +2,32 @@
 
 One connection, opened the way the application opens them (same URL, same
 ``application_name``, same startup options), reads the server's limits, who holds
-connections, transactions left open and the longest statements, then checks the
-connection budget and the settings. The report is plain text or JSON; the exit code
-says whether anything needs action (0 no, 1 yes, 2 the server could not be reached).
+connections, transactions left open and the longest statements, the standbys
+streaming from it, then checks the connection budget and the settings. Each
+configured read replica gets one connection too, for its recovery state, its lag and
+its own budget. The report is plain text or JSON; the exit code says whether anything
+needs action (0 no, 1 yes, 2 the server could not be reached).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from ._budget import read_budget
+from ._classify import first_line
 from ._database import Database
 from ._errors import UnitOfWorkError
 from ._settings import Settings
 
 __all__ = [
+    "DEFAULT_MAX_REPLICA_LAG",
     "EXIT_ACTION",
     "EXIT_OK",
     "EXIT_UNREACHABLE",
@@ -38,6 +44,7 @@ EXIT_ACTION = 1
 EXIT_UNREACHABLE = 2
 
 _TOP = 5
+DEFAULT_MAX_REPLICA_LAG = 30.0
 _QUERY_CHARS = 60
 # A statement that sets a password (ALTER ROLE ... PASSWORD '...') must not be echoed.
 _PASSWORD = re.compile(r"password", re.IGNORECASE)
@@ -83,6 +90,33 @@ SELECT pid, application_name,
 """
 
 
+_IN_RECOVERY = """
+SELECT pg_is_in_recovery(),
+       CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn()::text END
+"""
+# Standbys streaming from this server (empty on a standby without cascading ones).
+_REPLICATION = """
+SELECT application_name, host(client_addr), state,
+       extract(epoch FROM write_lag)::float8,
+       extract(epoch FROM flush_lag)::float8,
+       extract(epoch FROM replay_lag)::float8,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint
+  FROM pg_stat_replication
+ ORDER BY 1, 2
+"""
+# On a configured replica. The lag is the age of the last transaction replayed, but 0
+# once everything the primary had written (read just before, %s) is replayed: on an
+# idle primary the last replayed transaction gets old without the replica lagging.
+_REPLICA = """
+SELECT pg_is_in_recovery(),
+       CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END,
+       CASE WHEN pg_is_in_recovery() THEN pg_wal_lsn_diff(
+           coalesce(%s::pg_lsn, pg_last_wal_receive_lsn()), pg_last_wal_replay_lsn())
+       END::bigint,
+       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8
+"""
+
+
 @dataclass(frozen=True)
 class ServerSession:
     """One server session: who holds it, for how long, doing what."""
@@ -116,6 +150,8 @@ class Report:
     longest_transactions: list[ServerSession] = field(default_factory=list)
     longest_queries: list[ServerSession] = field(default_factory=list)
     budget: dict[str, Any] = field(default_factory=dict)
+    replication: list[dict[str, Any]] = field(default_factory=list)
+    replicas: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
 
     @property
@@ -130,12 +166,18 @@ class Report:
         return data
 
 
-def diagnose(settings: Settings, *, idle_threshold: float = 60.0) -> Report:
+def diagnose(
+    settings: Settings,
+    *,
+    idle_threshold: float = 60.0,
+    max_replica_lag: float = DEFAULT_MAX_REPLICA_LAG,
+) -> Report:
     """Connect with ``settings`` and collect the report.
 
     Args:
         settings: How the application connects; the budget is checked for these values.
         idle_threshold: Seconds after which a session ``idle in transaction`` needs action.
+        max_replica_lag: Seconds of replication lag after which a read replica needs action.
 
     Returns:
         The report; its ``exit_code`` is 0 or 1.
@@ -159,14 +201,42 @@ def diagnose(settings: Settings, *, idle_threshold: float = 60.0) -> Report:
         )
     }
     # The budget is read below, and reported instead of raised.
-    with (
-        Database(settings.replace(check_budget=False, pool_size=1)) as database,
-        database.engine.connect() as connection,
-    ):
-        raw = connection.connection.dbapi_connection
+    with _connect(settings) as raw:
         _read_server(raw, report)
-        budget = read_budget(raw, settings)
-    report.budget = {
+        report.budget = _budget(raw, settings)
+        in_recovery, wal_lsn = _one(raw, _IN_RECOVERY)
+        report.server["in_recovery"] = in_recovery
+        if not in_recovery:
+            report.replication = _read_replication(raw)
+    report.replicas = [_read_replica(settings, url, wal_lsn) for url in settings.replica_urls]
+    report.warnings = _warnings(settings, report, idle_threshold)
+    report.warnings += _replica_warnings(report, max_replica_lag)
+    return report
+
+
+@contextlib.contextmanager
+def _connect(settings: Settings) -> Iterator[Any]:
+    """One raw connection, opened as the application opens them (budget not checked)."""
+    # The budget is read by the caller, and reported instead of raised.
+    one = settings.replace(check_budget=False, pool_size=1, replica_urls=())
+    with Database(one) as database, database.engine.connect() as connection:
+        yield connection.connection.dbapi_connection
+
+
+def _one(raw: Any, query: str, *args: Any) -> tuple[Any, ...]:
+    cursor = raw.cursor()
+    try:
+        cursor.execute(query, args or None)
+        row: tuple[Any, ...] = cursor.fetchone()
+        return row
+    finally:
+        cursor.close()
+        raw.rollback()
+
+
+def _budget(raw: Any, settings: Settings) -> dict[str, Any]:
+    budget = read_budget(raw, settings)
+    return {
         "processes": budget.processes,
         "per_process": budget.per_process,
         "needed": budget.needed,
@@ -176,8 +246,48 @@ def diagnose(settings: Settings, *, idle_threshold: float = 60.0) -> Report:
         "available": budget.available,
         "exceeded": budget.needed > budget.available,
     }
-    report.warnings = _warnings(settings, report, idle_threshold)
-    return report
+
+
+def _read_replication(raw: Any) -> list[dict[str, Any]]:
+    cursor = raw.cursor()
+    try:
+        cursor.execute(_REPLICATION)
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+        raw.rollback()
+    keys = ("application_name", "client_addr", "state", "write_lag", "flush_lag", "replay_lag")
+    return [{**dict(zip(keys, row[:6], strict=True)), "bytes_behind": row[6]} for row in rows]
+
+
+def _read_replica(settings: Settings, url: str, primary_lsn: str | None) -> dict[str, Any]:
+    """What one configured read replica says: recovery, lag and budget; or why it failed."""
+    replica = settings.replace(url=url)
+    entry: dict[str, Any] = {"url": replica.masked_url, "reachable": False}
+    try:
+        with _connect(replica) as raw:
+            in_recovery, paused, behind, age = _one(raw, _REPLICA, primary_lsn)
+            budget = _budget(raw, replica)
+    except UnitOfWorkError as exc:
+        # uow's messages carry only the masked URL.
+        entry["error"] = f"{type(exc).__name__}: {first_line(exc)}"
+        return entry
+    except SQLAlchemyError as exc:
+        # The driver's message can quote the DSN: only the kind is reported.
+        entry["error"] = type(exc).__name__
+        return entry
+    lag = None
+    if in_recovery:
+        lag = 0.0 if behind is not None and behind <= 0 else age
+    entry.update(
+        reachable=True,
+        in_recovery=in_recovery,
+        replay_paused=paused,
+        bytes_behind=max(behind, 0) if behind is not None else None,
+        lag_seconds=round(lag, 3) if lag is not None else None,
+        budget=budget,
+    )
+    return entry
 
 
 def _read_server(raw: Any, report: Report) -> None:
@@ -285,6 +395,62 @@ def _warnings(settings: Settings, report: Report, idle_threshold: float) -> list
     return found
 
 
+def _replica_warnings(report: Report, max_lag: float) -> list[Finding]:
+    found: list[Finding] = []
+    for replica in report.replicas:
+        url = replica["url"]
+        if not replica["reachable"]:
+            found.append(
+                Finding(
+                    "replica_unreachable",
+                    f"read replica {url} cannot be reached ({replica['error']})",
+                    "readonly units of work fall back to the other replicas or the primary, "
+                    "which then carries their load; bring it back or remove it from "
+                    "UOW_REPLICA_URLS",
+                    True,
+                )
+            )
+            continue
+        if not replica["in_recovery"]:
+            found.append(
+                Finding(
+                    "replica_not_in_recovery",
+                    f"read replica {url} is not in recovery: it is a primary, not a standby",
+                    "readonly units of work read from it; after a failover, update "
+                    "DATABASE_URL and UOW_REPLICA_URLS",
+                    True,
+                )
+            )
+            continue
+        lag = replica["lag_seconds"]
+        if lag is not None and lag > max_lag:
+            paused = " (replay is paused)" if replica["replay_paused"] else ""
+            found.append(
+                Finding(
+                    "replica_lag",
+                    f"read replica {url} lags {lag:.1f} s behind the primary{paused}, "
+                    f"{replica['bytes_behind']} bytes of WAL (threshold {max_lag:g} s)",
+                    "readonly units of work there read data that old; look at the "
+                    "replica's load, its network and long queries conflicting with replay, "
+                    "or read from the primary (UnitOfWork(readonly=True, replica=False))",
+                    True,
+                )
+            )
+        if replica["budget"]["exceeded"]:
+            budget = replica["budget"]
+            found.append(
+                Finding(
+                    "replica_budget_exceeded",
+                    f"connection budget exceeded on read replica {url}: {budget['needed']} "
+                    f"needed, {budget['available']} available",
+                    "each process opens a pool per replica too: lower UOW_POOL_SIZE, run "
+                    "fewer processes or raise the replica's max_connections",
+                    True,
+                )
+            )
+    return found
+
+
 def render(report: Report) -> str:
     """The report as a plain-text table."""
     lines = [f"uow doctor: {report.url} (application_name {report.application_name})", ""]
@@ -322,6 +488,47 @@ def render(report: Report) -> str:
         ),
         "",
     ]
+    lines += [
+        "Replication (standbys streaming from this server)",
+        *_table(
+            [
+                "application_name",
+                "client",
+                "state",
+                "write_lag",
+                "flush_lag",
+                "replay_lag",
+                "bytes_behind",
+            ],
+            [
+                [
+                    r["application_name"],
+                    r["client_addr"],
+                    r["state"],
+                    *(_seconds(r[k]) for k in ("write_lag", "flush_lag", "replay_lag")),
+                    r["bytes_behind"],
+                ]
+                for r in report.replication
+            ],
+        ),
+        "",
+    ]
+    if report.replicas:
+        rows = [
+            [
+                r["url"],
+                ("in recovery" if r["in_recovery"] else "PRIMARY") if r["reachable"] else "DOWN",
+                _seconds(r.get("lag_seconds")),
+                r.get("bytes_behind"),
+                "yes" if r.get("replay_paused") else None,
+            ]
+            for r in report.replicas
+        ]
+        lines += [
+            "Read replicas (UOW_REPLICA_URLS)",
+            *_table(["url", "state", "lag", "bytes_behind", "replay_paused"], rows),
+            "",
+        ]
     if report.warnings:
         lines.append("Warnings")
         for w in report.warnings:
@@ -344,6 +551,10 @@ def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
     return [line(cells[0]), line(["-" * w for w in widths]), *(line(row) for row in cells[1:])]
 
 
+def _seconds(value: float | None) -> str | None:
+    return None if value is None else f"{value:.3f} s"
+
+
 def _cell(value: Any) -> str:
     return "-" if value is None or value == "" else str(value)
 
@@ -353,6 +564,7 @@ def run(
     *,
     as_json: bool = False,
     idle_threshold: float = 60.0,
+    max_replica_lag: float = DEFAULT_MAX_REPLICA_LAG,
     out: TextIO,
     err: TextIO,
 ) -> int:
@@ -362,6 +574,7 @@ def run(
         settings: How the application connects.
         as_json: Print JSON instead of the text table.
         idle_threshold: Seconds after which a session idle in transaction needs action.
+        max_replica_lag: Seconds of lag after which a read replica needs action.
         out: Where the report goes.
         err: Where the one-line error goes when the server cannot be reached.
 
@@ -369,7 +582,7 @@ def run(
         The exit code: 0 nothing needs action, 1 something does, 2 unreachable.
     """
     try:
-        report = diagnose(settings, idle_threshold=idle_threshold)
+        report = diagnose(settings, idle_threshold=idle_threshold, max_replica_lag=max_replica_lag)
     except (UnitOfWorkError, SQLAlchemyError) as exc:
         # The driver's message can quote the DSN; only the masked URL is printed.
         kind = type(exc).__name__

@@ -27,6 +27,8 @@ JSON_KEYS = {
     "idle_in_transaction",
     "longest_queries",
     "longest_transactions",
+    "replicas",
+    "replication",
     "server",
     "settings",
     "url",

@@ -73,8 +73,9 @@ def servers() -> Iterator[Cluster]:
     try:
         cluster = Cluster(primary, [])
         cluster.execute(primary, f"CREATE TABLE {TABLE} (id serial PRIMARY KEY, name text)")
-        for _ in range(2):
-            made.append(primary.replica())
+        for i in range(2):
+            # cluster_name is the standby's application_name in pg_stat_replication.
+            made.append(primary.replica(settings={"cluster_name": f"replica{i}"}))
             cluster.replicas.append(made[-1])
         cluster.caught_up()
         yield cluster
