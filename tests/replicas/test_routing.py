@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import threading
 import time
 
@@ -13,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from tests.integration.test_round_trips import Trace
 from tests.replicas.conftest import TABLE, Cluster, MakeDatabase, wait_for
-from uow import Database, UnitOfWork
+from uow import Database, UnitOfWork, run_transaction
 from uow.testing import EmbeddedPostgres
 
 WHERE = text("SELECT pg_is_in_recovery(), inet_server_port()")
@@ -182,3 +184,45 @@ def test_a_routed_readonly_unit_costs_no_extra_round_trip(make_db: MakeDatabase)
     finally:
         for trace in traces:
             trace.close()
+
+
+def test_a_forked_child_opens_its_own_replica_connections(
+    cluster: Cluster, make_db: MakeDatabase
+) -> None:
+    """After fork() the child reads from the replica on a new connection; the parent keeps its."""
+    replica = cluster.replicas[0]
+    db = make_db(replica_urls=[replica.url])
+    backend = text("SELECT pg_backend_pid(), pg_is_in_recovery()")
+
+    def on_replica() -> int:
+        with UnitOfWork(db, readonly=True) as uow:
+            pid, recovery = uow.session.execute(backend).one()
+        assert recovery is True
+        return int(pid)
+
+    parent_backend = on_replica()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 2
+        try:
+            code = 0 if on_replica() != parent_backend else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 10
+    while not (done := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not done[0]:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert done[0] and os.waitstatus_to_exitcode(done[1]) == 0, "the child failed or hung"
+    assert on_replica() == parent_backend
+
+
+def test_run_transaction_passes_replica_on(cluster: Cluster, db: Database) -> None:
+    """run_transaction(readonly=True) reads from a replica, and with replica=False the primary."""
+
+    def port(uow: UnitOfWork) -> int:
+        return int(uow.session.execute(text("SELECT inet_server_port()")).scalar_one())
+
+    assert run_transaction(port, database=db, readonly=True) in {r.port for r in cluster.replicas}
+    assert run_transaction(port, database=db, readonly=True, replica=False) == cluster.primary.port
