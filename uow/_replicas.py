@@ -15,7 +15,10 @@ async unit runs the same code in SQLAlchemy's greenlet bridge):
   readonly units in the same thread or task read from the primary instead.
 
 A replica that is merely behind is still used: what it returns may be stale by its
-replication lag (``uow doctor`` shows the lag).
+replication lag (``uow doctor`` shows the lag), unless ``replica_max_lag`` is set. Then
+the lag is read on a routed unit's connection, at most once every ``_LAG_CHECK_EVERY``
+seconds per replica (one statement more in that one unit), and a replica lagging more
+is skipped until a later check finds it caught up.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
@@ -39,6 +42,14 @@ from ._settings import Settings
 __all__ = ["Replicas"]
 
 logger = logging.getLogger("uow")
+
+_LAG_CHECK_EVERY = 1.0  # seconds between two lag checks of one replica
+# 0 once everything received is replayed: on an idle primary the last replayed
+# transaction gets old without the replica lagging.
+_LAG = text(
+    "SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0"
+    " ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) END"
+)
 
 # When this thread or task last committed a unit that could write, by Replicas object.
 # The mapping is replaced, never changed in place: contexts copied from this one (new
@@ -65,6 +76,9 @@ class Replicas:
         self._make_async_engine = make_async_engine
         self._async_engines: list[AsyncEngine] | None = None
         self._window = settings.replica_read_after_write
+        self._max_lag = settings.replica_max_lag
+        self._lag_due = [0.0] * len(self.engines)  # when each replica's lag is read next
+        self._lagging: set[int] = set()
         self._turn = itertools.count()
         self._lock = threading.Lock()
         self._down: set[int] = set()
@@ -98,6 +112,9 @@ class Replicas:
         count = len(self.engines)
         first = next(self._turn) % count
         for index in [(first + step) % count for step in range(count)]:
+            lag_check = self._max_lag > 0 and self._lag_check_due(index)
+            if index in self._lagging and not lag_check:
+                continue
             session.bind = self._bind(index, isolation, asynchronous)
             try:
                 session.connection()
@@ -107,6 +124,9 @@ class Replicas:
                 continue
             if index in self._down:  # read without the lock: the common path takes none
                 self._came_back(index)
+            if lag_check and self._too_far_behind(index, session):
+                session.rollback()
+                continue
             return
         session.bind = primary
 
@@ -134,6 +154,37 @@ class Replicas:
                 bind = self.engines[index].execution_options(**options)
             self._binds[key] = bind
         return bind
+
+    def _lag_check_due(self, index: int) -> bool:
+        """Whether this caller reads the replica's lag now (one caller a period does)."""
+        now = time.monotonic()
+        if now < self._lag_due[index]:  # read without the lock: the common path takes none
+            return False
+        with self._lock:
+            if now < self._lag_due[index]:
+                return False
+            self._lag_due[index] = now + _LAG_CHECK_EVERY
+        return True
+
+    def _too_far_behind(self, index: int, session: Session) -> bool:
+        # In the unit's own transaction, as its first statement: BEGIN rides on it.
+        lag = float(session.execute(_LAG).scalar_one())
+        if lag > self._max_lag:
+            if index not in self._lagging:
+                self._lagging.add(index)
+                logger.warning(
+                    "read replica %s lags %.1f s behind the primary, more than "
+                    "replica_max_lag=%gs; readonly units of work use the next replica, or the "
+                    "primary, until it catches up",
+                    self.urls[index],
+                    lag,
+                    self._max_lag,
+                )
+            return True
+        if index in self._lagging:
+            self._lagging.discard(index)
+            logger.info("read replica %s has caught up (lag %.1f s)", self.urls[index], lag)
+        return False
 
     def _went_down(self, index: int, exc: BaseException) -> None:
         with self._lock:

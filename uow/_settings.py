@@ -136,6 +136,11 @@ class Settings:
     units in the same thread or task read from the primary, so they see what was just
     written despite replication lag (``UOW_REPLICA_READ_AFTER_WRITE``); 0 turns it off."""
 
+    replica_max_lag: float = 0.0
+    """Skip a replica whose replay lags more than this many seconds behind the primary
+    (``UOW_REPLICA_MAX_LAG``); 0 turns the check off. The lag is read on a routed unit's
+    connection at most once a second per replica: one statement more in that unit."""
+
     engine_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """Extra keyword arguments passed untouched to :func:`sqlalchemy.create_engine`."""
 
@@ -143,6 +148,7 @@ class Settings:
         object.__setattr__(self, "url", _normalize_url(self.url))
         object.__setattr__(self, "replica_urls", _normalize_replicas(self.replica_urls))
         _check_seconds("replica_read_after_write", self.replica_read_after_write, 0.0, 3600.0)
+        _check_seconds("replica_max_lag", self.replica_max_lag, 0.0, 86400.0)
         _check_int("pool_size", self.pool_size, 1, 1000)
         _check_int("max_overflow", self.max_overflow, 0, 1000)
         _check_seconds("pool_timeout", self.pool_timeout, 0.0, 3600.0, low_open=True)

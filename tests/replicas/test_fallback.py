@@ -118,3 +118,42 @@ def test_async_readonly_units_route_and_fall_back_the_same_way(
     assert asyncio.run(scenario()) == [standby, primary, standby, primary]
     assert len(replica_warnings(caplog)) == 1
     assert PASSWORD not in caplog.text
+
+
+def test_a_replica_over_replica_max_lag_is_skipped_until_it_catches_up(
+    cluster: Cluster, make_db: MakeDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With replica_max_lag, a replica whose replay is paused behind a write is skipped."""
+    behind, current = cluster.replicas
+    db = make_db(replica_max_lag=0.2)
+    cluster.execute(behind, "SELECT pg_wal_replay_pause()")
+    wait_for(
+        lambda: cluster.execute(behind, "SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused"
+    )
+    cluster.execute(cluster.primary, f"INSERT INTO {TABLE} (name) VALUES ('later')")
+    time.sleep(0.3)
+    caplog.set_level(logging.WARNING, logger="uow")
+    assert {where(db, readonly=True) for _ in range(6)} == {(True, current.port)}
+    lagging = [r.getMessage() for r in caplog.records if "lags" in r.getMessage()]
+    assert len(lagging) == 1 and f":{behind.port}/" in lagging[0]
+
+    cluster.execute(behind, "SELECT pg_wal_replay_resume()")
+    cluster.caught_up()
+    # The next lag check, within a second, finds it caught up.
+    wait_for(lambda: where(db, readonly=True)[1] == behind.port, timeout=3.0, what="back")
+
+
+def test_every_replica_lagging_sends_readonly_units_to_the_primary(
+    cluster: Cluster, make_db: MakeDatabase
+) -> None:
+    """With every replica over replica_max_lag, readonly units read from the primary."""
+    db = make_db(replica_max_lag=0.2)
+    for replica in cluster.replicas:
+        cluster.execute(replica, "SELECT pg_wal_replay_pause()")
+    cluster.execute(cluster.primary, f"INSERT INTO {TABLE} (name) VALUES ('later')")
+    time.sleep(0.3)
+    for _ in range(4):
+        with UnitOfWork(db, readonly=True) as uow:
+            assert uow.session.execute(WHERE).one() == (False, cluster.primary.port)
+            names = uow.session.execute(text(f"SELECT name FROM {TABLE}")).scalars().all()
+            assert names == ["later"]

@@ -226,3 +226,25 @@ def test_run_transaction_passes_replica_on(cluster: Cluster, db: Database) -> No
 
     assert run_transaction(port, database=db, readonly=True) in {r.port for r in cluster.replicas}
     assert run_transaction(port, database=db, readonly=True, replica=False) == cluster.primary.port
+
+
+def test_the_lag_check_costs_one_statement_a_second_per_replica(
+    cluster: Cluster, make_db: MakeDatabase
+) -> None:
+    """With replica_max_lag, the first unit on a replica reads the lag; the next ones do not."""
+    db = make_db(pool_size=1, replica_urls=[cluster.replicas[0].url], replica_max_lag=30)
+    assert db._replicas is not None
+    trace = Trace(db._replicas.engines[0])
+    try:
+        for _ in range(3):
+            with UnitOfWork(db, readonly=True) as uow:
+                uow.session.execute(text("SELECT 1"))
+        _, queries = trace.take()
+        assert queries[0] == "BEGIN READ ONLY"
+        assert queries[1].startswith("SELECT CASE WHEN pg_last_wal_receive_lsn()")
+        assert (
+            queries[2:]
+            == ["SELECT 1", "ROLLBACK"] + ["BEGIN READ ONLY", "SELECT 1", "ROLLBACK"] * 2
+        )
+    finally:
+        trace.close()

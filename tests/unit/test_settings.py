@@ -230,3 +230,13 @@ def test_replica_read_after_write_is_validated() -> None:
     """replica_read_after_write is seconds from 0 to 3600."""
     with pytest.raises(ConfigurationError, match="replica_read_after_write=-1"):
         Settings(url=URL, replica_read_after_write=-1)
+
+
+def test_replica_max_lag_is_validated() -> None:
+    """replica_max_lag is seconds, 0 (off, the default) or more."""
+    assert Settings(url=URL).replica_max_lag == 0
+    assert (
+        Settings.from_env({"DATABASE_URL": URL, "UOW_REPLICA_MAX_LAG": "5s"}).replica_max_lag == 5
+    )
+    with pytest.raises(ConfigurationError, match="replica_max_lag=-1"):
+        Settings(url=URL, replica_max_lag=-1)
