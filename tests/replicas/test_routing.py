@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from tests.integration.test_round_trips import Trace
 from tests.replicas.conftest import TABLE, Cluster, MakeDatabase, wait_for
 from uow import Database, UnitOfWork, run_transaction
-from uow.testing import EmbeddedPostgres
+from uow.testing import EmbeddedPostgres, rolled_back
 
 WHERE = text("SELECT pg_is_in_recovery(), inet_server_port()")
 
@@ -248,3 +248,17 @@ def test_the_lag_check_costs_one_statement_a_second_per_replica(
         )
     finally:
         trace.close()
+
+
+def test_rolled_back_keeps_readonly_units_on_the_test_transaction(
+    cluster: Cluster, db: Database
+) -> None:
+    """Under uow.testing.rolled_back, readonly units read the test's own uncommitted writes."""
+    with rolled_back(db) as bound:
+        with UnitOfWork(bound) as uow:
+            uow.session.execute(text(f"INSERT INTO {TABLE} (name) VALUES ('test-only')"))
+        with UnitOfWork(bound, readonly=True) as uow:
+            assert uow.session.execute(WHERE).one() == (False, cluster.primary.port)
+            names = uow.session.execute(text(f"SELECT name FROM {TABLE}")).scalars().all()
+            assert names == ["test-only"]
+    assert cluster.execute(cluster.primary, f"SELECT count(*) FROM {TABLE}") == [(0,)]
