@@ -23,6 +23,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from ._budget import read_budget
 from ._classify import first_line
 from ._database import Database
+from ._doctor_replicas import (
+    DEFAULT_MAX_REPLICA_LAG,
+    read_replica,
+    read_replication,
+    read_wal_position,
+    replica_findings,
+    replication_tables,
+)
 from ._errors import UnitOfWorkError
 from ._settings import Settings
 
@@ -44,7 +52,6 @@ EXIT_ACTION = 1
 EXIT_UNREACHABLE = 2
 
 _TOP = 5
-DEFAULT_MAX_REPLICA_LAG = 30.0
 _QUERY_CHARS = 60
 # A statement that sets a password (ALTER ROLE ... PASSWORD '...') must not be echoed.
 _PASSWORD = re.compile(r"password", re.IGNORECASE)
@@ -87,33 +94,6 @@ SELECT pid, application_name,
    AND state = 'active' AND query_start IS NOT NULL
  ORDER BY 3 DESC
  LIMIT %s
-"""
-
-
-_IN_RECOVERY = """
-SELECT pg_is_in_recovery(),
-       CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn()::text END
-"""
-# Standbys streaming from this server (empty on a standby without cascading ones).
-_REPLICATION = """
-SELECT application_name, host(client_addr), state,
-       extract(epoch FROM write_lag)::float8,
-       extract(epoch FROM flush_lag)::float8,
-       extract(epoch FROM replay_lag)::float8,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint
-  FROM pg_stat_replication
- ORDER BY 1, 2
-"""
-# On a configured replica. The lag is the age of the last transaction replayed, but 0
-# once everything the primary had written (read just before, %s) is replayed: on an
-# idle primary the last replayed transaction gets old without the replica lagging.
-_REPLICA = """
-SELECT pg_is_in_recovery(),
-       CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END,
-       CASE WHEN pg_is_in_recovery() THEN pg_wal_lsn_diff(
-           coalesce(%s::pg_lsn, pg_last_wal_receive_lsn()), pg_last_wal_replay_lsn())
-       END::bigint,
-       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8
 """
 
 
@@ -204,13 +184,16 @@ def diagnose(
     with _connect(settings) as raw:
         _read_server(raw, report)
         report.budget = _budget(raw, settings)
-        in_recovery, wal_lsn = _one(raw, _IN_RECOVERY)
+        in_recovery, wal_lsn = read_wal_position(raw)
         report.server["in_recovery"] = in_recovery
         if not in_recovery:
-            report.replication = _read_replication(raw)
+            report.replication = read_replication(raw)
     report.replicas = [_read_replica(settings, url, wal_lsn) for url in settings.replica_urls]
     report.warnings = _warnings(settings, report, idle_threshold)
-    report.warnings += _replica_warnings(report, max_replica_lag)
+    report.warnings += [
+        Finding(code, message, advice, True)
+        for code, message, advice in replica_findings(report.replicas, max_replica_lag)
+    ]
     return report
 
 
@@ -221,17 +204,6 @@ def _connect(settings: Settings) -> Iterator[Any]:
     one = settings.replace(check_budget=False, pool_size=1, replica_urls=())
     with Database(one) as database, database.engine.connect() as connection:
         yield connection.connection.dbapi_connection
-
-
-def _one(raw: Any, query: str, *args: Any) -> tuple[Any, ...]:
-    cursor = raw.cursor()
-    try:
-        cursor.execute(query, args or None)
-        row: tuple[Any, ...] = cursor.fetchone()
-        return row
-    finally:
-        cursor.close()
-        raw.rollback()
 
 
 def _budget(raw: Any, settings: Settings) -> dict[str, Any]:
@@ -248,26 +220,13 @@ def _budget(raw: Any, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _read_replication(raw: Any) -> list[dict[str, Any]]:
-    cursor = raw.cursor()
-    try:
-        cursor.execute(_REPLICATION)
-        rows = cursor.fetchall()
-    finally:
-        cursor.close()
-        raw.rollback()
-    keys = ("application_name", "client_addr", "state", "write_lag", "flush_lag", "replay_lag")
-    return [{**dict(zip(keys, row[:6], strict=True)), "bytes_behind": row[6]} for row in rows]
-
-
 def _read_replica(settings: Settings, url: str, primary_lsn: str | None) -> dict[str, Any]:
     """What one configured read replica says: recovery, lag and budget; or why it failed."""
     replica = settings.replace(url=url)
     entry: dict[str, Any] = {"url": replica.masked_url, "reachable": False}
     try:
         with _connect(replica) as raw:
-            in_recovery, paused, behind, age = _one(raw, _REPLICA, primary_lsn)
-            budget = _budget(raw, replica)
+            entry.update(read_replica(raw, primary_lsn), budget=_budget(raw, replica))
     except UnitOfWorkError as exc:
         # uow's messages carry only the masked URL.
         entry["error"] = f"{type(exc).__name__}: {first_line(exc)}"
@@ -276,17 +235,7 @@ def _read_replica(settings: Settings, url: str, primary_lsn: str | None) -> dict
         # The driver's message can quote the DSN: only the kind is reported.
         entry["error"] = type(exc).__name__
         return entry
-    lag = None
-    if in_recovery:
-        lag = 0.0 if behind is not None and behind <= 0 else age
-    entry.update(
-        reachable=True,
-        in_recovery=in_recovery,
-        replay_paused=paused,
-        bytes_behind=max(behind, 0) if behind is not None else None,
-        lag_seconds=round(lag, 3) if lag is not None else None,
-        budget=budget,
-    )
+    entry["reachable"] = True
     return entry
 
 
@@ -395,62 +344,6 @@ def _warnings(settings: Settings, report: Report, idle_threshold: float) -> list
     return found
 
 
-def _replica_warnings(report: Report, max_lag: float) -> list[Finding]:
-    found: list[Finding] = []
-    for replica in report.replicas:
-        url = replica["url"]
-        if not replica["reachable"]:
-            found.append(
-                Finding(
-                    "replica_unreachable",
-                    f"read replica {url} cannot be reached ({replica['error']})",
-                    "readonly units of work fall back to the other replicas or the primary, "
-                    "which then carries their load; bring it back or remove it from "
-                    "UOW_REPLICA_URLS",
-                    True,
-                )
-            )
-            continue
-        if not replica["in_recovery"]:
-            found.append(
-                Finding(
-                    "replica_not_in_recovery",
-                    f"read replica {url} is not in recovery: it is a primary, not a standby",
-                    "readonly units of work read from it; after a failover, update "
-                    "DATABASE_URL and UOW_REPLICA_URLS",
-                    True,
-                )
-            )
-            continue
-        lag = replica["lag_seconds"]
-        if lag is not None and lag > max_lag:
-            paused = " (replay is paused)" if replica["replay_paused"] else ""
-            found.append(
-                Finding(
-                    "replica_lag",
-                    f"read replica {url} lags {lag:.1f} s behind the primary{paused}, "
-                    f"{replica['bytes_behind']} bytes of WAL (threshold {max_lag:g} s)",
-                    "readonly units of work there read data that old; look at the "
-                    "replica's load, its network and long queries conflicting with replay, "
-                    "or read from the primary (UnitOfWork(readonly=True, replica=False))",
-                    True,
-                )
-            )
-        if replica["budget"]["exceeded"]:
-            budget = replica["budget"]
-            found.append(
-                Finding(
-                    "replica_budget_exceeded",
-                    f"connection budget exceeded on read replica {url}: {budget['needed']} "
-                    f"needed, {budget['available']} available",
-                    "each process opens a pool per replica too: lower UOW_POOL_SIZE, run "
-                    "fewer processes or raise the replica's max_connections",
-                    True,
-                )
-            )
-    return found
-
-
 def render(report: Report) -> str:
     """The report as a plain-text table."""
     lines = [f"uow doctor: {report.url} (application_name {report.application_name})", ""]
@@ -488,47 +381,8 @@ def render(report: Report) -> str:
         ),
         "",
     ]
-    lines += [
-        "Replication (standbys streaming from this server)",
-        *_table(
-            [
-                "application_name",
-                "client",
-                "state",
-                "write_lag",
-                "flush_lag",
-                "replay_lag",
-                "bytes_behind",
-            ],
-            [
-                [
-                    r["application_name"],
-                    r["client_addr"],
-                    r["state"],
-                    *(_seconds(r[k]) for k in ("write_lag", "flush_lag", "replay_lag")),
-                    r["bytes_behind"],
-                ]
-                for r in report.replication
-            ],
-        ),
-        "",
-    ]
-    if report.replicas:
-        rows = [
-            [
-                r["url"],
-                ("in recovery" if r["in_recovery"] else "PRIMARY") if r["reachable"] else "DOWN",
-                _seconds(r.get("lag_seconds")),
-                r.get("bytes_behind"),
-                "yes" if r.get("replay_paused") else None,
-            ]
-            for r in report.replicas
-        ]
-        lines += [
-            "Read replicas (UOW_REPLICA_URLS)",
-            *_table(["url", "state", "lag", "bytes_behind", "replay_paused"], rows),
-            "",
-        ]
+    for title, headers, rows in replication_tables(report.replication, report.replicas):
+        lines += [title, *_table(headers, rows), ""]
     if report.warnings:
         lines.append("Warnings")
         for w in report.warnings:
@@ -549,10 +403,6 @@ def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
         return "  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
 
     return [line(cells[0]), line(["-" * w for w in widths]), *(line(row) for row in cells[1:])]
-
-
-def _seconds(value: float | None) -> str | None:
-    return None if value is None else f"{value:.3f} s"
 
 
 def _cell(value: Any) -> str:
