@@ -262,3 +262,12 @@ def test_rolled_back_keeps_readonly_units_on_the_test_transaction(
             names = uow.session.execute(text(f"SELECT name FROM {TABLE}")).scalars().all()
             assert names == ["test-only"]
     assert cluster.execute(cluster.primary, f"SELECT count(*) FROM {TABLE}") == [(0,)]
+
+
+def test_timeout_and_isolation_apply_on_the_replica(cluster: Cluster, db: Database) -> None:
+    """timeout= and isolation= hold in a routed unit, whose connection is taken on entry."""
+    with UnitOfWork(db, readonly=True, timeout=0.5, isolation="REPEATABLE READ") as uow:
+        assert uow.session.execute(WHERE).one()[0] is True
+        assert uow.session.execute(text("SHOW statement_timeout")).scalar() == "500ms"
+        level = uow.session.execute(text("SHOW transaction_isolation")).scalar()
+        assert level == "repeatable read"
