@@ -6,11 +6,12 @@ import asyncio
 import logging
 import time
 
+import psycopg
 import pytest
 from sqlalchemy import text
 
 from tests.replicas.conftest import TABLE, Cluster, MakeDatabase, wait_for
-from uow import AsyncUnitOfWork, Database, UnitOfWork
+from uow import AsyncUnitOfWork, ConfigurationError, Database, UnitOfWork
 
 WHERE = text("SELECT pg_is_in_recovery(), inet_server_port()")
 PASSWORD = "s3cret-pw"
@@ -157,3 +158,23 @@ def test_every_replica_lagging_sends_readonly_units_to_the_primary(
             assert uow.session.execute(WHERE).one() == (False, cluster.primary.port)
             names = uow.session.execute(text(f"SELECT name FROM {TABLE}")).scalars().all()
             assert names == ["later"]
+
+
+def test_the_budget_is_checked_against_each_replica_on_its_first_connection(
+    cluster: Cluster, make_db: MakeDatabase
+) -> None:
+    """A replica without room for the pool fails loudly; the primary's budget is its own."""
+    replica = cluster.replicas[0]
+    # max_connections=30, 3 reserved for superusers: 23 other connections leave 4 free.
+    hogs = [psycopg.connect(replica.dsn, application_name="hog") for _ in range(23)]
+    try:
+        db = make_db(replica_urls=[replica.url])
+        with (
+            pytest.raises(ConfigurationError, match="connection budget exceeded"),
+            UnitOfWork(db, readonly=True),
+        ):
+            pass
+        assert where(db) == (False, cluster.primary.port)
+    finally:
+        for hog in hogs:
+            hog.close()
