@@ -78,6 +78,7 @@ class Replicas:
         self._window = settings.replica_read_after_write
         self._max_lag = settings.replica_max_lag
         self._lag_due = [0.0] * len(self.engines)  # when each replica's lag is read next
+        # Changed only by the one caller a period that reads that replica's lag.
         self._lagging: set[int] = set()
         self._turn = itertools.count()
         self._lock = threading.Lock()
