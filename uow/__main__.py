@@ -11,7 +11,7 @@ from alembic.util import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import _top, migrations
-from ._doctor import EXIT_ACTION, EXIT_OK, EXIT_UNREACHABLE, run
+from ._doctor import DEFAULT_MAX_REPLICA_LAG, EXIT_ACTION, EXIT_OK, EXIT_UNREACHABLE, run
 from ._errors import ConfigurationError, UnitOfWorkError
 from ._settings import Settings
 
@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings,
         as_json=args.json,
         idle_threshold=args.idle_threshold,
+        max_replica_lag=args.max_replica_lag,
         out=sys.stdout,
         err=sys.stderr,
     )
@@ -61,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
         "doctor",
         help="check the server and the settings; exit 1 if something needs action",
         description="Connect with the current settings (DATABASE_URL, UOW_*) and report the "
-        "server's limits, who holds connections, open transactions, the connection budget "
-        "and settings that need action. Exit 0: all well; 1: something needs action; "
+        "server's limits, who holds connections, open transactions, the connection budget, "
+        "replication and each read replica's lag (UOW_REPLICA_URLS), and settings that need "
+        "action. Exit 0: all well; 1: something needs action; "
         "2: the server cannot be reached or the settings are invalid.",
     )
     doctor.add_argument("--url", help="PostgreSQL URL (default: DATABASE_URL)")
@@ -73,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
         default=60.0,
         metavar="SECONDS",
         help="a session idle in transaction longer than this needs action (default 60)",
+    )
+    doctor.add_argument(
+        "--max-replica-lag",
+        type=float,
+        default=DEFAULT_MAX_REPLICA_LAG,
+        metavar="SECONDS",
+        help="a read replica lagging more than this needs action (default 30)",
     )
     top = commands.add_parser(
         "top",

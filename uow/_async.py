@@ -46,6 +46,7 @@ class _Core(UnitOfWork):
     """The sync unit of work, driven from AsyncUnitOfWork through greenlet_spawn."""
 
     _owner_kind = "task"
+    _asynchronous = True
     async_session: AsyncSession | None = None
 
     def _current_owner(self) -> int:
@@ -91,9 +92,12 @@ class AsyncUnitOfWork:
         readonly: bool = False,
         isolation: str | None = None,
         timeout: float | None = None,
+        replica: bool = True,
     ) -> None:
         """Describe a unit of work; the arguments are those of :class:`UnitOfWork`."""
-        self._core = _Core(database, readonly=readonly, isolation=isolation, timeout=timeout)
+        self._core = _Core(
+            database, readonly=readonly, isolation=isolation, timeout=timeout, replica=replica
+        )
         self._session: AsyncSession | None = None
         self._repositories: dict[Any, AsyncRepository[Any]] = {}
 
@@ -131,6 +135,7 @@ class AsyncUnitOfWork:
             repository._unit = None
         self._repositories = {}
         self._session = None
+        committed = exc is None and core._root is None and not core.readonly
         try:
             await _shielded(greenlet_spawn(core.__exit__, exc_type, exc, traceback))
         finally:
@@ -138,6 +143,8 @@ class AsyncUnitOfWork:
             if token is not None:
                 with contextlib.suppress(ValueError):
                     _active.reset(token)
+        if committed:
+            core._note_write()  # in this task's context, for its next readonly units
 
     @property
     def session(self) -> AsyncSession:

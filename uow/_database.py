@@ -26,6 +26,7 @@ from ._metrics import PoolStats, install_metrics, read_stats
 from ._monitor import watch_sessions
 from ._outage import ConnectGate
 from ._pool import AsyncQueuePool, FairQueuePool
+from ._replicas import Replicas
 from ._session_state import install_session_state_warnings
 from ._settings import Settings
 from ._timeouts import LocalTimeouts, install_session_timeouts, startup_options
@@ -62,6 +63,8 @@ class PoolStatus:
     """Open connections waiting in the pool."""
     waiting: int
     """Callers queued for a connection."""
+    replicas: tuple[PoolStatus, ...] = ()
+    """The same for each read replica's pool, in the order of ``replica_urls``."""
 
 
 class Database:
@@ -94,6 +97,13 @@ class Database:
         self._async_binds: dict[tuple[bool, str | None], AsyncEngine] = {}
         self._async_session_class: type[Session] | None = None
         self._local_timeouts = LocalTimeouts(settings)
+        self._replicas: Replicas | None = None
+        if settings.replica_urls:
+            self._replicas = Replicas(
+                settings,
+                lambda s: _create_engine(s, self._count),
+                lambda s: _create_engine(s, self._count, asynchronous=True),
+            )
         _track_for_fork(self)
 
     def _new_session(self, *, readonly: bool = False, isolation: str | None = None) -> Session:
@@ -167,15 +177,10 @@ class Database:
         return bool(s.leak_detection_threshold or s.long_transaction_threshold)
 
     def status(self) -> PoolStatus:
-        """Return the pool's current size, use and queue."""
-        pool = self.engine.pool
-        assert isinstance(pool, FairQueuePool)
-        return PoolStatus(
-            size=pool.size(),
-            max_overflow=self.settings.max_overflow,
-            checked_out=pool.checkedout(),
-            idle=pool.checkedin(),
-            waiting=pool.waiting,
+        """Return the pool's current size, use and queue (and each read replica's)."""
+        replicas = self._replicas.engines if self._replicas is not None else []
+        return _pool_status(
+            self.engine, self.settings, tuple(_pool_status(e, self.settings) for e in replicas)
         )
 
     def stats(self) -> PoolStats:
@@ -230,11 +235,15 @@ class Database:
         self.engine.dispose()
         if self._async_engine is not None:
             self._async_engine.sync_engine.dispose(close=False)
+        if self._replicas is not None:
+            self._replicas.dispose()
 
     async def dispose_async(self) -> None:
-        """Close the asyncio engine's idle connections (call it from the event loop)."""
+        """Close the asyncio engines' idle connections (call it from the event loop)."""
         if self._async_engine is not None:
             await self._async_engine.dispose()
+        if self._replicas is not None:
+            await self._replicas.dispose_async()
 
     def __enter__(self) -> Self:
         return self
@@ -244,7 +253,26 @@ class Database:
 
     def __repr__(self) -> str:
         s = self.settings
-        return f"Database({s.masked_url!r}, pool_size={s.pool_size}, max_overflow={s.max_overflow})"
+        replicas = f", replicas={len(s.replica_urls)}" if s.replica_urls else ""
+        return (
+            f"Database({s.masked_url!r}, pool_size={s.pool_size}, "
+            f"max_overflow={s.max_overflow}{replicas})"
+        )
+
+
+def _pool_status(
+    engine: Engine, settings: Settings, replicas: tuple[PoolStatus, ...] = ()
+) -> PoolStatus:
+    pool = engine.pool
+    assert isinstance(pool, FairQueuePool)
+    return PoolStatus(
+        size=pool.size(),
+        max_overflow=settings.max_overflow,
+        checked_out=pool.checkedout(),
+        idle=pool.checkedin(),
+        waiting=pool.waiting,
+        replicas=replicas,
+    )
 
 
 def _transaction_options(readonly: bool, isolation: str | None) -> dict[str, Any]:
@@ -374,4 +402,6 @@ def _after_fork_in_child() -> None:
         database.engine.dispose(close=False)
         if database._async_engine is not None:
             database._async_engine.sync_engine.dispose(close=False)
+        if database._replicas is not None:
+            database._replicas.after_fork()
         database._lock = threading.Lock()

@@ -2,16 +2,20 @@
 
 One connection, opened the way the application opens them (same URL, same
 ``application_name``, same startup options), reads the server's limits, who holds
-connections, transactions left open and the longest statements, then checks the
-connection budget and the settings. The report is plain text or JSON; the exit code
-says whether anything needs action (0 no, 1 yes, 2 the server could not be reached).
+connections, transactions left open and the longest statements, the standbys
+streaming from it, then checks the connection budget and the settings. Each
+configured read replica gets one connection too, for its recovery state, its lag and
+its own budget. The report is plain text or JSON; the exit code says whether anything
+needs action (0 no, 1 yes, 2 the server could not be reached).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
@@ -19,11 +23,21 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import _pooler
 from ._budget import read_budget
+from ._classify import first_line
 from ._database import Database
+from ._doctor_replicas import (
+    DEFAULT_MAX_REPLICA_LAG,
+    read_replica,
+    read_replication,
+    read_wal_position,
+    replica_findings,
+    replication_tables,
+)
 from ._errors import UnitOfWorkError
 from ._settings import Settings
 
 __all__ = [
+    "DEFAULT_MAX_REPLICA_LAG",
     "EXIT_ACTION",
     "EXIT_OK",
     "EXIT_UNREACHABLE",
@@ -191,6 +205,8 @@ class Report:
     longest_queries: list[ServerSession] = field(default_factory=list)
     budget: dict[str, Any] = field(default_factory=dict)
     pgbouncer: dict[str, Any] = field(default_factory=dict)
+    replication: list[dict[str, Any]] = field(default_factory=list)
+    replicas: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
 
     @property
@@ -205,12 +221,18 @@ class Report:
         return data
 
 
-def diagnose(settings: Settings, *, idle_threshold: float = 60.0) -> Report:
+def diagnose(
+    settings: Settings,
+    *,
+    idle_threshold: float = 60.0,
+    max_replica_lag: float = DEFAULT_MAX_REPLICA_LAG,
+) -> Report:
     """Connect with ``settings`` and collect the report.
 
     Args:
         settings: How the application connects; the budget is checked for these values.
         idle_threshold: Seconds after which a session ``idle in transaction`` needs action.
+        max_replica_lag: Seconds of replication lag after which a read replica needs action.
 
     Returns:
         The report; its ``exit_code`` is 0 or 1.
@@ -233,21 +255,59 @@ def diagnose(settings: Settings, *, idle_threshold: float = 60.0) -> Report:
             "idle_in_transaction_timeout",
         )
     }
-    # The budget is read below, and reported instead of raised. The doctor's connection
-    # goes the way that works everywhere, PgBouncer in any mode included: no startup
-    # options, no prepared statements, nothing set on the session.
-    quiet = settings.replace(check_budget=False, pool_size=1, pgbouncer="transaction")
-    with Database(quiet) as database, database.engine.connect() as connection:
-        raw = connection.connection.dbapi_connection
+    # The budget is read below, and reported instead of raised.
+    with _connect(settings) as raw:
         _read_server(raw, report)
-        budget = read_budget(raw, settings)
-        server_port = connection.exec_driver_sql("SELECT inet_server_port()").scalar()
-        # What a session gets when uow sets nothing: the role's, database's or server's value.
-        for name in _TIMEOUT_SETTINGS.values():
-            value = connection.exec_driver_sql(f"SHOW {name}").scalar()
-            report.server[f"default_{name}"] = value
+        server_port = _read_defaults(raw, report)
+        report.budget = _budget(raw, settings)
+        in_recovery, wal_lsn = read_wal_position(raw)
+        report.server["in_recovery"] = in_recovery
+        if not in_recovery:
+            report.replication = read_replication(raw)
     report.pgbouncer = _pooler.detect(settings, server_port)
-    report.budget = {
+    # Behind PgBouncer the pools hold client connections; PgBouncer bounds the server's.
+    report.budget["applies"] &= not report.pgbouncer.get("detected")
+    report.replicas = [_read_replica(settings, url, wal_lsn) for url in settings.replica_urls]
+    report.warnings = _warnings(settings, report, idle_threshold)
+    report.warnings += [
+        Finding(code, message, advice, True)
+        for code, message, advice in replica_findings(report.replicas, max_replica_lag)
+    ]
+    return report
+
+
+@contextlib.contextmanager
+def _connect(settings: Settings) -> Iterator[Any]:
+    """One raw connection to the server of ``settings`` (budget not checked)."""
+    # The way that works everywhere, PgBouncer in any mode included: no startup options,
+    # no prepared statements, nothing set on the session. The budget is read by the
+    # caller, and reported instead of raised.
+    one = settings.replace(
+        check_budget=False, pool_size=1, replica_urls=(), pgbouncer="transaction"
+    )
+    with Database(one) as database, database.engine.connect() as connection:
+        yield connection.connection.dbapi_connection
+
+
+def _read_defaults(raw: Any, report: Report) -> int | None:
+    """Record the timeouts a session gets when uow sets none; return the server's port."""
+    cursor = raw.cursor()
+    try:
+        # The role's, database's or server's value: what a session starts with.
+        for name in _TIMEOUT_SETTINGS.values():
+            cursor.execute(f"SHOW {name}")
+            report.server[f"default_{name}"] = cursor.fetchone()[0]
+        cursor.execute("SELECT inet_server_port()")
+        port: int | None = cursor.fetchone()[0]
+    finally:
+        cursor.close()
+        raw.rollback()
+    return port
+
+
+def _budget(raw: Any, settings: Settings) -> dict[str, Any]:
+    budget = read_budget(raw, settings)
+    return {
         "processes": budget.processes,
         "per_process": budget.per_process,
         "needed": budget.needed,
@@ -256,10 +316,27 @@ def diagnose(settings: Settings, *, idle_threshold: float = 60.0) -> Report:
         "used_by_others": budget.used_by_others,
         "available": budget.available,
         "exceeded": budget.needed > budget.available,
-        "applies": settings.pgbouncer == "off" and not report.pgbouncer.get("detected"),
+        "applies": settings.pgbouncer == "off",
     }
-    report.warnings = _warnings(settings, report, idle_threshold)
-    return report
+
+
+def _read_replica(settings: Settings, url: str, primary_lsn: str | None) -> dict[str, Any]:
+    """What one configured read replica says: recovery, lag and budget; or why it failed."""
+    replica = settings.replace(url=url)
+    entry: dict[str, Any] = {"url": replica.masked_url, "reachable": False}
+    try:
+        with _connect(replica) as raw:
+            entry.update(read_replica(raw, primary_lsn), budget=_budget(raw, replica))
+    except UnitOfWorkError as exc:
+        # uow's messages carry only the masked URL.
+        entry["error"] = f"{type(exc).__name__}: {first_line(exc)}"
+        return entry
+    except SQLAlchemyError as exc:
+        # The driver's message can quote the DSN: only the kind is reported.
+        entry["error"] = type(exc).__name__
+        return entry
+    entry["reachable"] = True
+    return entry
 
 
 def _read_server(raw: Any, report: Report) -> None:
@@ -383,6 +460,8 @@ def render(report: Report) -> str:
     if bouncer.get("detected"):
         keys = ["version", "pool_mode", "max_prepared_statements", "default_pool_size"]
         lines += ["PgBouncer", *_table(keys, [[bouncer[k] for k in keys]]), ""]
+    for title, headers, rows in replication_tables(report.replication, report.replicas):
+        lines += [title, *_table(headers, rows), ""]
     if report.warnings:
         lines.append("Warnings")
         for w in report.warnings:
@@ -459,6 +538,7 @@ def run(
     *,
     as_json: bool = False,
     idle_threshold: float = 60.0,
+    max_replica_lag: float = DEFAULT_MAX_REPLICA_LAG,
     out: TextIO,
     err: TextIO,
 ) -> int:
@@ -468,6 +548,7 @@ def run(
         settings: How the application connects.
         as_json: Print JSON instead of the text table.
         idle_threshold: Seconds after which a session idle in transaction needs action.
+        max_replica_lag: Seconds of lag after which a read replica needs action.
         out: Where the report goes.
         err: Where the one-line error goes when the server cannot be reached.
 
@@ -475,7 +556,7 @@ def run(
         The exit code: 0 nothing needs action, 1 something does, 2 unreachable.
     """
     try:
-        report = diagnose(settings, idle_threshold=idle_threshold)
+        report = diagnose(settings, idle_threshold=idle_threshold, max_replica_lag=max_replica_lag)
     except (UnitOfWorkError, SQLAlchemyError) as exc:
         # The driver's message can quote the DSN; only the masked URL is printed.
         kind = type(exc).__name__

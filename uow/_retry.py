@@ -35,6 +35,7 @@ def run_transaction(
     isolation: str | None = None,
     readonly: bool = False,
     timeout: float | None = None,
+    replica: bool = True,
     backoff: float = 0.05,
     max_backoff: float = 2.0,
 ) -> T:
@@ -62,6 +63,7 @@ def run_transaction(
         isolation: passed to the unit of work, e.g. ``"SERIALIZABLE"``.
         readonly: passed to the unit of work.
         timeout: passed to the unit of work (per statement).
+        replica: passed to the unit of work; False reads from the primary.
         backoff: the first backoff cap in seconds.
         max_backoff: the largest backoff cap in seconds.
 
@@ -75,7 +77,9 @@ def run_transaction(
     policy = _Policy(retries, backoff, max_backoff)
     attempt = 0
     while True:
-        unit = unit_of_work(database, isolation=isolation, readonly=readonly, timeout=timeout)
+        unit = unit_of_work(
+            database, isolation=isolation, readonly=readonly, timeout=timeout, **_where(replica)
+        )
         try:
             with unit:
                 result = fn(unit)
@@ -95,6 +99,7 @@ async def run_transaction_async(
     isolation: str | None = None,
     readonly: bool = False,
     timeout: float | None = None,
+    replica: bool = True,
     backoff: float = 0.05,
     max_backoff: float = 2.0,
 ) -> T:
@@ -103,7 +108,9 @@ async def run_transaction_async(
     policy = _Policy(retries, backoff, max_backoff)
     attempt = 0
     while True:
-        unit = unit_of_work(database, isolation=isolation, readonly=readonly, timeout=timeout)
+        unit = unit_of_work(
+            database, isolation=isolation, readonly=readonly, timeout=timeout, **_where(replica)
+        )
         try:
             async with unit:
                 result = await fn(unit)
@@ -112,6 +119,12 @@ async def run_transaction_async(
             attempt += 1
             continue
         return result
+
+
+def _where(replica: bool) -> dict[str, bool]:
+    # Passed only when not the default, so unit-of-work factories that predate the
+    # argument keep working.
+    return {} if replica else {"replica": False}
 
 
 def _check_options(retries: int, backoff: float, max_backoff: float) -> None:
@@ -162,6 +175,7 @@ def transactional(
     isolation: str | None = None,
     readonly: bool = False,
     timeout: float | None = None,
+    replica: bool = True,
     backoff: float = 0.05,
     max_backoff: float = 2.0,
 ) -> Any:
@@ -186,6 +200,7 @@ def transactional(
         "isolation": isolation,
         "readonly": readonly,
         "timeout": timeout,
+        "replica": replica,
         "backoff": backoff,
         "max_backoff": max_backoff,
     }

@@ -134,11 +134,30 @@ class Settings:
     echo: bool = False
     """Log every statement through SQLAlchemy's ``echo`` (``UOW_ECHO``)."""
 
+    replica_urls: tuple[str, ...] = ()
+    """Read replicas (hot standbys) for ``UnitOfWork(readonly=True)`` (``UOW_REPLICA_URLS``,
+    comma-separated), each checked like ``url``. Each gets a pool of its own with the pool
+    settings above; readonly units take them in turn and fall back to the primary when
+    none answers. A list or a comma-separated string is accepted."""
+
+    replica_read_after_write: float = 1.0
+    """For this many seconds after a unit of work that could write commits, readonly
+    units in the same thread or task read from the primary, so they see what was just
+    written despite replication lag (``UOW_REPLICA_READ_AFTER_WRITE``); 0 turns it off."""
+
+    replica_max_lag: float = 0.0
+    """Skip a replica whose replay lags more than this many seconds behind the primary
+    (``UOW_REPLICA_MAX_LAG``); 0 turns the check off. The lag is read on a routed unit's
+    connection at most once a second per replica: one statement more in that unit."""
+
     engine_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """Extra keyword arguments passed untouched to :func:`sqlalchemy.create_engine`."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", _normalize_url(self.url))
+        object.__setattr__(self, "replica_urls", _normalize_replicas(self.replica_urls))
+        _check_seconds("replica_read_after_write", self.replica_read_after_write, 0.0, 3600.0)
+        _check_seconds("replica_max_lag", self.replica_max_lag, 0.0, 86400.0)
         _check_int("pool_size", self.pool_size, 1, 1000)
         _check_int("max_overflow", self.max_overflow, 0, 1000)
         _check_seconds("pool_timeout", self.pool_timeout, 0.0, 3600.0, low_open=True)
@@ -224,8 +243,10 @@ class Settings:
         return mask_url(self.url)
 
     def __repr__(self) -> str:
+        # Replica URLs carry passwords too: shown masked, like url.
+        shown = {"replica_urls": tuple(mask_url(url) for url in self.replica_urls)}
         parts = [f"url={self.masked_url!r}"]
-        parts += [f"{f.name}={getattr(self, f.name)!r}" for f in _ENV_FIELDS]
+        parts += [f"{f.name}={shown.get(f.name, getattr(self, f.name))!r}" for f in _ENV_FIELDS]
         if self.engine_options:
             parts.append(f"engine_options={dict(self.engine_options)!r}")
         return f"Settings({', '.join(parts)})"
@@ -244,26 +265,26 @@ def mask_url(url: str | URL) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
-def _normalize_url(raw: object) -> str:
+def _normalize_url(raw: object, name: str = "url", variable: str = "DATABASE_URL") -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise ConfigurationError(
-            "url is empty; set DATABASE_URL to postgresql://user:password@host:5432/dbname"
+            f"{name} is empty; set {variable} to postgresql://user:password@host:5432/dbname"
         )
     try:
         url = make_url(raw.strip())
     except (ArgumentError, ValueError):
         # The raw text may contain a password: never echo it.
         raise ConfigurationError(
-            "url could not be parsed; expected postgresql://user:password@host:5432/dbname"
+            f"{name} could not be parsed; expected postgresql://user:password@host:5432/dbname"
             " (percent-encode special characters in the password)"
         ) from None
     if url.drivername not in _ACCEPTED_SCHEMES:
         raise ConfigurationError(
-            f"url {mask_url(url)!r} uses driver {url.drivername!r}; uow needs PostgreSQL through"
-            f" psycopg 3: use one of {', '.join(s + '://' for s in _ACCEPTED_SCHEMES)}"
+            f"{name} {mask_url(url)!r} uses driver {url.drivername!r}; uow needs PostgreSQL "
+            f"through psycopg 3: use one of {', '.join(s + '://' for s in _ACCEPTED_SCHEMES)}"
         )
     if url.port is not None and not 0 < url.port < 65536:
-        raise ConfigurationError(f"url {mask_url(url)!r} has port {url.port}; use 1 to 65535")
+        raise ConfigurationError(f"{name} {mask_url(url)!r} has port {url.port}; use 1 to 65535")
     return url.set(drivername=_DRIVER).render_as_string(hide_password=False)
 
 
@@ -285,6 +306,23 @@ def _check_pgbouncer(settings: Settings) -> None:
             "(PgBouncer's pool_mode, or off for a direct connection)"
         )
     object.__setattr__(settings, "pgbouncer", normalized)
+
+
+def _normalize_replicas(raw: object) -> tuple[str, ...]:
+    items: list[object]
+    if isinstance(raw, str):
+        items = [part for part in raw.split(",") if part.strip()]
+    elif isinstance(raw, list | tuple):
+        items = list(raw)
+    else:
+        raise ConfigurationError(
+            f"replica_urls must be a list of URLs or a comma-separated string, not "
+            f"{type(raw).__name__}"
+        )
+    return tuple(
+        _normalize_url(item, f"replica_urls[{i}]", "UOW_REPLICA_URLS")
+        for i, item in enumerate(items)
+    )
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

@@ -86,6 +86,7 @@ class UnitOfWork:
         readonly: bool = False,
         isolation: str | None = None,
         timeout: float | None = None,
+        replica: bool = True,
     ) -> None:
         """Describe a unit of work; nothing happens until it is entered.
 
@@ -96,6 +97,9 @@ class UnitOfWork:
                 defaults to the server's (READ COMMITTED unless configured otherwise).
             timeout: seconds any one statement may run (``SET LOCAL statement_timeout``);
                 the server cancels a statement that runs longer.
+            replica: with ``readonly=True`` and ``replica_urls`` configured, read from a
+                replica (the default; it may lag slightly behind); False reads from the
+                primary. Units that may write always run on the primary.
         """
         if isolation is not None:
             isolation = " ".join(str(isolation).replace("_", " ").upper().split())
@@ -114,6 +118,7 @@ class UnitOfWork:
         self.readonly = readonly
         self.isolation = isolation
         self.timeout = timeout
+        self.replica = replica
         self._database = database
         self._session: Session | None = None
         self._db: Database | None = None
@@ -133,6 +138,7 @@ class UnitOfWork:
 
     # What owns a unit: a thread here, a task in AsyncUnitOfWork's core.
     _owner_kind = "thread"
+    _asynchronous = False
 
     def _current_owner(self) -> int:
         return threading.get_ident()
@@ -160,6 +166,15 @@ class UnitOfWork:
             if self.timeout is not None:
                 # Read by the database's after_begin listener (see _timeouts).
                 session.info[TIMEOUT_KEY] = self.timeout
+            if self.readonly and self.replica and database._replicas is not None:
+                # After the listeners: routing checks out the connection, which begins.
+                try:
+                    database._replicas.route(
+                        session, self.isolation, asynchronous=self._asynchronous
+                    )
+                except BaseException:
+                    session.close()
+                    raise
         self._db, self._session, self._root = database, session, root
         self._owner, self._frame = me, caller
         self._token = _active.set((*stack, self))
@@ -264,6 +279,7 @@ class UnitOfWork:
         except BaseException:
             self._rollback_quietly()
             raise
+        self._note_write()
         self._committed += self._pending
         self._pending = []
 
@@ -296,6 +312,12 @@ class UnitOfWork:
                 # Exited in another context (a generator finalised elsewhere):
                 # drop just this unit from that context's stack.
                 _active.set(tuple(unit for unit in _active.get() if unit is not self))
+
+    def _note_write(self) -> None:
+        """Send this thread's (or task's) next readonly units to the primary for a while."""
+        database = self._db
+        if database is not None and database._replicas is not None:
+            database._replicas.note_write()
 
     def _doom(self, cause: BaseException) -> None:
         if self._failure is None:
@@ -358,6 +380,7 @@ class UnitOfWork:
         if self._failure is not None:
             self._finish()  # rolls back and raises TransactionRolledBack
         _commit(session)
+        self._note_write()
         self._committed += self._pending
         self._pending = []
 

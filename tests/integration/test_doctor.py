@@ -29,6 +29,8 @@ JSON_KEYS = {
     "longest_queries",
     "longest_transactions",
     "pgbouncer",
+    "replicas",
+    "replication",
     "server",
     "settings",
     "url",

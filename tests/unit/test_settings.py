@@ -201,3 +201,59 @@ def test_pgbouncer_bad_mode_says_what_to_use(mode: str, message: str) -> None:
     """Statement mode is refused with the reason; an unknown mode lists the accepted ones."""
     with pytest.raises(ConfigurationError, match=message):
         Settings(url="postgresql://h/db", pgbouncer=mode)
+
+
+def test_replica_urls_from_env_are_normalised_and_masked() -> None:
+    """UOW_REPLICA_URLS is comma-separated; each URL is normalised, and masked in the repr."""
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": URL,
+            "UOW_REPLICA_URLS": "postgres://app:hunter2@r1/shop, postgresql://app:hunter3@r2/shop",
+            "UOW_REPLICA_READ_AFTER_WRITE": "250ms",
+        }
+    )
+    assert settings.replica_urls == (
+        "postgresql+psycopg://app:hunter2@r1/shop",
+        "postgresql+psycopg://app:hunter3@r2/shop",
+    )
+    assert settings.replica_read_after_write == 0.25
+    shown = repr(settings)
+    assert "hunter" not in shown
+    assert "replica_urls=('postgresql+psycopg://app:***@r1/shop'" in shown
+    assert Settings(url=URL).replica_urls == ()
+    assert Settings(url=URL, replica_urls=["postgres://r/db"]).replica_urls == (
+        "postgresql+psycopg://r/db",
+    )
+
+
+@pytest.mark.parametrize(
+    ("replicas", "message"),
+    [
+        (["mysql://app:hunter2@r/db"], "replica_urls[0] 'mysql://app:***@r/db' uses driver"),
+        ([URL, "not a url:::"], "replica_urls[1] could not be parsed"),
+        ([""], "replica_urls[0] is empty; set UOW_REPLICA_URLS"),
+        (5, "replica_urls must be a list of URLs or a comma-separated string"),
+    ],
+)
+def test_bad_replica_urls_are_refused_without_the_password(replicas: object, message: str) -> None:
+    """A bad replica URL names its position and never shows its password."""
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(url=URL, replica_urls=replicas)  # type: ignore[arg-type]
+    assert message in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_replica_read_after_write_is_validated() -> None:
+    """replica_read_after_write is seconds from 0 to 3600."""
+    with pytest.raises(ConfigurationError, match="replica_read_after_write=-1"):
+        Settings(url=URL, replica_read_after_write=-1)
+
+
+def test_replica_max_lag_is_validated() -> None:
+    """replica_max_lag is seconds, 0 (off, the default) or more."""
+    assert Settings(url=URL).replica_max_lag == 0
+    assert (
+        Settings.from_env({"DATABASE_URL": URL, "UOW_REPLICA_MAX_LAG": "5s"}).replica_max_lag == 5
+    )
+    with pytest.raises(ConfigurationError, match="replica_max_lag=-1"):
+        Settings(url=URL, replica_max_lag=-1)

@@ -250,6 +250,7 @@ class EmbeddedPostgres:
         if owned := _OWNED_SETTINGS.intersection(settings or {}):
             raise ValueError(f"settings may not set {', '.join(sorted(owned))}; use port=")
         self._extra = [_conf_line(name, value) for name, value in (settings or {}).items()]
+        self._bin_dir_given = bin_dir
         self.bin_dir = _bundled_bin_dir() if bin_dir is None else Path(bin_dir)
         tools = ("initdb", "pg_ctl", "postgres")
         if missing := [tool for tool in tools if not (self.bin_dir / tool).is_file()]:
@@ -368,6 +369,47 @@ class EmbeddedPostgres:
     def cleanup(self) -> None:
         """Stop the server if it runs and delete its temporary directory. Idempotent."""
         self._finalizer()
+
+    def replica(self, *, settings: Mapping[str, Setting] | None = None) -> "EmbeddedPostgres":
+        """Start a streaming hot standby of this server, on another port, and return it.
+
+        The standby is cloned with ``pg_basebackup -R -X stream`` (this server must be
+        running; its defaults already allow it: ``wal_level=replica``, WAL senders, and
+        ``initdb``'s trust rule for replication from 127.0.0.1), then started with
+        ``hot_standby=on``, so it answers read-only queries and replays the primary's
+        writes a moment later. It is an EmbeddedPostgres of its own: `stop`, `start`,
+        `kill` and `cleanup` work on it, and cleaning up the primary leaves it running
+        (unable to stream) until it is cleaned up too.
+
+        Args:
+            settings: Extra ``postgresql.conf`` settings for the standby, on top of this
+                server's (a standby needs ``max_connections`` and a few others at least as
+                high as its primary's, so they are inherited).
+
+        Raises:
+            RuntimeError: This server is not running, or pg_basebackup or the start failed.
+        """
+        if not self.running:
+            raise RuntimeError(f"{self!r} is not running; start it before making a replica")
+        standby = EmbeddedPostgres(
+            max_connections=self._max_connections,
+            bin_dir=self._bin_dir_given,
+            base_dir=self._tmp.parent,
+            log_connections=self._log_connections,
+            settings=settings,
+        )
+        standby._extra = [*self._extra, "hot_standby = 'on'", *standby._extra]
+        source = ["-h", self.host, "-p", str(self.port), "-U", _SUPERUSER]
+        # -R writes standby.signal and primary_conninfo; -X stream copies the WAL written
+        # meanwhile; the primary's include of uow.conf comes along, and start() rewrites that
+        # file with the standby's own port and socket directory.
+        flags = ["-D", str(standby.data_dir), "-R", "-X", "stream", "--no-sync", "-c", "fast"]
+        try:
+            standby._check("pg_basebackup", [str(self.bin_dir / "pg_basebackup"), *source, *flags])
+            return standby.start()
+        except BaseException:
+            standby.cleanup()
+            raise
 
     def create_database(self, name: str) -> str:
         """Create database ``name`` and return its SQLAlchemy URL."""

@@ -26,6 +26,8 @@ class _BoundDatabase(Database):
         self._counters = parent._counters  # events count towards the real database
         self._connection = connection
         self._local_timeouts = parent._local_timeouts
+        # Readonly units too run on the test's connection: a replica cannot see its writes.
+        self._replicas = None
 
     def _new_session(self, *, readonly: bool = False, isolation: str | None = None) -> Session:
         # readonly and isolation cannot change inside the test's open transaction;
