@@ -196,6 +196,21 @@ class Database:
             stats += read_stats(self._async_engine.sync_engine.pool, {})
         return stats
 
+    def replica_stats(self) -> list[PoolStats]:
+        """Return each read replica's pool statistics, in ``replica_urls`` order.
+
+        Like :meth:`stats`, but per replica engine (its asyncio pool added in once
+        built); the database-wide counters (retries, leaks...) are in :meth:`stats` only.
+        """
+        replicas = self._replicas
+        if replicas is None:
+            return []
+        found = [read_stats(engine.pool, {}) for engine in replicas.engines]
+        if replicas._async_engines is not None:
+            for i, engine in enumerate(replicas._async_engines):
+                found[i] += read_stats(engine.sync_engine.pool, {})
+        return found
+
     def check(self) -> Budget:
         """Check the connection budget now (uow also does on its first connection).
 

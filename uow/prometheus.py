@@ -4,7 +4,8 @@
 registry (the default one unless ``registry=`` is given). It reads
 :meth:`uow.Database.stats` when Prometheus scrapes: no background thread, no round
 trip. Every metric is named ``uow_...`` and labelled ``pool`` (``"primary"`` unless
-``name=`` says otherwise), so several databases can share one registry::
+``name=`` says otherwise; a database's read replicas, if any, are ``"<name>-replica-0"``,
+``"<name>-replica-1"``...), so several databases can share one registry::
 
     from prometheus_client import start_http_server
     import uow, uow.prometheus
@@ -144,7 +145,13 @@ class UowCollector:
         """The metric families with one sample per database, from ``stats()`` now."""
         with self._lock:
             databases = dict(self._databases)
-        return self._families({name: db.stats() for name, db in databases.items()})
+        stats: dict[str, PoolStats] = {}
+        for name, database in databases.items():
+            stats[name] = database.stats()
+            # Read replicas' pools get labels of their own: "<name>-replica-<i>".
+            for i, replica in enumerate(database.replica_stats()):
+                stats[f"{name}-replica-{i}"] = replica
+        return self._families(stats)
 
     def _families(self, stats: dict[str, PoolStats]) -> Iterator[Metric]:
         connections = GaugeMetricFamily(
