@@ -13,10 +13,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import make_url
+from sqlalchemy import Engine, make_url
 
 import uow
 from tests.models import Base
+from tests.protocol_trace import Trace
 from uow import Database, Settings
 from uow._default import _swap_default
 from uow.testing import EmbeddedPostgres
@@ -104,3 +105,17 @@ def connections(admin: psycopg.Connection[Any], app_name: str) -> int:
 
 
 __all__ = ["MakeDatabase", "connections", "libpq_dsn", "uow"]
+
+
+@pytest.fixture
+def trace() -> Iterator[Callable[[Engine], Trace]]:
+    """Start tracing an engine's connections; files are closed after the test."""
+    traces: list[Trace] = []
+
+    def start(engine: Engine) -> Trace:
+        traces.append(Trace(engine))
+        return traces[-1]
+
+    yield start
+    for made in traces:
+        made.close()

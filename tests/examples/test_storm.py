@@ -11,18 +11,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_short_storm_uow_has_no_connection_errors_and_stays_in_budget(tmp_path: Path) -> None:
-    """30 clients, max_connections=20: naive fails to connect; uow: no errors, in budget."""
+def storm(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a short storm (2 processes x 15 threads, max_connections=20) on its own server."""
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+    return subprocess.run(  # noqa: S603 - our own interpreter and module
         [
             sys.executable, "-m", "examples.bank.storm",
             "--duration", "2", "--processes", "2", "--threads", "15",
-            "--max-connections", "20", "--accounts", "40", "--work-ms", "50",
-            "--out", str(tmp_path),
+            "--max-connections", "20", "--accounts", "40", "--out", str(tmp_path), *args,
         ],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
+
+
+def test_short_storm_uow_has_no_connection_errors_and_stays_in_budget(tmp_path: Path) -> None:
+    """30 clients, max_connections=20: naive fails to connect; uow: no errors, in budget."""
+    done = storm(tmp_path, "--work-ms", "50")
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     modes = {mode["mode"]: mode for mode in summary["modes"]}
@@ -47,16 +51,7 @@ def test_short_storm_uow_has_no_connection_errors_and_stays_in_budget(tmp_path: 
 
 def test_short_storm_through_pgbouncer(tmp_path: Path) -> None:
     """uow-pgbouncer: 30 client connections through PgBouncer, no errors, server within budget."""
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    done = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [
-            sys.executable, "-m", "examples.bank.storm",
-            "--duration", "2", "--processes", "2", "--threads", "15",
-            "--max-connections", "20", "--accounts", "40", "--work-ms", "20",
-            "--modes", "uow-pgbouncer", "--out", str(tmp_path),
-        ],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    done = storm(tmp_path, "--work-ms", "20", "--modes", "uow-pgbouncer")
     assert done.returncode == 0, done.stdout + done.stderr
     (mode,) = json.loads((tmp_path / "summary.json").read_text())["modes"]
     assert mode["errors"] == {}

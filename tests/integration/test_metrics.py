@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import MakeDatabase, connections
-from tests.integration.test_round_trips import Trace
+from tests.protocol_trace import Trace
 from uow import (
     AsyncUnitOfWork,
     Database,
@@ -194,26 +194,12 @@ def test_stats_keep_status_and_counters(make_database: MakeDatabase) -> None:
     assert {name: getattr(stats, name) for name in counters} == counters
 
 
-@pytest.fixture
-def traced() -> Iterator[Callable[[Engine], Trace]]:
-    """Trace an engine's protocol messages (see test_round_trips)."""
-    traces: list[Trace] = []
-
-    def start(engine: Engine) -> Trace:
-        traces.append(Trace(engine))
-        return traces[-1]
-
-    yield start
-    for trace in traces:
-        trace.close()
-
-
 def test_metrics_add_no_round_trip(
-    make_database: MakeDatabase, traced: Callable[[Engine], Trace]
+    make_database: MakeDatabase, trace: Callable[[Engine], Trace]
 ) -> None:
     """With the recorder counting, a unit still sends only BEGIN, its statement and COMMIT."""
     database = make_database(pool_size=1)
-    trace = traced(database.engine)
+    trace = trace(database.engine)
     unit(database)
     trace.take()
     unit(database)

@@ -6,75 +6,19 @@ the server's ReadyForQuery message.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
 from tests.conftest import MakeDatabase
 from tests.models import Item
+from tests.protocol_trace import Trace
 from uow import UnitOfWork
-
-_SENT = "F\t"
-
-
-def _statement(line: str) -> str:
-    """The SQL of a frontend Query or Parse message, as PQtrace prints it."""
-    _, _, kind, rest = [*line.split("\t", 3), ""][:4]
-    if kind == "Query":
-        return rest.strip(' "')
-    if kind == "Parse":
-        return rest.split('"', 4)[3]  # Parse "name" "sql" ...
-    return ""
-
-
-class Trace:
-    """Records the protocol messages of every connection an engine opens."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._file: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        self._traced: list[Any] = []
-        event.listen(engine, "connect", self._on_connect)
-
-    def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
-        self._traced.append(dbapi_connection.pgconn)
-        dbapi_connection.pgconn.trace(self._file.fileno())
-        dbapi_connection.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
-
-    def take(self) -> tuple[int, list[str]]:
-        """Round trips and queries sent since the last call."""
-        self._file.seek(0)
-        lines = self._file.read().decode().splitlines()
-        self._file.seek(0)
-        self._file.truncate()
-        sent = (_statement(line) for line in lines if line.startswith(_SENT))
-        queries = [statement for statement in sent if statement]
-        return sum("ReadyForQuery" in line for line in lines), queries
-
-    def close(self) -> None:
-        for pgconn in self._traced:
-            if not pgconn.status:  # CONNECTION_OK: still open, stop writing to our file
-                pgconn.untrace()
-        self._file.close()
-
-
-@pytest.fixture
-def trace() -> Iterator[Callable[[Engine], Trace]]:
-    """Start tracing an engine's connections; files are closed after the test."""
-    traces: list[Trace] = []
-
-    def start(engine: Engine) -> Trace:
-        traces.append(Trace(engine))
-        return traces[-1]
-
-    yield start
-    for made in traces:
-        made.close()
 
 
 @pytest.fixture

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import make_url, text
+from sqlalchemy import Engine, make_url, text
 
 from tests.conftest import MakeDatabase
-from tests.integration.test_round_trips import Trace
+from tests.protocol_trace import Trace
 from uow import (
     AsyncUnitOfWork,
     ConfigurationError,
@@ -93,32 +93,33 @@ def test_prepared_statements_are_off(make_database: MakeDatabase, bouncer_url: s
 
 
 def test_a_unit_costs_one_extra_round_trip_for_its_timeouts(
-    make_database: MakeDatabase, bouncer_url: str
+    make_database: MakeDatabase,
+    bouncer_url: str,
+    trace: Callable[[Engine], Trace],
 ) -> None:
     """BEGIN, one set_config for all timeouts, the statement, COMMIT; timeout= adds nothing."""
     database = make_database(url=bouncer_url, pgbouncer="transaction", pool_size=1)
-    traced = Trace(database.engine)
-    try:
-        with UnitOfWork(database) as unit:  # opens the connection
+    traced = trace(database.engine)
+    with UnitOfWork(database) as unit:  # opens the connection
+        unit.session.execute(text("SELECT 1"))
+    for timeout in (None, 2.0):
+        traced.take()
+        with UnitOfWork(database, timeout=timeout) as unit:
             unit.session.execute(text("SELECT 1"))
-        for timeout in (None, 2.0):
-            traced.take()
-            with UnitOfWork(database, timeout=timeout) as unit:
-                unit.session.execute(text("SELECT 1"))
-            round_trips, queries = traced.take()
-            assert round_trips == 4
-            assert [q.split("(")[0] for q in queries] == [
-                "BEGIN",
-                "SELECT set_config",
-                "SELECT 1",
-                "COMMIT",
-            ]
-    finally:
-        traced.close()
+        round_trips, queries = traced.take()
+        assert round_trips == 4
+        assert [q.split("(")[0] for q in queries] == [
+            "BEGIN",
+            "SELECT set_config",
+            "SELECT 1",
+            "COMMIT",
+        ]
 
 
 def test_no_timeouts_configured_costs_nothing(
-    make_database: MakeDatabase, bouncer_url: str
+    make_database: MakeDatabase,
+    bouncer_url: str,
+    trace: Callable[[Engine], Trace],
 ) -> None:
     """With every managed timeout disabled, a unit sends only BEGIN, its statement, COMMIT."""
     database = make_database(
@@ -129,13 +130,10 @@ def test_no_timeouts_configured_costs_nothing(
         lock_timeout=0,
         idle_in_transaction_timeout=0,
     )
-    traced = Trace(database.engine)
-    try:
-        with UnitOfWork(database) as unit:
-            unit.session.execute(text("SELECT 1"))
-        assert traced.take()[1][-3:] == ["BEGIN", "SELECT 1", "COMMIT"]
-    finally:
-        traced.close()
+    traced = trace(database.engine)
+    with UnitOfWork(database) as unit:
+        unit.session.execute(text("SELECT 1"))
+    assert traced.take()[1][-3:] == ["BEGIN", "SELECT 1", "COMMIT"]
 
 
 def test_session_state_is_warned_about_once(
@@ -185,21 +183,21 @@ def session_bouncer(postgres_url: str) -> Iterator[PgBouncer]:
 
 
 def test_session_mode_sets_timeouts_once_per_connection(
-    make_database: MakeDatabase, session_bouncer: PgBouncer, postgres_url: str
+    make_database: MakeDatabase,
+    session_bouncer: PgBouncer,
+    postgres_url: str,
+    trace: Callable[[Engine], Trace],
 ) -> None:
     """In session mode the timeouts are set when the connection opens, not per transaction."""
     url = session_bouncer.url_for(make_url(postgres_url).database or "")
     database = make_database(url=url, pgbouncer="session", pool_size=1, lock_timeout=4)
-    traced = Trace(database.engine)
-    try:
-        with UnitOfWork(database) as unit:
-            assert _show(unit, "statement_timeout", "lock_timeout") == ["30s", "4s"]
-        traced.take()
-        with UnitOfWork(database) as unit:
-            assert _show(unit, "lock_timeout") == ["4s"]
-        assert traced.take()[1] == ["BEGIN", "SHOW lock_timeout", "COMMIT"]
-    finally:
-        traced.close()
+    traced = trace(database.engine)
+    with UnitOfWork(database) as unit:
+        assert _show(unit, "statement_timeout", "lock_timeout") == ["30s", "4s"]
+    traced.take()
+    with UnitOfWork(database) as unit:
+        assert _show(unit, "lock_timeout") == ["4s"]
+    assert traced.take()[1] == ["BEGIN", "SHOW lock_timeout", "COMMIT"]
 
 
 def test_direct_settings_are_refused_by_pgbouncer(bouncer_url: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from tests.integration.test_round_trips import Trace
+from tests.protocol_trace import Trace
 from tests.replicas.conftest import TABLE, Cluster, MakeDatabase, wait_for
 from uow import Database, UnitOfWork, run_transaction
 from uow.testing import EmbeddedPostgres, rolled_back
