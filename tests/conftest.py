@@ -6,6 +6,7 @@ PostgreSQL. Nothing is ever skipped for want of a server: fixture errors fail lo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -61,25 +62,33 @@ def app_name() -> str:
     return f"uow-test-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-def make_database(postgres_url: str, app_name: str) -> Iterator[MakeDatabase]:
-    """Build Databases on the test server; each must end with no connection checked out."""
+@contextlib.contextmanager
+def database_factory(**defaults: Any) -> Iterator[MakeDatabase]:
+    """Build Databases with these default settings; each must end with nothing checked out
+    (on the primary or any replica), and all are disposed of."""
     made: list[Database] = []
 
     def make(**settings: Any) -> Database:
-        settings.setdefault("application_name", app_name)
-        settings.setdefault("url", postgres_url)
-        database = Database(Settings(**settings))
+        database = Database(Settings(**{**defaults, **settings}))
         made.append(database)
         return database
 
-    yield make
     try:
+        yield make
         for database in made:
-            assert database.status().checked_out == 0, f"{database} leaked a connection"
+            status = database.status()
+            busy = [status.checked_out, *(r.checked_out for r in status.replicas)]
+            assert not any(busy), f"{database} leaked connections: {busy}"
     finally:
         for database in made:
             database.dispose()
+
+
+@pytest.fixture
+def make_database(postgres_url: str, app_name: str) -> Iterator[MakeDatabase]:
+    """Build Databases on the test server; each must end with no connection checked out."""
+    with database_factory(url=postgres_url, application_name=app_name) as make:
+        yield make
 
 
 @pytest.fixture

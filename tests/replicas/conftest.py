@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 
-from uow import Database, Settings
+from tests.conftest import database_factory
+from uow import Database
 from uow.testing import EmbeddedPostgres
 
 T = TypeVar("T")
@@ -111,25 +112,12 @@ def make_db(cluster: Cluster, app_name: str) -> Iterator[MakeDatabase]:
 
     Each must end with no connection checked out, on the primary or any replica.
     """
-    made: list[Database] = []
-
-    def make(**settings: Any) -> Database:
-        settings.setdefault("url", cluster.primary.url)
-        settings.setdefault("replica_urls", [r.url for r in cluster.replicas])
-        settings.setdefault("application_name", app_name)
-        database = Database(Settings(**settings))
-        made.append(database)
-        return database
-
-    yield make
-    try:
-        for database in made:
-            status = database.status()
-            busy = [status.checked_out, *(r.checked_out for r in status.replicas)]
-            assert not any(busy), f"{database} leaked connections: {busy}"
-    finally:
-        for database in made:
-            database.dispose()
+    with database_factory(
+        url=cluster.primary.url,
+        replica_urls=[r.url for r in cluster.replicas],
+        application_name=app_name,
+    ) as make:
+        yield make
 
 
 @pytest.fixture
