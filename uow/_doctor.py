@@ -1,7 +1,8 @@
 """``uow doctor``: look at the server with the current settings and say what needs action.
 
-One connection, opened the way the application opens them (same URL, same
-``application_name``, same startup options), reads the server's limits, who holds
+One connection, with the application's URL and ``application_name`` (but no startup
+options and no prepared statements, so that it works through PgBouncer in any mode
+too), reads the server's limits, who holds
 connections, transactions left open and the longest statements, the standbys
 streaming from it, then checks the connection budget and the settings. Each
 configured read replica gets one connection too, for its recovery state, its lag and
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
@@ -22,6 +21,7 @@ from typing import Any, TextIO
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import _pooler
+from ._activity import ServerSession, collect_activity, render_activity, table
 from ._budget import read_budget
 from ._classify import first_line
 from ._database import Database
@@ -41,25 +41,16 @@ __all__ = [
     "EXIT_ACTION",
     "EXIT_OK",
     "EXIT_UNREACHABLE",
-    "Activity",
     "Finding",
     "Report",
-    "ServerSession",
-    "collect_activity",
     "diagnose",
     "render",
-    "render_activity",
     "run",
 ]
 
 EXIT_OK = 0
 EXIT_ACTION = 1
 EXIT_UNREACHABLE = 2
-
-_TOP = 5
-_QUERY_CHARS = 60
-# A statement that sets a password (ALTER ROLE ... PASSWORD '...') must not be echoed.
-_PASSWORD = re.compile(r"password", re.IGNORECASE)
 
 # uow's setting -> the server's parameter it sets.
 _TIMEOUT_SETTINGS = {
@@ -74,111 +65,6 @@ SELECT current_setting('server_version'),
        current_setting('superuser_reserved_connections')::int,
        current_setting('reserved_connections', true)::int
 """
-_BY_APPLICATION = """
-SELECT application_name, coalesce(state, 'unknown'), count(*)::int
-  FROM pg_stat_activity
- WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
- GROUP BY 1, 2
- ORDER BY 1, 2
-"""
-_IDLE_IN_TRANSACTION = """
-SELECT pid, application_name,
-       extract(epoch FROM clock_timestamp() - state_change)::float8, query
-  FROM pg_stat_activity
- WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
-   AND state LIKE 'idle in transaction%%'
- ORDER BY 3 DESC
-"""
-_LONGEST_TRANSACTIONS = """
-SELECT pid, application_name,
-       extract(epoch FROM clock_timestamp() - xact_start)::float8, query
-  FROM pg_stat_activity
- WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
-   AND xact_start IS NOT NULL
- ORDER BY 3 DESC
- LIMIT %s
-"""
-_LONGEST_QUERIES = """
-SELECT pid, application_name,
-       extract(epoch FROM clock_timestamp() - query_start)::float8, query
-  FROM pg_stat_activity
- WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
-   AND state = 'active' AND query_start IS NOT NULL
- ORDER BY 3 DESC
- LIMIT %s
-"""
-_TRANSACTIONS = """
-SELECT xact_commit, xact_rollback
-  FROM pg_stat_database
- WHERE datname = current_database()
-"""
-
-
-@dataclass(frozen=True)
-class ServerSession:
-    """One server session: who holds it, for how long, doing what."""
-
-    pid: int
-    application_name: str
-    seconds: float
-    query: str
-
-
-@dataclass(frozen=True)
-class Activity:
-    """What the server's client sessions are doing at one moment (``doctor`` and ``top``)."""
-
-    taken_at: float
-    """``time.monotonic()`` when it was read."""
-    database: str
-    """The current database, which the transaction counters are for."""
-    connections: list[dict[str, Any]]
-    """``{"application_name", "state", "count"}`` per application and state."""
-    idle_in_transaction: list[ServerSession]
-    longest_transactions: list[ServerSession]
-    longest_queries: list[ServerSession]
-    xact_commit: int
-    """Transactions committed in this database since its statistics were reset."""
-    xact_rollback: int
-    """Transactions rolled back in this database since its statistics were reset."""
-
-
-def collect_activity(raw: Any) -> Activity:
-    """Read who holds connections and what they run, on a psycopg connection.
-
-    Five short queries in one transaction, which is rolled back: it ends the
-    statistics snapshot PostgreSQL keeps per transaction, so the next call sees new
-    counters.
-    """
-    cursor = raw.cursor()
-    try:
-        cursor.execute(_BY_APPLICATION)
-        connections = [
-            {"application_name": app, "state": state, "count": count}
-            for app, state, count in cursor.fetchall()
-        ]
-        cursor.execute(_IDLE_IN_TRANSACTION)
-        idle = [_session(row) for row in cursor.fetchall()]
-        cursor.execute(_LONGEST_TRANSACTIONS, (_TOP,))
-        transactions = [_session(row) for row in cursor.fetchall()]
-        cursor.execute(_LONGEST_QUERIES, (_TOP,))
-        queries = [_session(row) for row in cursor.fetchall()]
-        cursor.execute(_TRANSACTIONS)
-        commits, rollbacks = cursor.fetchone() or (0, 0)
-        taken_at = time.monotonic()
-    finally:
-        cursor.close()
-        raw.rollback()
-    return Activity(
-        taken_at=taken_at,
-        database=raw.info.dbname,
-        connections=connections,
-        idle_in_transaction=idle,
-        longest_transactions=transactions,
-        longest_queries=queries,
-        xact_commit=int(commits or 0),
-        xact_rollback=int(rollbacks or 0),
-    )
 
 
 @dataclass(frozen=True)
@@ -359,19 +245,6 @@ def _read_server(raw: Any, report: Report) -> None:
     report.longest_queries = activity.longest_queries
 
 
-def _session(row: tuple[Any, ...]) -> ServerSession:
-    pid, app, seconds, query = row
-    text = " ".join((query or "").split())
-    if _PASSWORD.search(text):
-        text = "<hidden: mentions a password>"
-    return ServerSession(
-        pid=int(pid),
-        application_name=app or "",
-        seconds=round(float(seconds or 0.0), 3),
-        query=text[:_QUERY_CHARS],
-    )
-
-
 def _warnings(settings: Settings, report: Report, idle_threshold: float) -> list[Finding]:
     found: list[Finding] = []
 
@@ -448,7 +321,7 @@ def render(report: Report) -> str:
     """The report as a plain-text table."""
     lines = [f"uow doctor: {report.url} (application_name {report.application_name})", ""]
     server = report.server
-    lines += ["Server", *_table(["setting", "value"], [[k, v] for k, v in server.items()]), ""]
+    lines += ["Server", *table(["setting", "value"], [[k, v] for k, v in server.items()]), ""]
     lines += render_activity(
         report.connections,
         report.idle_in_transaction,
@@ -459,9 +332,9 @@ def render(report: Report) -> str:
     bouncer = report.pgbouncer
     if bouncer.get("detected"):
         keys = ["version", "pool_mode", "max_prepared_statements", "default_pool_size"]
-        lines += ["PgBouncer", *_table(keys, [[bouncer[k] for k in keys]]), ""]
+        lines += ["PgBouncer", *table(keys, [[bouncer[k] for k in keys]]), ""]
     for title, headers, rows in replication_tables(report.replication, report.replicas):
-        lines += [title, *_table(headers, rows), ""]
+        lines += [title, *table(headers, rows), ""]
     if report.warnings:
         lines.append("Warnings")
         for w in report.warnings:
@@ -478,7 +351,7 @@ def _budget_lines(budget: dict[str, Any]) -> list[str]:
             "  not checked: behind PgBouncer the pools hold connections to PgBouncer, and",
             "  PgBouncer's default_pool_size bounds the server's connections",
         ]
-    return _table(
+    return table(
         ["needed", "available", "max_connections", "reserved", "used_by_others"],
         [
             [
@@ -490,47 +363,6 @@ def _budget_lines(budget: dict[str, Any]) -> list[str]:
             ]
         ],
     )
-
-
-def render_activity(
-    connections: list[dict[str, Any]],
-    idle_in_transaction: list[ServerSession],
-    longest_transactions: list[ServerSession],
-    longest_queries: list[ServerSession],
-) -> list[str]:
-    """The connections and session tables, as lines (``doctor`` and ``top``)."""
-    lines = [
-        "Connections (client backends, excluding this one)",
-        *_table(
-            ["application_name", "state", "count"],
-            [[c["application_name"], c["state"], c["count"]] for c in connections],
-        ),
-        "",
-    ]
-    for title, sessions in (
-        ("Idle in transaction", idle_in_transaction),
-        (f"Longest open transactions (top {_TOP})", longest_transactions),
-        (f"Longest running queries (top {_TOP})", longest_queries),
-    ):
-        rows = [[s.pid, s.application_name, f"{s.seconds:.1f} s", s.query] for s in sessions]
-        lines += [title, *_table(["pid", "application", "duration", "query"], rows), ""]
-    return lines
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
-    if not rows:
-        return ["  (none)"]
-    cells = [[_cell(v) for v in row] for row in [headers, *rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-
-    def line(row: list[str]) -> str:
-        return "  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
-
-    return [line(cells[0]), line(["-" * w for w in widths]), *(line(row) for row in cells[1:])]
-
-
-def _cell(value: Any) -> str:
-    return "-" if value is None or value == "" else str(value)
 
 
 def run(

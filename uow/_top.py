@@ -15,8 +15,9 @@ from typing import TextIO
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from ._activity import Activity, collect_activity, render_activity
 from ._database import Database
-from ._doctor import EXIT_OK, EXIT_UNREACHABLE, Activity, collect_activity, render_activity
+from ._doctor import EXIT_OK, EXIT_UNREACHABLE
 from ._errors import UnitOfWorkError
 from ._settings import Settings
 
