@@ -36,6 +36,8 @@ class Budget:
     processes: int
     per_process: int
     """pool_size + max_overflow."""
+    server: str = ""
+    """The server's URL, password masked, for messages."""
 
     @property
     def needed(self) -> int:
@@ -49,8 +51,9 @@ class Budget:
         """Raise ConfigurationError if the pools cannot all be open at once."""
         if self.needed <= self.available:
             return
+        where = f" on {self.server}" if self.server else ""
         raise ConfigurationError(
-            f"connection budget exceeded: {self.processes} processes x (pool_size + "
+            f"connection budget exceeded{where}: {self.processes} processes x (pool_size + "
             f"max_overflow = {self.per_process}) = {self.needed} connections, but the server "
             f"allows {self.max_connections} (max_connections) - {self.reserved} reserved - "
             f"{self.used_by_others} used by other applications = {self.available}. Lower "
@@ -76,4 +79,5 @@ def read_budget(dbapi_connection: Any, settings: Settings) -> Budget:
         used_by_others=others,
         processes=settings.processes,
         per_process=settings.pool_size + settings.max_overflow,
+        server=settings.masked_url,
     )

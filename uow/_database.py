@@ -214,15 +214,26 @@ class Database:
     def check(self) -> Budget:
         """Check the connection budget now (uow also does on its first connection).
 
+        Each read replica's pool is checked too, against that replica's server.
+
+        Returns:
+            The primary's budget.
+
         Raises:
             ConfigurationError: ``processes x (pool_size + max_overflow)`` does not fit
-                in what the server allows; the message gives the numbers.
+                in what a server allows; the message names the server and gives the numbers.
         """
-        with self.engine.connect() as connection:
-            dbapi_connection = connection.connection.dbapi_connection
-            budget = read_budget(dbapi_connection, self.settings)
-        budget.check()
-        return budget
+        servers = [(self.engine, self.settings)]
+        if self._replicas is not None:
+            servers += zip(self._replicas.engines, self._replicas.settings, strict=True)
+        budgets = []
+        for engine, settings in servers:
+            with engine.connect() as connection:
+                dbapi_connection = connection.connection.dbapi_connection
+                budgets.append(read_budget(dbapi_connection, settings))
+        for budget in budgets:
+            budget.check()
+        return budgets[0]
 
     def counters(self) -> dict[str, int]:
         """Event counts since the database was created.

@@ -70,9 +70,9 @@ class Replicas:
         # Each replica's engine gets the primary's settings with its own URL, so pool
         # sizes, timeouts and the budget check (against that server's max_connections)
         # are the same, and every message names the replica's (masked) URL.
-        self._settings = [settings.replace(url=u, replica_urls=()) for u in settings.replica_urls]
-        self.urls = [s.masked_url for s in self._settings]
-        self.engines = [make_engine(s) for s in self._settings]
+        self.settings = [settings.replace(url=u, replica_urls=()) for u in settings.replica_urls]
+        self.urls = [s.masked_url for s in self.settings]
+        self.engines = [make_engine(s) for s in self.settings]
         self._make_async_engine = make_async_engine
         self._async_engines: list[AsyncEngine] | None = None
         self._window = settings.replica_read_after_write
@@ -92,7 +92,7 @@ class Replicas:
         if engines is None:
             with self._lock:
                 if self._async_engines is None:
-                    self._async_engines = [self._make_async_engine(s) for s in self._settings]
+                    self._async_engines = [self._make_async_engine(s) for s in self.settings]
                 engines = self._async_engines
         return engines
 

@@ -17,6 +17,7 @@ def test_budget_that_cannot_fit_fails_the_first_unit_with_the_numbers(
     with pytest.raises(ConfigurationError) as info, UnitOfWork(database) as unit:
         unit.session.execute(text("SELECT 1"))
     message = str(info.value)
+    assert f"connection budget exceeded on {database.settings.masked_url}:" in message
     assert "10000 processes x (pool_size + max_overflow = 5) = 50000 connections" in message
     assert "max_connections" in message
     assert "UOW_POOL_SIZE" in message

@@ -169,12 +169,12 @@ def test_the_budget_is_checked_against_each_replica_on_its_first_connection(
     hogs = [psycopg.connect(replica.dsn, application_name="hog") for _ in range(23)]
     try:
         db = make_db(replica_urls=[replica.url])
-        with (
-            pytest.raises(ConfigurationError, match="connection budget exceeded"),
-            UnitOfWork(db, readonly=True),
-        ):
+        exceeded = f"connection budget exceeded on postgresql\\+psycopg://postgres@127.0.0.1:{replica.port}/"
+        with pytest.raises(ConfigurationError, match=exceeded), UnitOfWork(db, readonly=True):
             pass
         assert where(db) == (False, cluster.primary.port)
+        with pytest.raises(ConfigurationError, match=exceeded):
+            db.check()  # on demand too: every replica, not only the primary
     finally:
         for hog in hogs:
             hog.close()
