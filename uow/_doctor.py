@@ -35,6 +35,7 @@ from ._doctor_replicas import (
 )
 from ._errors import UnitOfWorkError
 from ._settings import Settings
+from ._timeouts import TIMEOUT_PARAMETERS
 
 __all__ = [
     "DEFAULT_MAX_REPLICA_LAG",
@@ -51,13 +52,6 @@ __all__ = [
 EXIT_OK = 0
 EXIT_ACTION = 1
 EXIT_UNREACHABLE = 2
-
-# uow's setting -> the server's parameter it sets.
-_TIMEOUT_SETTINGS = {
-    "statement_timeout": "statement_timeout",
-    "lock_timeout": "lock_timeout",
-    "idle_in_transaction_timeout": "idle_in_transaction_session_timeout",
-}
 
 _LIMITS = """
 SELECT current_setting('server_version'),
@@ -180,7 +174,7 @@ def _read_defaults(raw: Any, report: Report) -> int | None:
     cursor = raw.cursor()
     try:
         # The role's, database's or server's value: what a session starts with.
-        for name in _TIMEOUT_SETTINGS.values():
+        for name in TIMEOUT_PARAMETERS.values():
             cursor.execute(f"SHOW {name}")
             report.server[f"default_{name}"] = cursor.fetchone()[0]
         cursor.execute("SELECT inet_server_port()")
@@ -274,17 +268,11 @@ def _warnings(settings: Settings, report: Report, idle_threshold: float) -> list
             "input); keep transactions short and set idle_in_transaction_timeout",
             action=True,
         )
-    for name, variable in (
-        ("statement_timeout", "UOW_STATEMENT_TIMEOUT"),
-        ("lock_timeout", "UOW_LOCK_TIMEOUT"),
-        ("idle_in_transaction_timeout", "UOW_IDLE_IN_TRANSACTION_TIMEOUT"),
-    ):
+    for name, parameter in TIMEOUT_PARAMETERS.items():
+        variable = f"UOW_{name.upper()}"
         # Off in uow but set on the role or database (as behind PgBouncer, to save the
         # per-transaction round trip) is fine.
-        if (
-            getattr(settings, name) == 0
-            and report.server[f"default_{_TIMEOUT_SETTINGS[name]}"] == "0"
-        ):
+        if getattr(settings, name) == 0 and report.server[f"default_{parameter}"] == "0":
             warn(
                 f"{name}_disabled",
                 f"{name} is disabled ({variable}=0)",

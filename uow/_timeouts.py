@@ -17,20 +17,33 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from ._settings import Settings
 
-__all__ = ["TIMEOUT_KEY", "LocalTimeouts", "install_session_timeouts", "startup_options"]
+__all__ = [
+    "TIMEOUT_KEY",
+    "TIMEOUT_PARAMETERS",
+    "LocalTimeouts",
+    "install_session_timeouts",
+    "server_timeouts",
+    "startup_options",
+]
 
 TIMEOUT_KEY = "uow_statement_timeout"
 """``session.info`` key of a unit of work's own statement timeout, in seconds."""
 
+TIMEOUT_PARAMETERS = {
+    "statement_timeout": "statement_timeout",
+    "lock_timeout": "lock_timeout",
+    "idle_in_transaction_timeout": "idle_in_transaction_session_timeout",
+}
+"""uow's timeout settings and the server parameter each one sets."""
+
 
 def server_timeouts(settings: Settings) -> dict[str, str]:
     """The server settings uow manages, by server name; disabled (0) ones are left out."""
-    pairs = {
-        "statement_timeout": settings.statement_timeout,
-        "lock_timeout": settings.lock_timeout,
-        "idle_in_transaction_session_timeout": settings.idle_in_transaction_timeout,
+    return {
+        parameter: _ms(seconds)
+        for setting, parameter in TIMEOUT_PARAMETERS.items()
+        if (seconds := getattr(settings, setting))
     }
-    return {name: _ms(seconds) for name, seconds in pairs.items() if seconds}
 
 
 def startup_options(settings: Settings) -> str:
