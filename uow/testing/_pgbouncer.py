@@ -16,9 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Self
 
-from sqlalchemy.engine import URL
-
-from ._postgres import _free_port, _server_owner
+from ._postgres import _free_port, _server_owner, psycopg_url
 
 PoolMode = Literal["session", "transaction", "statement"]
 
@@ -154,8 +152,7 @@ class PgBouncer:
 
     def url_for(self, dbname: str) -> str:
         """Return the SQLAlchemy URL (psycopg 3 driver) of ``dbname`` through PgBouncer."""
-        url = URL.create("postgresql+psycopg", _USER, None, self.host, self.port, dbname)
-        return url.render_as_string(hide_password=False)
+        return psycopg_url(_USER, self.host, self.port, dbname)
 
     @property
     def admin_dsn(self) -> str:

@@ -93,6 +93,12 @@ def _server_owner(bundled_bin_dir: Path | None) -> _Owner | None:
     return entry.pw_uid, entry.pw_gid
 
 
+def psycopg_url(user: str, host: str, port: int, dbname: str) -> str:
+    """The SQLAlchemy URL (psycopg 3 driver, no password) of ``dbname`` on ``host:port``."""
+    url = URL.create("postgresql+psycopg", user, None, host, port, dbname)
+    return url.render_as_string(hide_password=False)
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((_HOST, 0))
@@ -292,8 +298,7 @@ class EmbeddedPostgres:
 
     def url_for(self, dbname: str) -> str:
         """Return the SQLAlchemy URL (psycopg 3 driver) of database ``dbname``."""
-        url = URL.create("postgresql+psycopg", _SUPERUSER, None, self.host, self.port, dbname)
-        return url.render_as_string(hide_password=False)
+        return psycopg_url(_SUPERUSER, self.host, self.port, dbname)
 
     @property
     def dsn(self) -> str:
