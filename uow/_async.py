@@ -251,6 +251,10 @@ class AsyncRepository(Generic[ModelT]):
         """See :meth:`uow.Repository.get`."""
         return await greenlet_spawn(self._sync.get, ident)
 
+    async def get_by(self, *, for_update: bool = False, **attrs: Any) -> ModelT | None:
+        """See :meth:`uow.Repository.get_by`."""
+        return await greenlet_spawn(self._sync.get_by, for_update=for_update, **attrs)
+
     async def get_for_update(
         self, ident: Any, *, nowait: bool = False, skip_locked: bool = False
     ) -> ModelT | None:
@@ -335,7 +339,7 @@ class AsyncRepository(Generic[ModelT]):
         **by: Any,
     ) -> AsyncIterator[ModelT]:
         """See :meth:`uow.Repository.stream`: a server-side cursor, read asynchronously."""
-        stmt = _ordered(self._sync._select(where, by), order_by)
+        stmt = _ordered(self._sync._select(where, by, "stream"), order_by)
         result = await self.session.stream_scalars(stmt.execution_options(yield_per=batch_size))
         try:
             async for obj in result:

@@ -14,6 +14,7 @@ Every exception uow raises derives from :class:`UnitOfWorkError`::
     ├── CommitOutcomeUnknown      the connection died while COMMIT was in flight
     ├── TransactionRolledBack     a joined unit of work failed, so the outer one could not commit
     └── UsageError                the unit of work was used the wrong way (re-entered, wrong thread)
+        └── MultipleRowsFound     get_by() matched several rows (also sqlalchemy's)
 
 Errors are classified by SQLSTATE (psycopg's exception classes), never by message
 text; the database driver's exception is the ``__cause__``.
@@ -25,12 +26,15 @@ exception as ``orig``, so code that already handles them keeps working.
 
 from __future__ import annotations
 
+from sqlalchemy import exc as sa_exc
+
 __all__ = [
     "CommitOutcomeUnknown",
     "ConfigurationError",
     "ConnectionLost",
     "DatabaseUnavailable",
     "DeadlockDetected",
+    "MultipleRowsFound",
     "PoolExhausted",
     "SerializationFailure",
     "StatementTimeout",
@@ -96,3 +100,11 @@ class TransactionRolledBack(UnitOfWorkError):
 
 class UsageError(UnitOfWorkError, RuntimeError):
     """A unit of work was used in a way that cannot work (re-entered, from another thread)."""
+
+
+class MultipleRowsFound(UsageError, sa_exc.MultipleResultsFound):
+    """``get_by()`` matched more than one row: its criteria do not identify one.
+
+    Also a :class:`sqlalchemy.exc.MultipleResultsFound`, the error of SQLAlchemy's
+    ``one_or_none()``, so code written against SQLAlchemy keeps catching it.
+    """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import functools
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
@@ -15,13 +14,24 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    inspect,
     select,
     update,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Mapper, Session
 
+from ._arguments import (
+    check_attributes,
+    check_columns,
+    check_criteria,
+    check_ident,
+    check_instance,
+    column_names,
+    mapper_of,
+    mapping_rows,
+    multiple_rows,
+)
 from ._bulk import copy_plan
 from ._errors import UsageError
 
@@ -42,7 +52,9 @@ class Repository(Generic[ModelT]):
 
     Repositories may flush (to get generated keys or surface constraint errors early)
     but never commit: the unit of work decides. Every value reaches the server as a
-    bound parameter. Like the session, a repository belongs to one thread.
+    bound parameter. An attribute name the model does not have, a row that is not a
+    mapping, or an object of another model raises UsageError naming it, before any
+    I/O. Like the session, a repository belongs to one thread.
     """
 
     model: ClassVar[type[Any]]
@@ -84,9 +96,13 @@ class Repository(Generic[ModelT]):
 
     @property
     def _mapper(self) -> Mapper[Any]:
-        return _mapper_of(self._model)
+        return mapper_of(self._model)
 
-    def _select(self, where: tuple[Criterion, ...], by: Mapping[str, Any]) -> Select[Any]:
+    def _select(
+        self, where: tuple[Criterion, ...], by: Mapping[str, Any], what: str = "list"
+    ) -> Select[Any]:
+        if by:
+            check_attributes(self._model, by, what)
         stmt = select(self._model)
         if where:
             stmt = stmt.where(*where)
@@ -95,8 +111,37 @@ class Repository(Generic[ModelT]):
         return stmt
 
     def get(self, ident: Any) -> ModelT | None:
-        """Return the object with this primary key, or None (from the session if loaded)."""
+        """Return the object with this primary key, or None (from the session if loaded).
+
+        ``ident`` is the key's value, a tuple for a composite key, or a dict by attribute.
+        """
+        check_ident(self._model, ident, "get")
         return self.session.get(self._model, ident)
+
+    def get_by(self, *, for_update: bool = False, **attrs: Any) -> ModelT | None:
+        """Return the one object whose attributes equal these values, or None.
+
+        For lookups by a unique attribute other than the primary key, such as
+        ``products.get_by(sku="RED-CHAIR")``. One query, with ``LIMIT 2`` so that a
+        duplicate is seen without reading further; objects added in this unit are
+        flushed first and found too.
+
+        Args:
+            for_update: lock the row (``FOR UPDATE``) until the unit of work ends.
+            **attrs: equality criteria on attribute names; at least one.
+
+        Raises:
+            MultipleRowsFound: more than one row matches (the criteria do not identify one).
+            UsageError: no criteria, or an attribute the model does not have.
+        """
+        check_criteria(self._model, attrs, "get_by")
+        stmt = self._select((), attrs, "get_by").limit(2)
+        if for_update:
+            stmt = stmt.with_for_update().execution_options(populate_existing=True)
+        try:
+            return self.session.scalars(stmt).one_or_none()
+        except sa_exc.MultipleResultsFound as exc:
+            raise multiple_rows(self._model, attrs) from exc
 
     def get_for_update(
         self, ident: Any, *, nowait: bool = False, skip_locked: bool = False
@@ -110,6 +155,7 @@ class Repository(Generic[ModelT]):
         """
         if nowait and skip_locked:
             raise UsageError("get_for_update: choose nowait or skip_locked, not both")
+        check_ident(self._model, ident, "get_for_update")
         return self.session.get(
             self._model,
             ident,
@@ -119,11 +165,15 @@ class Repository(Generic[ModelT]):
 
     def add(self, obj: ModelT) -> ModelT:
         """Add a new object; it is inserted at the next flush or commit."""
+        check_instance(self._model, obj, "add")
         self.session.add(obj)
         return obj
 
     def add_all(self, objs: Iterable[ModelT]) -> None:
         """Add several new objects."""
+        objs = builtins.list(objs)
+        for obj in objs:
+            check_instance(self._model, obj, "add_all")
         self.session.add_all(objs)
 
     def flush(self) -> None:
@@ -132,6 +182,7 @@ class Repository(Generic[ModelT]):
 
     def delete(self, obj: ModelT) -> None:
         """Delete an object at the next flush or commit."""
+        check_instance(self._model, obj, "delete")
         self.session.delete(obj)
 
     def list(
@@ -165,6 +216,8 @@ class Repository(Generic[ModelT]):
 
     def count(self, *where: Criterion, **by: Any) -> int:
         """Count the rows matching the criteria (``SELECT count(*)``), without loading them."""
+        if by:
+            check_attributes(self._model, by, "count")
         stmt = select(func.count()).select_from(self._model)
         if where:
             stmt = stmt.where(*where)
@@ -174,7 +227,7 @@ class Repository(Generic[ModelT]):
 
     def exists(self, *where: Criterion, **by: Any) -> bool:
         """Tell whether any row matches (``SELECT EXISTS``), without loading it."""
-        return bool(self.session.scalar(select(self._select(where, by).exists())))
+        return bool(self.session.scalar(select(self._select(where, by, "exists").exists())))
 
     def insert_many(self, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 5000) -> int:
         """Insert many rows given as mappings of attribute names, in few round trips.
@@ -188,7 +241,7 @@ class Repository(Generic[ModelT]):
             raise UsageError(f"insert_many: batch_size={batch_size} must be at least 1")
         total = 0
         batch: builtins.list[Mapping[str, Any]] = []
-        for row in rows:
+        for row in mapping_rows(rows, "insert_many"):
             batch.append(row)
             if len(batch) >= batch_size:
                 total += self._insert_batch(batch)
@@ -200,7 +253,7 @@ class Repository(Generic[ModelT]):
     def _insert_batch(self, batch: builtins.list[Mapping[str, Any]]) -> int:
         keys = frozenset(batch[0])
         same_keys = all(row.keys() == keys for row in batch)
-        self._check_columns(set(keys) if same_keys else set().union(*batch), "insert_many")
+        check_columns(self._model, keys if same_keys else set().union(*batch), "insert_many")
         session = self.session
         plan = copy_plan(self._mapper, session.get_bind().dialect, keys) if same_keys else None
         if plan is None:
@@ -209,17 +262,6 @@ class Repository(Generic[ModelT]):
             session.flush()  # COPY goes around the session: pending objects first
             plan.run(session.connection(), batch)
         return len(batch)
-
-    def _check_columns(self, keys: set[str], what: str) -> None:
-        # The ORM bulk INSERT silently ignores keys that are not columns: a typo
-        # would lose data without a word.
-        known = _column_keys(self._mapper)
-        unknown = keys - known
-        if unknown:
-            raise UsageError(
-                f"{what}: {sorted(unknown)} are not column attributes of "
-                f"{self._model.__name__}; known: {sorted(known)}"
-            )
 
     def upsert(
         self,
@@ -240,17 +282,12 @@ class Repository(Generic[ModelT]):
             The inserted or updated objects, refreshed from the row (with DO NOTHING,
             rows that already existed are not returned).
         """
-        batch = [rows] if isinstance(rows, Mapping) else builtins.list(rows)
+        batch = self._upsert_rows(rows)
+        keys = self._conflict_keys(conflict)
+        update = self._update_keys(update, batch, keys)
         if not batch:
             return []
         mapper = self._mapper
-        keys = (
-            builtins.list(conflict)
-            if conflict
-            else [mapper.get_property_by_column(c).key for c in mapper.primary_key]
-        )
-        if update is None:
-            update = [key for key in batch[0] if key not in keys]
         stmt = pg_insert(self._model).values(batch)
         columns = [mapper.c[key] for key in keys]
         if update:
@@ -266,14 +303,55 @@ class Repository(Generic[ModelT]):
         )
         return builtins.list(result)
 
+    def _upsert_rows(
+        self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    ) -> builtins.list[Mapping[str, Any]]:
+        batch = [rows] if isinstance(rows, Mapping) else [*mapping_rows(rows, "upsert")]
+        check_columns(self._model, set().union(*batch), "upsert")
+        return batch
+
+    def _conflict_keys(self, conflict: Sequence[str] | None) -> builtins.list[str]:
+        if conflict is None:
+            mapper = self._mapper
+            return [mapper.get_property_by_column(c).key for c in mapper.primary_key]
+        keys = column_names(self._model, conflict, "conflict", "upsert")
+        if not keys:
+            raise UsageError("upsert: conflict= names no column; omit it for the primary key")
+        return keys
+
+    def _update_keys(
+        self,
+        update: Sequence[str] | None,
+        batch: builtins.list[Mapping[str, Any]],
+        keys: builtins.list[str],
+    ) -> builtins.list[str]:
+        if update is None:
+            return [key for key in batch[0] if key not in keys] if batch else []
+        return column_names(self._model, update, "update", "upsert")
+
     def update_where(self, values: Mapping[str, Any], *where: Criterion, **by: Any) -> int:
         """Update matching rows in one statement, without loading them; returns the row count.
 
         Objects already loaded in this unit of work are updated to match. With none
         loaded, the statement runs as plain Core, the cheapest path for hot writes.
         """
+        if not isinstance(values, Mapping):
+            raise UsageError(
+                f"update_where: values must map attribute names to new values, "
+                f"not a {type(values).__name__}"
+            )
+        check_columns(self._model, values, "update_where")
+        if by:
+            check_attributes(self._model, by, "update_where")
         session = self.session
-        if session.identity_map or session.new or session.deleted or session.dirty:
+        columns = self._mapper.c
+        if (
+            session.identity_map
+            or session.new
+            or session.deleted
+            or session.dirty
+            or not all(key in columns for key in by)  # a relationship: the ORM resolves it
+        ):
             stmt = update(self._model).values(dict(values))
             if where:
                 stmt = stmt.where(*where)
@@ -283,15 +361,13 @@ class Repository(Generic[ModelT]):
             return int(getattr(result, "rowcount", 0))
         # Nothing loaded to keep in step and nothing to flush: run it as plain Core on
         # the session's connection (in its transaction), without the ORM's bookkeeping.
-        mapper = self._mapper
-        self._check_columns(set(values), "update_where")
-        table = mapper.local_table
+        table = self._mapper.local_table
         assert isinstance(table, Table)
-        core = update(table).values({mapper.c[k]: v for k, v in values.items()})
+        core = update(table).values({columns[k]: v for k, v in values.items()})
         if where:
             core = core.where(*where)
         if by:
-            core = core.filter_by(**{mapper.c[k].name: v for k, v in by.items()})
+            core = core.filter_by(**{columns[k].name: v for k, v in by.items()})
         return int(session.connection().execute(core).rowcount)
 
     def delete_where(self, *where: Criterion, **by: Any) -> int:
@@ -300,6 +376,8 @@ class Repository(Generic[ModelT]):
             raise UsageError(
                 "delete_where() needs a criterion; to empty a table, say so with true()"
             )
+        if by:
+            check_attributes(self._model, by, "delete_where")
         stmt = delete(self._model)
         if where:
             stmt = stmt.where(*where)
@@ -320,7 +398,7 @@ class Repository(Generic[ModelT]):
         Uses a server-side cursor, so the result is never held whole in memory; call
         ``uow.session.expunge_all()`` between batches to let processed objects go too.
         """
-        stmt = _ordered(self._select(where, by), order_by)
+        stmt = _ordered(self._select(where, by, "stream"), order_by)
         result = self.session.scalars(stmt.execution_options(yield_per=batch_size))
         try:
             yield from result
@@ -330,21 +408,6 @@ class Repository(Generic[ModelT]):
     def __repr__(self) -> str:
         state = "active" if self._session is not None else "ended"
         return f"<{type(self).__name__} of {self._model.__name__} ({state})>"
-
-
-_MAPPERS: dict[type[Any], Mapper[Any]] = {}
-
-
-def _mapper_of(model: type[Any]) -> Mapper[Any]:
-    mapper = _MAPPERS.get(model)
-    if mapper is None:
-        mapper = _MAPPERS[model] = inspect(model)
-    return mapper
-
-
-@functools.cache
-def _column_keys(mapper: Mapper[Any]) -> frozenset[str]:
-    return frozenset(mapper.columns.keys())
 
 
 def model_from_bases(cls: type[Any], family: type[Any]) -> None:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import builtins
+from typing import Any
+
 import psycopg.errors
 import pytest
 from sqlalchemy import and_, or_, true
-from sqlalchemy.exc import CompileError, IntegrityError, InvalidRequestError, ProgrammingError
+from sqlalchemy.exc import (
+    IntegrityError,
+    InvalidRequestError,
+    MultipleResultsFound,
+    ProgrammingError,
+)
 
 from tests.contract.conftest import MakeUnit
 from tests.models import Account, Item
-from uow import UsageError
+from uow import MultipleRowsFound, UsageError
 
 FRUIT = [("apple", 3), ("pear", 8), ("plum", 5), ("kiwi", 0), ("fig", 12)]
 
@@ -55,6 +63,48 @@ def test_get_returns_the_same_object_in_one_unit(make: MakeUnit) -> None:
         assert unit.items.get(1) is unit.items.list(name="apple")[0]
 
 
+def test_get_by_returns_the_one_match_or_none(make: MakeUnit) -> None:
+    """get_by() finds the one object with these attribute values, or returns None."""
+    with make() as unit:
+        plum = unit.items.get_by(name="plum")
+        assert plum is not None
+        assert (plum.id, plum.qty) == (3, 5)
+        assert plum is unit.items.get(3)
+        assert unit.items.get_by(name="plum", qty=5) is plum
+        assert unit.items.get_by(name="plum", qty=6) is None
+        assert unit.items.get_by(name="lime") is None
+        assert unit.items.get_by(name="fig", for_update=True) is unit.items.get(5)
+
+
+def test_get_by_sees_objects_added_in_the_unit(make_unit: MakeUnit) -> None:
+    """get_by() finds an object added earlier in the same unit (it is flushed first)."""
+    with make_unit() as unit:
+        lime = unit.items.add(Item(name="lime", qty=2))
+        assert unit.items.get_by(name="lime") is lime
+        assert lime.id is not None
+
+
+def test_get_by_raises_when_several_rows_match(make: MakeUnit) -> None:
+    """Several matching rows raise MultipleRowsFound, naming the model and the criteria."""
+    with make() as unit:
+        unit.items.add(Item(name="lime", qty=5))
+        with pytest.raises(MultipleRowsFound, match=r"more than one Item has these qty") as info:
+            unit.items.get_by(qty=5)
+        assert isinstance(info.value, UsageError)
+        assert isinstance(info.value, MultipleResultsFound)  # what SQLAlchemy code catches
+        assert "5" not in str(info.value)  # names the criteria, never their values
+        assert unit.items.get_by(qty=5, name="lime") is not None
+
+
+def test_get_by_refuses_no_criteria_and_unknown_attributes(make: MakeUnit) -> None:
+    """get_by() without criteria, or with an attribute the model lacks, raises UsageError."""
+    with make() as unit:
+        with pytest.raises(UsageError, match=r"get_by\(\) needs attribute=value criteria"):
+            unit.items.get_by()
+        with pytest.raises(UsageError, match=r"Item has no attribute 'colour'.*'name'"):
+            unit.items.get_by(colour="red", name="plum")
+
+
 def test_get_for_update(make: MakeUnit) -> None:
     """get_for_update() returns the object; nowait with skip_locked is refused."""
     with make() as unit:
@@ -85,7 +135,7 @@ def test_list_by_equality(make: MakeUnit) -> None:
     with make() as unit:
         assert [i.id for i in unit.items.list(name="plum")] == [3]
         assert unit.items.list(Item.qty > 5, name="plum") == []
-        with pytest.raises(InvalidRequestError):
+        with pytest.raises(UsageError, match="colour"):
             unit.items.list(colour="red")
 
 
@@ -244,7 +294,7 @@ def test_update_where(make: MakeUnit) -> None:
         assert fig.qty == 1
         assert unit.items.update_where({"qty": Item.qty + 10}, name="kiwi") == 1
         assert unit.items.update_where({"qty": 0}, name="lime") == 0
-        with pytest.raises(CompileError):
+        with pytest.raises(UsageError, match="colour"):
             unit.items.update_where({"colour": "red"}, name="kiwi")
     with make() as unit:
         assert [i.qty for i in unit.items.list(order_by=Item.id)] == [3, 1, 5, 10, 1]
@@ -341,3 +391,114 @@ def test_flush_assigns_keys_without_committing(make_unit: MakeUnit) -> None:
         raise RuntimeError
     with make_unit() as unit:
         assert unit.items.count() == 0
+
+
+# -- bad input: uow's UsageError naming the bad key or row, and nothing written -----------
+
+
+def test_unknown_attribute_names_raise_usage_error(make: MakeUnit) -> None:
+    """An equality filter on an attribute the model lacks raises UsageError in every method."""
+    with make() as unit:
+        items = unit.items
+        calls = {
+            "list": lambda: items.list(nope=1),
+            "count": lambda: items.count(nope=1),
+            "exists": lambda: items.exists(nope=1),
+            "get_by": lambda: items.get_by(nope=1),
+            "update_where": lambda: items.update_where({"qty": 1}, nope=1),
+            "delete_where": lambda: items.delete_where(nope=1),
+            "stream": lambda: builtins.list(items.stream(nope=1)),
+        }
+        for method, call in calls.items():
+            with pytest.raises(UsageError, match=f"{method}: Item has no attribute 'nope'"):
+                call()
+    with make() as unit:
+        assert [(i.name, i.qty) for i in unit.items.list(order_by=Item.id)] == FRUIT
+
+
+def test_unknown_columns_raise_usage_error(make: MakeUnit) -> None:
+    """Values, rows, conflict= and update= keyed by a non-column raise UsageError naming it."""
+    with make() as unit:
+        items = unit.items
+        calls = {
+            "upsert": lambda: items.upsert({"nope": 1}),
+            "upsert conflict=": lambda: items.upsert({"name": "plum"}, conflict=["nope"]),
+            "upsert update=": lambda: items.upsert({"name": "plum"}, update=["nope"]),
+            "update_where": lambda: items.update_where({"nope": 1}, name="plum"),
+            "insert_many": lambda: items.insert_many([{"name": "lime"}, {"nope": 1}]),
+        }
+        for method, call in calls.items():
+            with pytest.raises(UsageError, match=f"{method}: Item has no column 'nope'; its col"):
+                call()
+        with pytest.raises(UsageError, match="conflict= takes a sequence"):
+            items.upsert({"name": "plum"}, conflict="name")  # type: ignore[arg-type]
+    with make() as unit:
+        assert [(i.name, i.qty) for i in unit.items.list(order_by=Item.id)] == FRUIT
+
+
+def test_rows_that_are_not_mappings_raise_usage_error(make: MakeUnit) -> None:
+    """A row that is not a mapping (a tuple, None) raises UsageError naming its position."""
+    bad: list[Any] = [{"name": "lime"}, ("name", "x")]
+    with make() as unit:
+        items = unit.items
+        with pytest.raises(UsageError, match="insert_many: row 1 is a tuple, not a mapping"):
+            items.insert_many(bad)
+        with pytest.raises(UsageError, match="insert_many: row 0 is a NoneType, not a mapping"):
+            items.insert_many([None])  # type: ignore[list-item]
+        with pytest.raises(UsageError, match="upsert: row 1 is a tuple, not a mapping"):
+            items.upsert(bad)
+        with pytest.raises(UsageError, match="for one row, pass \\[row\\]"):
+            items.insert_many({"name": "lime"})
+        with pytest.raises(UsageError, match="not a NoneType"):
+            items.insert_many(None)  # type: ignore[arg-type]
+        with pytest.raises(UsageError, match="not a NoneType"):
+            items.upsert(None)  # type: ignore[arg-type]
+        with pytest.raises(UsageError, match="not a list"):
+            items.update_where([("qty", 1)], name="plum")  # type: ignore[arg-type]
+    with make() as unit:
+        assert [(i.name, i.qty) for i in unit.items.list(order_by=Item.id)] == FRUIT
+
+
+def test_bad_primary_keys_raise_usage_error(make: MakeUnit) -> None:
+    """get() and get_for_update() with None or a key of the wrong shape raise UsageError."""
+    with make() as unit:
+        items = unit.items
+        for get in (items.get, items.get_for_update):
+            with pytest.raises(UsageError, match=r"\(None\): no row has a NULL primary key"):
+                get(None)
+            with pytest.raises(UsageError, match="2 values given; Item's primary key is \\(id\\)"):
+                get((1, 2))
+            with pytest.raises(UsageError, match="the keys 'nope' do not match"):
+                get({"nope": 1})
+        assert items.get({"id": 2}) is items.get((2,)) is items.get(2)
+
+
+def test_objects_of_another_model_raise_usage_error(make: MakeUnit) -> None:
+    """add(), add_all() and delete() refuse None and objects of another model."""
+    with make() as unit:
+        items = unit.items
+        with pytest.raises(UsageError, match="add: got a NoneType; this repository holds Item"):
+            items.add(None)  # type: ignore[arg-type]
+        with pytest.raises(UsageError, match="add_all: got a Account"):
+            items.add_all([Item(name="lime"), Account(owner="ann")])  # type: ignore[list-item]
+        with pytest.raises(UsageError, match="delete: got a Account"):
+            items.delete(Account(owner="ann"))  # type: ignore[arg-type]
+    with make() as unit:
+        assert unit.items.count() == 5
+        assert unit.accounts.count() == 0
+
+
+def test_bad_input_messages_never_show_values(make: MakeUnit) -> None:
+    """Errors about bad input name keys and positions, never the values (they may be secrets)."""
+    with make() as unit:
+        items = unit.items
+        calls = [
+            lambda: items.insert_many([{"name": "s3cr3t-value", "nope": 1}]),
+            lambda: items.upsert([{"name": "s3cr3t-value"}, ("s3cr3t-value",)]),
+            lambda: items.get_by(nope="s3cr3t-value"),
+            lambda: items.update_where({"nope": "s3cr3t-value"}),
+        ]
+        for call in calls:
+            with pytest.raises(UsageError) as info:
+                call()
+            assert "s3cr3t" not in str(info.value)

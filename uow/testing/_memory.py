@@ -23,6 +23,15 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql import operators
 
+from .._arguments import (
+    check_attributes,
+    check_columns,
+    check_criteria,
+    check_ident,
+    check_instance,
+    mapping_rows,
+    multiple_rows,
+)
 from .._database import Database
 from .._errors import UsageError
 from .._repository import ModelT, OrderBy, Repository
@@ -100,9 +109,10 @@ class InMemoryRepository(Repository[ModelT]):
     def _detach(self) -> None:
         self._store = None
 
-    def _matching(self, where: tuple[Criterion, ...], by: Mapping[str, Any]) -> list[ModelT]:
-        if unknown := [key for key in by if key not in _schema(self._model).mapper.attrs]:
-            raise sa_exc.InvalidRequestError(f"{self._model.__name__} has no property {unknown}")
+    def _matching(
+        self, where: tuple[Criterion, ...], by: Mapping[str, Any], what: str = "list"
+    ) -> list[ModelT]:
+        check_attributes(self._model, by, what)
         criteria = [*where, *(getattr(self._model, key) == value for key, value in by.items())]
         tests = [_compile(self._model, criterion, "the criterion") for criterion in criteria]
         self._data._flush()
@@ -129,14 +139,24 @@ class InMemoryRepository(Repository[ModelT]):
 
     def get(self, ident: Any) -> ModelT | None:
         """Return the object with this primary key, or None."""
+        check_ident(self._model, ident, "get")
+        return self._get(ident)
+
+    def _get(self, ident: Any) -> ModelT | None:
         keys = _schema(self._model).primary_key
         key = ident if isinstance(ident, tuple) else (ident,)
         if isinstance(ident, Mapping):
             key = tuple(ident[k] for k in keys)
-        if len(key) != len(keys):
-            raise sa_exc.InvalidRequestError(f"{self._model.__name__} has a {len(keys)}-part key")
         self._data._flush()
         return cast("ModelT | None", self._data._rows(self._model).get(key))
+
+    def get_by(self, *, for_update: bool = False, **attrs: Any) -> ModelT | None:
+        """Return the one object with these attribute values, or None, like the real one."""
+        check_criteria(self._model, attrs, "get_by")
+        found = self._matching((), attrs, "get_by")
+        if len(found) > 1:
+            raise multiple_rows(self._model, attrs)
+        return found[0] if found else None
 
     def get_for_update(
         self, ident: Any, *, nowait: bool = False, skip_locked: bool = False
@@ -144,16 +164,21 @@ class InMemoryRepository(Repository[ModelT]):
         """Return the object with this primary key, or None; there are no locks to take."""
         if nowait and skip_locked:
             raise UsageError("get_for_update: choose nowait or skip_locked, not both")
-        return self.get(ident)
+        check_ident(self._model, ident, "get_for_update")
+        return self._get(ident)
 
     def add(self, obj: ModelT) -> ModelT:
         """Add a new object; it is inserted at the next query or commit."""
+        check_instance(self._model, obj, "add")
         if id(obj) not in self._data._pending and not self._stored(obj):
             self._data._pending[id(obj)] = (self._model, obj)
         return obj
 
     def add_all(self, objs: Iterable[ModelT]) -> None:
         """Add several new objects."""
+        objs = builtins.list(objs)
+        for obj in objs:
+            check_instance(self._model, obj, "add_all")
         for obj in objs:
             self.add(obj)
 
@@ -164,6 +189,7 @@ class InMemoryRepository(Repository[ModelT]):
 
     def delete(self, obj: ModelT) -> None:
         """Delete a stored object."""
+        check_instance(self._model, obj, "delete")
         if not self._stored(obj):  # the real session cannot delete unflushed objects either
             raise sa_exc.InvalidRequestError(f"Instance {obj!r} is not persisted")
         del self._data._rows(self._model)[_schema(self._model).values(obj)]
@@ -188,11 +214,11 @@ class InMemoryRepository(Repository[ModelT]):
 
     def count(self, *where: Criterion, **by: Any) -> int:
         """Count the objects matching the criteria."""
-        return len(self._matching(where, by))
+        return len(self._matching(where, by, "count"))
 
     def exists(self, *where: Criterion, **by: Any) -> bool:
         """Tell whether any object matches."""
-        return bool(self._matching(where, by))
+        return bool(self._matching(where, by, "exists"))
 
     def insert_many(self, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 5000) -> int:
         """Insert rows given as mappings of attribute names; returns how many.
@@ -201,9 +227,9 @@ class InMemoryRepository(Repository[ModelT]):
         """
         if batch_size < 1:
             raise UsageError(f"insert_many: batch_size={batch_size} must be at least 1")
+        batch = builtins.list(mapping_rows(rows, "insert_many"))
+        check_columns(self._model, set().union(*batch), "insert_many")
         self._data._flush()
-        batch = builtins.list(rows)
-        self._check_columns(set().union(*batch), "insert_many")
         objs = [self._new(row) for row in batch]
         self._data._insert(self._model, objs)
         return len(objs)
@@ -224,19 +250,18 @@ class InMemoryRepository(Repository[ModelT]):
         update: Sequence[str] | None = None,
     ) -> builtins.list[ModelT]:
         """Insert rows or update the existing ones, like :meth:`uow.Repository.upsert`."""
-        batch = [rows] if isinstance(rows, Mapping) else builtins.list(rows)
+        batch = self._upsert_rows(rows)
+        keys = self._conflict_keys(conflict)
+        update = self._update_keys(update, batch, keys)
         if not batch:
             return []
         schema, store = _schema(self._model), self._data
-        keys = tuple(conflict) if conflict else schema.primary_key
         if not any(set(keys) == set(unique) for _, unique in schema.unique):
             raise _db_error(
                 sa_exc.ProgrammingError,
                 psycopg.errors.InvalidColumnReference,
                 "there is no unique or exclusion constraint matching the ON CONFLICT specification",
             )
-        if update is None:
-            update = [key for key in batch[0] if key not in keys]
         store._flush()
         index = {schema.values(obj, keys): obj for obj in store._rows(self._model).values()}
         done: builtins.list[ModelT] = []
@@ -267,10 +292,14 @@ class InMemoryRepository(Repository[ModelT]):
 
         Values may be SQL expressions of the model's attributes (``Item.qty + 1``).
         """
-        if unknown := [key for key in values if key not in _schema(self._model).columns]:
-            raise sa_exc.CompileError(f"Unconsumed column names: {', '.join(unknown)}")
+        if not isinstance(values, Mapping):
+            raise UsageError(
+                f"update_where: values must map attribute names to new values, "
+                f"not a {type(values).__name__}"
+            )
+        check_columns(self._model, values, "update_where")
         setters = {key: _setter(self._model, value) for key, value in values.items()}
-        found = self._matching(where, by)
+        found = self._matching(where, by, "update_where")
         # Every SET expression sees the row as it was, as in SQL.
         rows = [{key: setter(obj) for key, setter in setters.items()} for obj in found]
         for obj, row in zip(found, rows, strict=True):
@@ -285,7 +314,7 @@ class InMemoryRepository(Repository[ModelT]):
             raise UsageError(
                 "delete_where() needs a criterion; to empty a table, say so with true()"
             )
-        doomed = {id(obj) for obj in self._matching(where, by)}
+        doomed = {id(obj) for obj in self._matching(where, by, "delete_where")}
         rows = self._data._rows(self._model)
         for key in [key for key, obj in rows.items() if id(obj) in doomed]:
             del rows[key]
@@ -299,7 +328,9 @@ class InMemoryRepository(Repository[ModelT]):
         **by: Any,
     ) -> Iterator[ModelT]:
         """Iterate over matching objects."""
-        yield from self.list(*where, order_by=order_by, **by)
+        found = self._matching(where, by, "stream")
+        self._sort(found, order_by)
+        yield from found
 
     def __repr__(self) -> str:
         state = "active" if self._store is not None else "ended"
