@@ -550,6 +550,56 @@ def test_repository_for_a_model(adb: Database) -> None:
     run(scenario())
 
 
+def test_repository_get_by(adb: Database) -> None:
+    """get_by() returns the one match or None, and raises MultipleRowsFound on several."""
+
+    async def scenario() -> None:
+        await stock(adb)
+        async with Shop(adb) as unit:
+            plum = await unit.items.get_by(name="plum")
+            assert plum is not None
+            assert plum.id == 3
+            assert await unit.items.get_by(name="plum", for_update=True) is plum
+            assert await unit.items.get_by(name="lime") is None
+            unit.items.add(Item(name="lime", qty=5))
+            with pytest.raises(uow.MultipleRowsFound, match="more than one Item has these qty"):
+                await unit.items.get_by(qty=5)
+            with pytest.raises(UsageError, match="needs attribute=value criteria"):
+                await unit.items.get_by()
+            with pytest.raises(UsageError, match="get_by: Item has no attribute 'nope'"):
+                await unit.items.get_by(nope=1)
+
+    run(scenario())
+
+
+def test_repository_bad_input_raises_usage_error(adb: Database, admin: Admin) -> None:
+    """Unknown keys, rows that are not mappings and bad conflict= raise UsageError by name."""
+
+    async def scenario() -> None:
+        async with Shop(adb) as unit:
+            items = unit.items
+            with pytest.raises(UsageError, match="upsert: Item has no column 'nope'"):
+                await items.upsert({"nope": 1})
+            with pytest.raises(UsageError, match="upsert conflict=: Item has no column 'nope'"):
+                await items.upsert({"name": "plum"}, conflict=["nope"])
+            with pytest.raises(UsageError, match="update_where: Item has no attribute 'nope'"):
+                await items.update_where({"qty": 1}, nope=1)
+            with pytest.raises(UsageError, match="insert_many: row 0 is a tuple"):
+                await items.insert_many([("name", "x")])  # type: ignore[list-item]
+            with pytest.raises(UsageError, match="insert_many: row 0 is a NoneType"):
+                await items.insert_many([None])  # type: ignore[list-item]
+            with pytest.raises(UsageError, match="get: 2 values given"):
+                await items.get((1, 2))
+            with pytest.raises(UsageError, match="count: Item has no attribute 'nope'"):
+                await items.count(nope=1)
+            with pytest.raises(UsageError, match="stream: Item has no attribute 'nope'"):
+                [i async for i in items.stream(nope=1)]
+            await add(unit, "apple")
+
+    run(scenario())
+    assert committed(admin) == ["apple"]
+
+
 def test_repository_used_after_its_block_raises(adb: Database) -> None:
     """A repository kept past its block raises UsageError instead of touching stale state."""
 
