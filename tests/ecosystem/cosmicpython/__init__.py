@@ -1,0 +1,1 @@
+"""cosmicpython's unit-of-work tests (Architecture Patterns with Python, ch. 6-7) on uow."""
