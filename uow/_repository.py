@@ -53,8 +53,8 @@ class Repository(Generic[ModelT]):
     Repositories may flush (to get generated keys or surface constraint errors early)
     but never commit: the unit of work decides. Every value reaches the server as a
     bound parameter. An attribute name the model does not have, a row that is not a
-    mapping, or an object of another model raises UsageError naming it, before any
-    I/O. Like the session, a repository belongs to one thread.
+    mapping, or an object of another model raises UsageError naming it, before the
+    statement is sent. Like the session, a repository belongs to one thread.
     """
 
     model: ClassVar[type[Any]]

@@ -37,6 +37,7 @@ def test_hostile_strings_are_data_never_sql(
         items.upsert([{"name": f"c{i}{text}", "qty": 1} for i, text in enumerate(HOSTILE)])
         for text in HOSTILE:
             assert items.list(name=text) == []
+            assert items.get_by(name=text) is None
             assert items.count(Item.name == text) == 0
             assert not items.exists(name=text)
             assert items.update_where({"qty": 5}, Item.name == text) == 0

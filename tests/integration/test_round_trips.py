@@ -12,9 +12,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session
 
+import uow
 from tests.conftest import MakeDatabase
 from tests.models import Item
 from tests.protocol_trace import Trace
@@ -164,3 +165,35 @@ def test_update_where_is_one_plain_statement_when_nothing_is_loaded(
     updates = [q for q in queries if q.startswith("UPDATE")]
     assert len(updates) == 1
     assert "RETURNING" not in updates[0]
+
+
+def test_get_by_is_one_select_limited_to_two_rows(
+    make_database: MakeDatabase, trace: Callable[[Engine], Trace], admin: psycopg.Connection[Any]
+) -> None:
+    """get_by() sends one SELECT ... LIMIT 2: duplicates are seen without reading the table."""
+    admin.execute("TRUNCATE uow_test_items RESTART IDENTITY")
+    admin.execute(
+        "INSERT INTO uow_test_items (name, qty) SELECT 'n' || i, 7 FROM generate_series(1, 50) i"
+    )
+    database = make_database(pool_size=1)
+    traced = trace(database.engine)
+    sent: list[tuple[str, Any]] = []
+
+    @event.listens_for(database.engine, "before_cursor_execute")
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        sent.append((statement, parameters))
+
+    with UnitOfWork(database) as unit:
+        unit.session.execute(text("SELECT 1"))  # the connection's first use is not counted
+        traced.take()
+        sent.clear()
+        assert unit.repository(Item).get_by(name="n3") is not None
+        assert traced.take()[0] == 1
+        with pytest.raises(uow.MultipleRowsFound):
+            unit.repository(Item).get_by(qty=7)
+        assert traced.take()[0] == 1
+    for statement, parameters in sent:
+        assert statement.rstrip().endswith("LIMIT %(param_1)s::INTEGER")
+        assert parameters["param_1"] == 2
+    assert len(sent) == 2
+    admin.execute("TRUNCATE uow_test_items RESTART IDENTITY")
