@@ -29,6 +29,7 @@ __all__ = [
     "mapper_of",
     "mapping_rows",
     "multiple_rows",
+    "primary_key",
 ]
 
 _MAPPERS: dict[type[Any], Mapper[Any]] = {}
@@ -106,21 +107,42 @@ def mapping_rows(rows: Any, what: str) -> Iterator[Mapping[str, Any]]:
         yield row
 
 
+def primary_key(model: type[Any]) -> tuple[str, ...]:
+    """The attribute names of ``model``'s primary key, in order."""
+    return _primary_key(mapper_of(model))
+
+
+@functools.cache
+def _primary_key(mapper: Mapper[Any]) -> tuple[str, ...]:
+    return tuple(mapper.get_property_by_column(column).key for column in mapper.primary_key)
+
+
+@functools.cache
+def _key_names(mapper: Mapper[Any]) -> frozenset[str]:
+    # session.get() also takes synonyms of the key's attributes in a dict.
+    keys = _primary_key(mapper)
+    return frozenset([*keys, *(s.key for s in mapper.synonyms if s.name in keys)])
+
+
 def check_ident(model: type[Any], ident: Any, what: str) -> None:
     """Raise UsageError unless ``ident`` has the shape of ``model``'s primary key."""
     mapper = mapper_of(model)
-    keys = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
-    shape = f"{model.__name__}'s primary key is ({', '.join(keys)})"
+    keys = _primary_key(mapper)
     if ident is None:
-        raise UsageError(f"{what}(None): no row has a NULL primary key; {shape}")
-    if isinstance(ident, Mapping):
-        if set(ident) != set(keys):
-            raise UsageError(f"{what}: the keys {_listed(ident)} do not match; {shape}")
+        problem = f"{what}(None): no row has a NULL primary key"
+    elif isinstance(ident, Mapping):
+        if len(ident) == len(keys) and set(ident) <= _key_names(mapper):
+            return
+        problem = f"{what}: the keys {_listed(ident)} do not match"
     elif isinstance(ident, tuple):
-        if len(ident) != len(keys):
-            raise UsageError(f"{what}: {len(ident)} values given; {shape}")
+        if len(ident) == len(keys):
+            return
+        problem = f"{what}: {len(ident)} values given"
     elif len(keys) > 1:
-        raise UsageError(f"{what}: one value given; {shape}, pass a tuple or a dict")
+        problem = f"{what}: one value given for a composite key (pass a tuple or a dict)"
+    else:
+        return
+    raise UsageError(f"{problem}; {model.__name__}'s primary key is ({', '.join(keys)})")
 
 
 def check_instance(model: type[Any], obj: Any, what: str) -> None:

@@ -31,6 +31,7 @@ from ._arguments import (
     mapper_of,
     mapping_rows,
     multiple_rows,
+    primary_key,
 )
 from ._bulk import copy_plan
 from ._errors import UsageError
@@ -311,13 +312,8 @@ class Repository(Generic[ModelT]):
         return batch
 
     def _conflict_keys(self, conflict: Sequence[str] | None) -> builtins.list[str]:
-        if conflict is None:
-            mapper = self._mapper
-            return [mapper.get_property_by_column(c).key for c in mapper.primary_key]
-        keys = column_names(self._model, conflict, "conflict", "upsert")
-        if not keys:
-            raise UsageError("upsert: conflict= names no column; omit it for the primary key")
-        return keys
+        keys = [] if conflict is None else column_names(self._model, conflict, "conflict", "upsert")
+        return keys or builtins.list(primary_key(self._model))
 
     def _update_keys(
         self,
