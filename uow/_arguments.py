@@ -25,6 +25,7 @@ __all__ = [
     "check_criteria",
     "check_ident",
     "check_instance",
+    "check_values",
     "column_names",
     "mapper_of",
     "mapping_rows",
@@ -75,6 +76,16 @@ def check_attributes(model: type[Any], by: Mapping[str, Any], what: str) -> None
             f"{what}: {model.__name__} has no attribute {_listed(unknown)}; "
             f"its columns are {_listed(_column_keys(mapper))}"
         )
+
+
+def check_values(model: type[Any], values: Any, what: str) -> None:
+    """Raise UsageError unless ``values`` maps column attribute names to new values."""
+    if not isinstance(values, Mapping):
+        raise UsageError(
+            f"{what}: values must map attribute names to new values such as "
+            f"{{'qty': 0}}, not a {type(values).__name__}"
+        )
+    check_columns(model, values, what)
 
 
 def column_names(model: type[Any], keys: Any, argument: str, what: str) -> list[str]:

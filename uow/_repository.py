@@ -27,6 +27,7 @@ from ._arguments import (
     check_criteria,
     check_ident,
     check_instance,
+    check_values,
     column_names,
     mapper_of,
     mapping_rows,
@@ -331,12 +332,7 @@ class Repository(Generic[ModelT]):
         Objects already loaded in this unit of work are updated to match. With none
         loaded, the statement runs as plain Core, the cheapest path for hot writes.
         """
-        if not isinstance(values, Mapping):
-            raise UsageError(
-                f"update_where: values must map attribute names to new values, "
-                f"not a {type(values).__name__}"
-            )
-        check_columns(self._model, values, "update_where")
+        check_values(self._model, values, "update_where")
         if by:
             check_attributes(self._model, by, "update_where")
         session = self.session

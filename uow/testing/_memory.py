@@ -29,6 +29,7 @@ from .._arguments import (
     check_criteria,
     check_ident,
     check_instance,
+    check_values,
     mapping_rows,
     multiple_rows,
 )
@@ -292,12 +293,7 @@ class InMemoryRepository(Repository[ModelT]):
 
         Values may be SQL expressions of the model's attributes (``Item.qty + 1``).
         """
-        if not isinstance(values, Mapping):
-            raise UsageError(
-                f"update_where: values must map attribute names to new values, "
-                f"not a {type(values).__name__}"
-            )
-        check_columns(self._model, values, "update_where")
+        check_values(self._model, values, "update_where")
         setters = {key: _setter(self._model, value) for key, value in values.items()}
         found = self._matching(where, by, "update_where")
         # Every SET expression sees the row as it was, as in SQL.
