@@ -48,9 +48,8 @@ async def transfer(
         for account_id in (source_id, target_id):
             if account_id not in accounts:
                 raise AccountNotFound(account_id)
-        existing = await uow.ledger.list(idempotency_key=key, limit=1)
-        if existing:
-            entry = existing[0]
+        entry = await uow.ledger.get_by(idempotency_key=key)
+        if entry is not None:
             if (entry.source_id, entry.target_id, entry.amount) != (source_id, target_id, amount):
                 raise IdempotencyConflict(key)
             return Transfer.of(entry, replayed=True)

@@ -72,8 +72,7 @@ class LedgerRepository(Repository[LedgerEntry]):
 
     def by_key(self, key: str) -> LedgerEntry | None:
         """The entry recorded under this idempotency key, if any."""
-        found = self.list(idempotency_key=key, limit=1)
-        return found[0] if found else None
+        return self.get_by(idempotency_key=key)
 
     def of_account(self, account_id: int, *, after: int = 0) -> list[LedgerEntry]:
         """The entries moving money in or out of an account, oldest first.
