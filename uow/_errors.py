@@ -14,7 +14,7 @@ Every exception uow raises derives from :class:`UnitOfWorkError`::
     ├── CommitOutcomeUnknown      the connection died while COMMIT was in flight
     ├── TransactionRolledBack     a joined unit of work failed, so the outer one could not commit
     └── UsageError                the unit of work was used the wrong way (re-entered, wrong thread)
-        └── MultipleRowsFound     get_by() matched several rows (also sqlalchemy's)
+        └── MultipleRowsFound     get_by() found several rows (also sqlalchemy MultipleResultsFound)
 
 Errors are classified by SQLSTATE (psycopg's exception classes), never by message
 text; the database driver's exception is the ``__cause__``.
@@ -99,7 +99,8 @@ class TransactionRolledBack(UnitOfWorkError):
 
 
 class UsageError(UnitOfWorkError, RuntimeError):
-    """A unit of work was used in a way that cannot work (re-entered, from another thread)."""
+    """A unit of work or repository was used in a way that cannot work (re-entered, from
+    another thread, given an attribute its model does not have)."""
 
 
 class MultipleRowsFound(UsageError, sa_exc.MultipleResultsFound):
