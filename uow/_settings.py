@@ -274,8 +274,8 @@ def mask_url(url: str | URL) -> str:
     """Render a URL with its passwords hidden (``?password=`` too); anything unparsable
     is hidden whole."""
     try:
-        parsed = url if isinstance(url, URL) else make_url(url)
-    except (ArgumentError, ValueError):
+        parsed = url if isinstance(url, URL) else make_url(_netloc_hosts(url.strip(), "url"))
+    except (ArgumentError, ValueError, ConfigurationError):
         return "<unparsable URL>"
     if parsed.host is not None and "@" in parsed.host:
         return "<unparsable URL>"  # the tail of a password with an unencoded "@"

@@ -43,7 +43,7 @@ from ._database import Database
 from ._errors import ConfigurationError
 from ._settings import Settings
 
-__all__ = ["check", "current", "downgrade", "engine", "upgrade"]
+__all__ = ["DEFAULT_LOCK_TIMEOUT", "check", "current", "downgrade", "engine", "upgrade"]
 
 DEFAULT_LOCK_TIMEOUT = 5.0
 """Seconds a migration's DDL waits for a lock unless told otherwise."""
