@@ -202,9 +202,7 @@ def test_every_multi_host_form_works_end_to_end(
         settings = Settings(url=url)
         with Database(settings) as db:
             with UnitOfWork(db) as unit:
-                assert unit.session.execute(text("SELECT inet_server_port()")).scalar() == int(
-                    port
-                )
+                assert unit.session.execute(text("SELECT inet_server_port()")).scalar() == int(port)
             assert db.check().max_connections > 0
         report = diagnose(settings)
         assert [(h["port"], h["reachable"], h["connected"]) for h in report.hosts][1] == (
