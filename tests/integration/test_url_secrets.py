@@ -52,7 +52,7 @@ def test_no_cli_output_shows_the_password(postgres_url: str, kind: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UOW_", "DATABASE_URL"))}
     env["DATABASE_URL"] = url
     runs = {
-        name: subprocess.Popen(
+        name: subprocess.Popen(  # noqa: S603 - our own interpreter and modules
             [sys.executable, *(a.format(url=url) for a in args)],
             cwd=ROOT,
             env=env,
