@@ -167,14 +167,14 @@ def connect_args(settings: Settings, timeouts: Mapping[str, str]) -> dict[str, A
         **KEEPALIVES,
     }
     args = {key: value for key, value in defaults.items() if key not in user}
-    args.update(settings.engine_options.get("connect_args") or {})
-    options = merge_options(str(user.get("options") or ""), timeouts)
-    if options:
-        args["options"] = options
     if settings.pgbouncer == "transaction":
         # A statement prepared on one server connection is missing on the next, or names
         # another client's statement there: errors, or the wrong SQL run without error.
         args["prepare_threshold"] = None
+    args.update(settings.engine_options.get("connect_args") or {})
+    options = merge_options(str(user.get("options") or ""), timeouts)
+    if options:
+        args["options"] = options
     return args
 
 
