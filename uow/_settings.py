@@ -57,7 +57,9 @@ class Settings:
     """
 
     url: str
-    """PostgreSQL URL (``DATABASE_URL``); ``postgres://`` and ``postgresql://`` select psycopg 3."""
+    """PostgreSQL URL (``DATABASE_URL``); ``postgres://`` and ``postgresql://`` select psycopg 3.
+    Its libpq parameters (``?options=-c ...``, ``application_name``, several hosts...) are
+    kept, and set the matching settings below; see :mod:`uow._conninfo` for the precedence."""
 
     pool_size: int = 5
     """Connections kept open per process (``UOW_POOL_SIZE``), 1 to 1000."""
