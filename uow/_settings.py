@@ -284,7 +284,9 @@ def mask_url(url: str | URL) -> str:
     secrets = [key for key in parsed.query if key.lower() in _SECRET_PARAMETERS]
     if secrets:
         parsed = parsed.update_query_dict(dict.fromkeys(secrets, "***"))
-    return parsed.render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
+    shown = parsed.render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
+    # Host and port lists read as written (h1,h2; h1:p1), for messages only.
+    return shown.replace("%2C", ",").replace("%3A", ":")
 
 
 def _adopt_url_values(settings: Settings) -> None:
