@@ -382,12 +382,12 @@ def render(report: Report) -> str:
                 h["host"],
                 h["port"],
                 ("standby" if h["in_recovery"] else "primary") if h["reachable"] else "DOWN",
-                "<- connected" if h["connected"] else "",
+                "yes" if h["connected"] else "",
             ]
             for h in report.hosts
         ]
         lines += ["Hosts (in the order libpq tries them)"]
-        lines += [*table(["host", "port", "state", ""], rows), ""]
+        lines += [*table(["host", "port", "state", "connected"], rows), ""]
     if report.warnings:
         lines.append("Warnings")
         for w in report.warnings:
