@@ -310,10 +310,10 @@ def _adopt_url_values(settings: Settings) -> None:
 
 
 def _check_not_given(name: str, current: object, value: object, where: str) -> None:
+    # A setting still at its default was not given: it yields to the URL.
     field_ = _FIELDS[name]
-    default = field_.default if field_.default_factory is dataclasses.MISSING else None
-    if field_.default_factory is not dataclasses.MISSING:
-        default = field_.default_factory()
+    factory = field_.default_factory
+    default = field_.default if factory is dataclasses.MISSING else factory()
     if current != default:
         raise ConfigurationError(
             f"{name} is set twice: {current!r} by the {name} setting "
