@@ -139,18 +139,28 @@ def test_migration_engine_fills_only_what_the_url_leaves_unset(postgres_url: str
         try:
             with engine.connect() as c:
                 names = ("application_name", "lock_timeout", "statement_timeout", "search_path")
-                return tuple(c.execute(text(f"SHOW {n}")).scalar() for n in names)
+                raw = c.connection.dbapi_connection
+                assert raw is not None
+                libpq = raw.info.get_parameters()
+                return (
+                    *(c.execute(text(f"SHOW {n}")).scalar() for n in names),
+                    libpq["connect_timeout"],
+                    libpq["keepalives_idle"],
+                )
         finally:
             engine.dispose()
 
     server_default = show(postgres_url)[2]
-    assert show(postgres_url) == ("uow-migrations", "5s", server_default, '"$user", public')
+    defaults = ("uow-migrations", "5s", server_default, '"$user", public', "5", "30")
+    assert show(postgres_url) == defaults
     url = with_query(
         postgres_url,
         application_name="deploy",
         options="-c lock_timeout=2s -c statement_timeout=9s -c search_path=tenant_a",
+        connect_timeout="3",
+        keepalives_idle="7",
     )
-    assert show(url) == ("deploy", "2s", "9s", "tenant_a")
+    assert show(url) == ("deploy", "2s", "9s", "tenant_a", "3", "7")
     with pytest.raises(uow.ConfigurationError, match="lock_timeout is set twice"):
         show(url, lock_timeout=1.0)
 

@@ -35,6 +35,8 @@ def test_readonly_units_get_the_replica_urls_parameters(cluster: Cluster) -> Non
         cluster.replicas[0].url,
         options="-c search_path=tenant_r -c statement_timeout=3s",
         application_name=name,
+        connect_timeout="4",
+        keepalives_idle="6",
     )
     expected = ("true", "tenant_r", name, "3s", "10s")
 
@@ -52,6 +54,10 @@ def test_readonly_units_get_the_replica_urls_parameters(cluster: Cluster) -> Non
         db.check()  # the replica's budget, on a connection with its URL's parameters
         with UnitOfWork(db, readonly=True) as unit:
             assert tuple(unit.session.execute(QUERY).one()) == expected
+            raw = unit.session.connection().connection.dbapi_connection
+            assert raw is not None
+            parameters = raw.info.get_parameters()
+            assert (parameters["connect_timeout"], parameters["keepalives_idle"]) == ("4", "6")
         with UnitOfWork(db) as unit:  # the primary keeps uow's defaults
             assert tuple(unit.session.execute(QUERY).one())[3:] == ("30s", "10s")
         assert asyncio.run(read_async(db)) == expected
