@@ -10,11 +10,13 @@ The URL is the first of these that is set:
 
 Whichever it is, :class:`uow.Settings` normalises it (``postgres://`` selects psycopg 3)
 and the other ``UOW_*`` variables apply (``UOW_CONNECT_TIMEOUT``, ``UOW_ECHO``).
-Migrations run on one unpooled connection named ``uow-migrations`` in
-``pg_stat_activity``, with ``lock_timeout`` set from ``UOW_MIGRATIONS_LOCK_TIMEOUT``
-(seconds, default 5, 0 disables it): DDL waiting for a lock on a busy table fails fast
-instead of making every request queue behind it. ``statement_timeout`` is left to the
-server: rewriting a large table may legitimately take minutes. Offline mode (``--sql``)
+Migrations run on one unpooled connection (:func:`uow.migrations.engine`) named
+``uow-migrations`` in ``pg_stat_activity``, with ``lock_timeout`` set from
+``UOW_MIGRATIONS_LOCK_TIMEOUT`` (seconds, default 5, 0 disables it): DDL waiting for a
+lock on a busy table fails fast instead of making every request queue behind it.
+``statement_timeout`` is left to the server: rewriting a large table may legitimately
+take minutes. The URL's own parameters (``application_name``, ``options=-c ...``) are
+kept and win over these defaults, as for the application's connections. Offline mode (``--sql``)
 needs no database and reads no URL. The URL is never logged: alembic prints it only
 through its password-masking helper, and this script never prints it.
 """
@@ -26,14 +28,10 @@ import os
 from logging.config import fileConfig
 
 from alembic import context
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.pool import NullPool
 
+import uow.migrations
 from examples.bank.models import Base
 from uow import ConfigurationError, Settings
-
-APPLICATION_NAME = "uow-migrations"
-DEFAULT_LOCK_TIMEOUT = 5.0  # seconds
 
 config = context.config
 target_metadata = Base.metadata
@@ -44,11 +42,11 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
-def lock_timeout() -> float:
-    """Seconds DDL may wait for a lock (``UOW_MIGRATIONS_LOCK_TIMEOUT``, default 5)."""
+def lock_timeout() -> float | None:
+    """Seconds DDL may wait for a lock (``UOW_MIGRATIONS_LOCK_TIMEOUT``); None if unset."""
     raw = os.environ.get("UOW_MIGRATIONS_LOCK_TIMEOUT", "").strip()
     if not raw:
-        return DEFAULT_LOCK_TIMEOUT
+        return None
     try:
         seconds = float(raw)
     except ValueError:
@@ -67,26 +65,7 @@ def migration_settings() -> Settings:
     # Settings.from_env() would warn about them as unknown settings.
     environ = {k: v for k, v in os.environ.items() if not k.startswith("UOW_MIGRATIONS_")}
     url = config.attributes.get("uow_url") or os.environ.get("UOW_MIGRATIONS_URL")
-    overrides: dict[str, object] = {
-        "application_name": APPLICATION_NAME,
-        "lock_timeout": lock_timeout(),
-    }
-    if url:
-        overrides["url"] = url
-    return Settings.from_env(environ, **overrides)
-
-
-def migration_engine(settings: Settings) -> Engine:
-    """An engine without a pool: one connection, closed when the migration ends."""
-    connect_args = {
-        "connect_timeout": max(2, math.ceil(settings.connect_timeout)),
-        "application_name": settings.application_name,
-        # In the startup packet, like uow's own connections: no extra round trip.
-        "options": f"-c lock_timeout={round(settings.lock_timeout * 1000)}",
-    }
-    return create_engine(
-        settings.url, poolclass=NullPool, connect_args=connect_args, echo=settings.echo
-    )
+    return Settings.from_env(environ, **({"url": url} if url else {}))
 
 
 def run_migrations_offline() -> None:
@@ -100,14 +79,16 @@ def run_migrations_offline() -> None:
         compare_type=True,
         transaction_per_migration=True,
     )
-    context.execute(f"SET lock_timeout = {round(lock_timeout() * 1000)}")
+    seconds = lock_timeout()
+    seconds = uow.migrations.DEFAULT_LOCK_TIMEOUT if seconds is None else seconds
+    context.execute(f"SET lock_timeout = {round(seconds * 1000)}")
     with context.begin_transaction():
         context.run_migrations()
 
 
 def run_migrations_online() -> None:
     """Run the migrations on the database, one transaction per migration."""
-    engine = migration_engine(migration_settings())
+    engine = uow.migrations.engine(migration_settings(), lock_timeout=lock_timeout())
     try:
         with engine.connect() as connection:
             context.configure(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -20,6 +19,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from ._budget import Budget, read_budget
 from ._classify import translate
+from ._conninfo import connect_args as libpq_connect_args
 from ._errors import ConfigurationError
 from ._liveness import install_checkout_checks
 from ._metrics import PoolStats, install_metrics, read_stats
@@ -29,7 +29,7 @@ from ._pool import AsyncQueuePool, FairQueuePool
 from ._replicas import Replicas
 from ._session_state import install_session_state_warnings
 from ._settings import Settings
-from ._timeouts import LocalTimeouts, install_session_timeouts, startup_options
+from ._timeouts import LocalTimeouts, install_session_timeouts, startup_timeouts
 
 __all__ = ["ISOLATION_LEVELS", "Database", "PoolStats", "PoolStatus"]
 
@@ -37,16 +37,6 @@ logger = logging.getLogger("uow")
 
 COUNTERS = ("retries", "leaks", "long_transactions", "connect_failures", "fast_failures")
 ISOLATION_LEVELS = frozenset({"SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED"})
-
-# TCP keepalives: without them a connection to a host that vanished (failover, a
-# dropped NAT entry) hangs until the kernel gives up, about two hours later; and
-# load balancers drop connections idle for 4 to 6 minutes.
-_KEEPALIVES = {
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,19 +313,10 @@ def _create_engine(
     settings: Settings, count: Callable[[str], None], *, asynchronous: bool = False
 ) -> Engine | AsyncEngine:
     options = dict(settings.engine_options)
-    connect_args = {
-        "connect_timeout": max(2, math.ceil(settings.connect_timeout)),
-        "application_name": settings.application_name,
-        **_KEEPALIVES,
-    }
-    if settings.pgbouncer == "transaction":
-        # A statement prepared on one server connection is missing on the next, or names
-        # another client's statement there: errors, or the wrong SQL run without error.
-        connect_args["prepare_threshold"] = None
-    server_options = startup_options(settings)
-    if server_options:
-        connect_args["options"] = server_options
-    connect_args.update(options.pop("connect_args", {}))
+    # The URL's libpq parameters are kept; uow fills in only what it leaves unset (the
+    # precedence table is in uow._conninfo's docstring).
+    connect_args = libpq_connect_args(settings, startup_timeouts(settings))
+    options.pop("connect_args", None)
     pool_options: dict[str, Any] = {
         "poolclass": AsyncQueuePool if asynchronous else FairQueuePool,
         "pool_size": settings.pool_size,

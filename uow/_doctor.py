@@ -1,12 +1,14 @@
 """``uow doctor``: look at the server with the current settings and say what needs action.
 
-One connection, with the application's URL and ``application_name`` (but no startup
-options and no prepared statements, so that it works through PgBouncer in any mode
-too), reads the server's limits, who holds
+One connection, with the application's URL and ``application_name`` (but none of uow's
+startup options and no prepared statements, so that it works through PgBouncer in any
+mode too), reads the server's limits, who holds
 connections, transactions left open and the longest statements, the standbys
 streaming from it, then checks the connection budget and the settings. Each
 configured read replica gets one connection too, for its recovery state, its lag and
-its own budget. The report is plain text or JSON; the exit code says whether anything
+its own budget. With several hosts in the URL, each is named with its state (one short
+connection to each when there are several; never libpq's default host). The report is
+plain text or JSON; the exit code says whether anything
 needs action (0 no, 1 yes, 2 the server could not be reached).
 """
 
@@ -18,12 +20,15 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+import psycopg
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import _pooler
 from ._activity import ServerSession, collect_activity, render_activity, table
 from ._budget import read_budget
 from ._classify import first_line
+from ._conninfo import connect_kwargs, hosts, user_parameters
 from ._database import Database
 from ._doctor_replicas import (
     DEFAULT_MAX_REPLICA_LAG,
@@ -87,6 +92,8 @@ class Report:
     pgbouncer: dict[str, Any] = field(default_factory=dict)
     replication: list[dict[str, Any]] = field(default_factory=list)
     replicas: list[dict[str, Any]] = field(default_factory=list)
+    hosts: list[dict[str, Any]] = field(default_factory=list)
+    """Each host of the URL, in the order libpq tries them, and what it is."""
     warnings: list[Finding] = field(default_factory=list)
 
     @property
@@ -138,6 +145,8 @@ def diagnose(
     # The budget is read below, and reported instead of raised.
     with _connect(settings) as raw:
         _read_server(raw, report)
+        # The host libpq chose, among several; its socket directory for a unix socket.
+        report.server["host"], report.server["port"] = raw.info.host, raw.info.port
         server_port = _read_defaults(raw, report)
         report.budget = _budget(raw, settings)
         in_recovery, wal_lsn = read_wal_position(raw)
@@ -148,7 +157,18 @@ def diagnose(
     # Behind PgBouncer the pools hold client connections; PgBouncer bounds the server's.
     report.budget["applies"] &= not report.pgbouncer.get("detected")
     report.replicas = [_read_replica(settings, url, wal_lsn) for url in settings.replica_urls]
+    report.hosts = _read_hosts(settings, report.server)
     report.warnings = _warnings(settings, report, idle_threshold)
+    report.warnings += [
+        Finding(
+            "host_unreachable",
+            f"host {h['host']}:{h['port']} of the URL cannot be reached ({h['error']})",
+            "libpq tries the next host; if this one is gone for good, remove it from the URL",
+            False,
+        )
+        for h in report.hosts
+        if not h["reachable"]
+    ]
     report.warnings += [
         Finding(code, message, advice, True)
         for code, message, advice in replica_findings(report.replicas, max_replica_lag)
@@ -198,6 +218,39 @@ def _budget(raw: Any, settings: Settings) -> dict[str, Any]:
         "exceeded": budget.needed > budget.available,
         "applies": settings.pgbouncer == "off",
     }
+
+
+def _read_hosts(settings: Settings, server: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each host of the URL: the one connected to, and with several, a probe of each."""
+    listed = hosts(user_parameters(make_url(settings.url), settings.engine_options))
+    connected = (str(server["host"]), str(server["port"]))
+    found = []
+    for host, port in listed:
+        entry: dict[str, Any] = {"host": host, "port": port, "connected": False}
+        if len(listed) == 1:
+            entry.update(host=connected[0], port=connected[1], connected=True, reachable=True)
+            entry["in_recovery"] = server.get("in_recovery")
+        else:
+            entry.update(_probe_host(settings, host, port))
+            entry["connected"] = (host, port or connected[1]) == connected
+        found.append(entry)
+    return found
+
+
+def _probe_host(settings: Settings, host: str, port: str) -> dict[str, Any]:
+    """Whether one host answers, and whether it is a standby: one short connection."""
+    one = settings.replace(pgbouncer="transaction")  # no startup options: PgBouncer too
+    # Every parameter of the URL (TLS, user, options), but this host only, whatever it is.
+    kwargs = {**connect_kwargs(one), "host": host, "port": port, "autocommit": True}
+    kwargs["target_session_attrs"] = "any"
+    kwargs.pop("load_balance_hosts", None)
+    try:
+        with psycopg.connect(**kwargs) as connection:
+            row = connection.execute("SELECT pg_is_in_recovery()").fetchone()
+    except psycopg.Error as exc:
+        # libpq's connection messages name the host and user, never the password.
+        return {"reachable": False, "error": f"{type(exc).__name__}: {first_line(exc)}"}
+    return {"reachable": True, "in_recovery": bool(row and row[0])}
 
 
 def _read_replica(settings: Settings, url: str, primary_lsn: str | None) -> dict[str, Any]:
@@ -323,6 +376,18 @@ def render(report: Report) -> str:
         lines += ["PgBouncer", *table(keys, [[bouncer[k] for k in keys]]), ""]
     for title, headers, rows in replication_tables(report.replication, report.replicas):
         lines += [title, *table(headers, rows), ""]
+    if len(report.hosts) > 1:
+        rows = [
+            [
+                h["host"],
+                h["port"],
+                ("standby" if h["in_recovery"] else "primary") if h["reachable"] else "DOWN",
+                "yes" if h["connected"] else "",
+            ]
+            for h in report.hosts
+        ]
+        lines += ["Hosts (in the order libpq tries them)"]
+        lines += [*table(["host", "port", "state", "connected"], rows), ""]
     if report.warnings:
         lines.append("Warnings")
         for w in report.warnings:

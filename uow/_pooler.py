@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from sqlalchemy.engine import make_url
 
+from ._conninfo import connect_kwargs, hosts
 from ._settings import Settings
 
 __all__ = ["detect", "findings"]
@@ -35,24 +35,21 @@ def detect(settings: Settings, server_port: int | None) -> dict[str, Any]:
         console answered; else ``{"detected": None, "via": "port", ...}`` when the ports
         differ (a proxy of some kind), or ``{"detected": False}``.
     """
-    url = make_url(settings.url)
-    url_port = url.port or 5432
+    # The application's libpq parameters (hosts, TLS...), never libpq's defaults in their
+    # place; not its options, which the console refuses.
+    params = connect_kwargs(settings.replace(pgbouncer="transaction"))
+    params.pop("options", None)
+    ports = {port for _, port in hosts(params)}
+    url_port = int(ports.pop() or 5432) if len(ports) == 1 else None
+    params.update(dbname="pgbouncer", connect_timeout=_CONSOLE_TIMEOUT, autocommit=True)
     try:
-        with psycopg.connect(
-            host=url.host or "",
-            port=url_port,
-            user=url.username or "",
-            password=url.password or "",
-            dbname="pgbouncer",
-            connect_timeout=_CONSOLE_TIMEOUT,
-            autocommit=True,
-        ) as console:
+        with psycopg.connect(**params) as console:
             # The console speaks the simple query protocol only: no parameters, no prepare.
             config = {row[0]: row[1] for row in console.execute("SHOW CONFIG", prepare=False)}
             version_row = console.execute("SHOW VERSION", prepare=False).fetchone()
     except psycopg.Error:
         # Not PgBouncer (no such database), or a user without console rights.
-        if server_port is not None and server_port != url_port:
+        if server_port is not None and url_port is not None and server_port != url_port:
             return {
                 "detected": None,
                 "via": "port",

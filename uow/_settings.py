@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import math
 import os
@@ -13,10 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Self
+from urllib.parse import unquote
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from ._conninfo import FORMS, check_host, hosts, url_values, user_parameters
 from ._errors import ConfigurationError
 
 __all__ = ["Settings", "mask_url"]
@@ -52,7 +57,9 @@ class Settings:
     """
 
     url: str
-    """PostgreSQL URL (``DATABASE_URL``); ``postgres://`` and ``postgresql://`` select psycopg 3."""
+    """PostgreSQL URL (``DATABASE_URL``); ``postgres://`` and ``postgresql://`` select psycopg 3.
+    Its libpq parameters (``?options=-c ...``, ``application_name``, several hosts...) are
+    kept, and set the matching settings below; see :mod:`uow._conninfo` for the precedence."""
 
     pool_size: int = 5
     """Connections kept open per process (``UOW_POOL_SIZE``), 1 to 1000."""
@@ -156,6 +163,12 @@ class Settings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", _normalize_url(self.url))
         object.__setattr__(self, "replica_urls", _normalize_replicas(self.replica_urls))
+        if not isinstance(self.engine_options, Mapping):
+            raise ConfigurationError(
+                f"engine_options={self.engine_options!r} must be a mapping of "
+                "create_engine() keyword arguments"
+            )
+        _adopt_url_values(self)
         _check_seconds("replica_read_after_write", self.replica_read_after_write, 0.0, 3600.0)
         _check_seconds("replica_max_lag", self.replica_max_lag, 0.0, 86400.0)
         _check_int("pool_size", self.pool_size, 1, 1000)
@@ -186,11 +199,6 @@ class Settings:
             raise ConfigurationError(
                 f"application_name={name!r} is invalid; "
                 "use an ASCII string of at most 63 characters"
-            )
-        if not isinstance(self.engine_options, Mapping):
-            raise ConfigurationError(
-                f"engine_options={self.engine_options!r} must be a mapping of "
-                "create_engine() keyword arguments"
             )
         object.__setattr__(self, "engine_options", MappingProxyType(dict(self.engine_options)))
 
@@ -231,9 +239,14 @@ class Settings:
             raise ConfigurationError(f"unknown setting: {exc}") from None
 
     def replace(self, **changes: Any) -> Self:
-        """Return a copy with some settings changed (validated again)."""
+        """Return a copy with some settings changed (validated again).
+
+        Values this object took from its URL go back to what they were given as, so a
+        copy with another URL (a read replica's) takes that URL's values instead.
+        """
+        given = {k: v for k, v in _from_url(self).items() if k not in changes}
         try:
-            return dataclasses.replace(self, **changes)
+            return dataclasses.replace(self, **given, **changes)
         except TypeError as exc:
             raise ConfigurationError(f"unknown setting: {exc}") from None
 
@@ -256,13 +269,101 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _ENV_FIELDS = [f for f in dataclasses.fields(Settings) if f.name not in ("url", "engine_options")]
 
 
+_SECRET_PARAMETERS = ("password", "sslpassword")
+
+
 def mask_url(url: str | URL) -> str:
-    """Render a URL with its password hidden; anything unparsable is hidden whole."""
+    """Render a URL with its passwords hidden (``?password=`` too); anything unparsable
+    is hidden whole."""
     try:
-        parsed = url if isinstance(url, URL) else make_url(url)
-    except (ArgumentError, ValueError):
+        parsed = url if isinstance(url, URL) else make_url(_netloc_hosts(url.strip(), "url"))
+    except (ArgumentError, ValueError, ConfigurationError):
         return "<unparsable URL>"
-    return parsed.render_as_string(hide_password=True)
+    if parsed.host is not None and "@" in parsed.host:
+        return "<unparsable URL>"  # the tail of a password with an unencoded "@"
+    secrets = [key for key in parsed.query if key.lower() in _SECRET_PARAMETERS]
+    if secrets:
+        parsed = parsed.update_query_dict(dict.fromkeys(secrets, "***"))
+    shown = parsed.render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
+    # Host and port lists read as written (h1,h2; h1:p1), for messages only.
+    return shown.replace("%2C", ",").replace("%3A", ":")
+
+
+def _adopt_url_values(settings: Settings) -> None:
+    """Take the values the URL sets for uow's settings (see uow._conninfo's precedence)."""
+    found = url_values(user_parameters(make_url(settings.url), settings.engine_options))
+    given: dict[str, Any] = {}
+    for name, value in found.items():
+        current = getattr(settings, name)
+        if current != value:
+            _check_not_given(name, current, value, "url")
+            given[name] = current
+            object.__setattr__(settings, name, value)
+    object.__setattr__(settings, "_from_url", given)
+    # Each replica's own URL values are checked now, against the values given.
+    for i, replica in enumerate(settings.replica_urls):
+        found = url_values(user_parameters(make_url(replica), settings.engine_options))
+        for name, value in found.items():
+            current = given.get(name, getattr(settings, name))
+            if current != value:
+                _check_not_given(name, current, value, f"replica_urls[{i}]")
+
+
+def _check_not_given(name: str, current: object, value: object, where: str) -> None:
+    # A setting still at its default was not given: it yields to the URL.
+    field_ = _FIELDS[name]
+    factory = field_.default_factory
+    default = field_.default if factory is dataclasses.MISSING else factory()
+    if current != default:
+        raise ConfigurationError(
+            f"{name} is set twice: {current!r} by the {name} setting "
+            f"({_ENV_PREFIX}{name.upper()}) and {value!r} by {where}'s parameters; "
+            "remove one of them"
+        )
+
+
+def _from_url(settings: Settings) -> dict[str, Any]:
+    found: dict[str, Any] = getattr(settings, "_from_url", {})
+    return found
+
+
+_NETLOC = re.compile(r"^([A-Za-z0-9+.-]+)://([^/?]*)(.*)$", re.DOTALL)
+
+
+def _unparsable(name: str) -> ConfigurationError:
+    # The raw text may contain a password: never echo it.
+    return ConfigurationError(
+        f"{name} could not be parsed; expected postgresql://user:password@host:5432/dbname"
+        " (percent-encode special characters in the password: @ as %40, # as %23, / as %2F)"
+    )
+
+
+def _netloc_hosts(text: str, name: str) -> str:
+    """``postgresql://u@h1:p1,h2:p2/db`` (libpq's form) as ``...?host=h1,h2&port=p1,p2``."""
+    match = _NETLOC.match(text)
+    if match is None:
+        return text
+    scheme, netloc, rest = match.groups()
+    if netloc.count("@") > 1:
+        raise _unparsable(name)  # an unencoded "@" in the password
+    if "," not in netloc.rpartition("@")[2] or scheme not in _ACCEPTED_SCHEMES:
+        return text
+    try:
+        # libpq's own parser: SQLAlchemy's URL has room for one host only.
+        params = conninfo_to_dict(f"postgresql://{netloc}{rest}")
+    except psycopg.Error:
+        raise _unparsable(name) from None
+    found = {k: str(v) for k, v in params.items() if v is not None}
+    query = {k: v for k, v in found.items() if k not in ("user", "password", "dbname")}
+    if not query.get("port", "").strip(","):
+        query.pop("port", None)
+    return URL.create(
+        scheme,
+        username=found.get("user"),
+        password=found.get("password"),
+        database=found.get("dbname"),
+        query=query,
+    ).render_as_string(hide_password=False)
 
 
 def _normalize_url(raw: object, name: str = "url", variable: str = "DATABASE_URL") -> str:
@@ -271,13 +372,11 @@ def _normalize_url(raw: object, name: str = "url", variable: str = "DATABASE_URL
             f"{name} is empty; set {variable} to postgresql://user:password@host:5432/dbname"
         )
     try:
-        url = make_url(raw.strip())
+        url = make_url(_netloc_hosts(raw.strip(), name))
     except (ArgumentError, ValueError):
-        # The raw text may contain a password: never echo it.
-        raise ConfigurationError(
-            f"{name} could not be parsed; expected postgresql://user:password@host:5432/dbname"
-            " (percent-encode special characters in the password)"
-        ) from None
+        raise _unparsable(name) from None
+    if url.host is not None and "@" in url.host:
+        raise _unparsable(name)  # the tail of a password with an unencoded "@"
     if url.drivername not in _ACCEPTED_SCHEMES:
         raise ConfigurationError(
             f"{name} {mask_url(url)!r} uses driver {url.drivername!r}; uow needs PostgreSQL "
@@ -285,7 +384,37 @@ def _normalize_url(raw: object, name: str = "url", variable: str = "DATABASE_URL
         )
     if url.port is not None and not 0 < url.port < 65536:
         raise ConfigurationError(f"{name} {mask_url(url)!r} has port {url.port}; use 1 to 65535")
-    return url.set(drivername=_DRIVER).render_as_string(hide_password=False)
+    url = url.set(drivername=_DRIVER)
+    query = dict(url.query)
+    password = query.pop("password", None)
+    if password is not None:
+        # Where every renderer (SQLAlchemy's reprs included) masks it; libpq lets the
+        # query's password win over the one before the "@", and so does this.
+        url = url.set(password=password[-1] if isinstance(password, tuple) else password)
+        url = url.set(query=query)
+    if url.host is not None and url.host[:3].upper() == "%2F":
+        # A percent-encoded socket directory: libpq decodes it, SQLAlchemy does not.
+        # (URL.set() treats None as "unchanged": _replace is the namedtuple's own.)
+        url = url._replace(host=None).update_query_dict({"host": unquote(url.host)})
+    params = user_parameters(url, {})
+    for host, port in hosts(params):
+        if ":" in host and not _is_ip(host):
+            raise ConfigurationError(
+                f"{name} {mask_url(url)!r} has host {host!r}: libpq's host parameter takes "
+                f"no port; {FORMS}"
+            )
+        check_host(host)
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigurationError(f"{name} {mask_url(url)!r} has port {port!r}; use 1 to 65535")
+    return url.render_as_string(hide_password=False)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 _PGBOUNCER_MODES = ("off", "session", "transaction")

@@ -9,13 +9,14 @@ true)``, the function form of ``SET LOCAL``, at the start of each transaction.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from ._settings import Settings
+if TYPE_CHECKING:
+    from ._settings import Settings
 
 __all__ = [
     "TIMEOUT_KEY",
@@ -23,7 +24,7 @@ __all__ = [
     "LocalTimeouts",
     "install_session_timeouts",
     "server_timeouts",
-    "startup_options",
+    "startup_timeouts",
 ]
 
 TIMEOUT_KEY = "uow_statement_timeout"
@@ -46,11 +47,12 @@ def server_timeouts(settings: Settings) -> dict[str, str]:
     }
 
 
-def startup_options(settings: Settings) -> str:
-    """The libpq ``options`` value for a direct connection ("" behind PgBouncer)."""
-    if settings.pgbouncer != "off":
-        return ""
-    return " ".join(f"-c {name}={value}" for name, value in server_timeouts(settings).items())
+def startup_timeouts(settings: Settings) -> dict[str, str]:
+    """What uow adds to libpq's ``options`` on a direct connection (nothing behind PgBouncer).
+
+    The URL's own ``options`` come first and win (see :mod:`uow._conninfo`).
+    """
+    return server_timeouts(settings) if settings.pgbouncer == "off" else {}
 
 
 def install_session_timeouts(engine: Engine, settings: Settings) -> None:

@@ -34,12 +34,19 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
+from ._conninfo import connect_args, url_values, user_parameters
 from ._database import Database
 from ._errors import ConfigurationError
 from ._settings import Settings
 
-__all__ = ["check", "current", "downgrade", "upgrade"]
+__all__ = ["DEFAULT_LOCK_TIMEOUT", "check", "current", "downgrade", "engine", "upgrade"]
+
+DEFAULT_LOCK_TIMEOUT = 5.0
+"""Seconds a migration's DDL waits for a lock unless told otherwise."""
 
 Target = Database | Settings | str
 AlembicConfig = str | os.PathLike[str] | Config | None
@@ -104,6 +111,50 @@ def check(target: Target, *, config: AlembicConfig = None) -> None:
                 "(alembic upgrade head) first"
             )
         command.check(cfg)
+
+
+def engine(
+    settings: Settings,
+    *,
+    lock_timeout: float | None = None,
+    application_name: str = "uow-migrations",
+) -> Engine:
+    """An engine without a pool for ``env.py``: one connection, closed when it is returned.
+
+    The URL's libpq parameters are kept as for the application's connections (the
+    README's "Connection parameters"): its ``application_name`` and its ``options``
+    (``-c search_path=...``, ``-c lock_timeout=...``) win over the defaults here. Only
+    ``lock_timeout`` is added, in the startup packet (no round trip), so that DDL waiting
+    on a busy table fails fast instead of queueing every request behind it;
+    ``statement_timeout`` is left to the server, as rewriting a large table may take minutes.
+
+    Args:
+        settings: How the application connects.
+        lock_timeout: Seconds DDL may wait for a lock, 0 for no limit; None takes the
+            URL's value, else :data:`DEFAULT_LOCK_TIMEOUT`.
+        application_name: Shown in ``pg_stat_activity`` unless the URL sets one.
+
+    Raises:
+        ConfigurationError: ``lock_timeout`` and the URL's ``options`` disagree.
+    """
+    user = user_parameters(make_url(settings.url), settings.engine_options)
+    from_url = url_values(user).get("lock_timeout")
+    if lock_timeout is not None and from_url is not None and from_url != lock_timeout:
+        raise ConfigurationError(
+            f"lock_timeout is set twice for migrations: {lock_timeout:g} s "
+            f"(UOW_MIGRATIONS_LOCK_TIMEOUT) and {from_url:g} s by the URL's options; "
+            "remove one of them"
+        )
+    seconds = lock_timeout if lock_timeout is not None else DEFAULT_LOCK_TIMEOUT
+    timeouts = {"lock_timeout": f"{round(seconds * 1000)}ms"} if seconds else {}
+    if "application_name" not in user:
+        settings = settings.replace(application_name=application_name)
+    return create_engine(
+        settings.url,
+        poolclass=NullPool,
+        connect_args=connect_args(settings, timeouts),
+        echo=settings.echo,
+    )
 
 
 def _database_heads(cfg: Config) -> tuple[str, ...]:

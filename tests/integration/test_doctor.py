@@ -25,6 +25,7 @@ JSON_KEYS = {
     "budget",
     "connections",
     "exit_code",
+    "hosts",
     "idle_in_transaction",
     "longest_queries",
     "longest_transactions",

@@ -65,7 +65,14 @@ def test_import_opens_no_engine() -> None:
 
 def test_submodule_namespaces_are_pinned() -> None:
     """uow.migrations, uow.prometheus and uow.testing export exactly these names, sorted."""
-    assert uow.migrations.__all__ == ["check", "current", "downgrade", "upgrade"]
+    assert uow.migrations.__all__ == [
+        "DEFAULT_LOCK_TIMEOUT",
+        "check",
+        "current",
+        "downgrade",
+        "engine",
+        "upgrade",
+    ]
     assert uow.prometheus.__all__ == ["UowCollector", "register"]
     assert uow.testing.__all__ == sorted(uow.testing.__all__)
     assert set(uow.testing.__all__) == {
