@@ -213,9 +213,17 @@ class Database:
             ConfigurationError: ``processes x (pool_size + max_overflow)`` does not fit
                 in what a server allows; the message names the server and gives the numbers.
         """
-        servers = [(self.engine, self.settings)]
+        servers: list[tuple[Engine, Settings]] = [(self.engine, self.settings)]
         if self._replicas is not None:
-            servers += zip(self._replicas.engines, self._replicas.settings, strict=True)
+            # READ ONLY, as readonly units run there: SQLAlchemy resets a pooled
+            # connection's read_only to False after one, and psycopg would then send
+            # BEGIN READ WRITE, which a standby refuses.
+            servers += (
+                (engine.execution_options(postgresql_readonly=True), settings)
+                for engine, settings in zip(
+                    self._replicas.engines, self._replicas.settings, strict=True
+                )
+            )
         budgets = []
         for engine, settings in servers:
             with engine.connect() as connection:

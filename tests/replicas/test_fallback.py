@@ -178,3 +178,13 @@ def test_the_budget_is_checked_against_each_replica_on_its_first_connection(
     finally:
         for hog in hogs:
             hog.close()
+
+
+def test_check_works_on_a_replica_connection_that_served_a_readonly_unit(
+    cluster: Cluster, db: Database
+) -> None:
+    """db.check() after readonly units reuses the replicas' pooled connections without error."""
+    for _ in range(len(cluster.replicas)):
+        where(db, readonly=True)  # every replica pool now holds a connection reset after READ ONLY
+    budget = db.check()
+    assert budget.max_connections > 0
