@@ -138,13 +138,13 @@ def diagnose(
     # The budget is read below, and reported instead of raised.
     with _connect(settings) as raw:
         _read_server(raw, report)
-        server_port = _read_defaults(raw, report)
+        server_port, pooled = _read_defaults(raw, report)
         report.budget = _budget(raw, settings)
         in_recovery, wal_lsn = read_wal_position(raw)
         report.server["in_recovery"] = in_recovery
         if not in_recovery:
             report.replication = read_replication(raw)
-    report.pgbouncer = _pooler.detect(settings, server_port)
+    report.pgbouncer = _pooler.detect(settings, server_port, pooled=pooled)
     # Behind PgBouncer the pools hold client connections; PgBouncer bounds the server's.
     report.budget["applies"] &= not report.pgbouncer.get("detected")
     report.replicas = [_read_replica(settings, url, wal_lsn) for url in settings.replica_urls]
@@ -169,20 +169,25 @@ def _connect(settings: Settings) -> Iterator[Any]:
         yield connection.connection.dbapi_connection
 
 
-def _read_defaults(raw: Any, report: Report) -> int | None:
-    """Record the timeouts a session gets when uow sets none; return the server's port."""
+def _read_defaults(raw: Any, report: Report) -> tuple[int | None, bool]:
+    """Record the timeouts a session gets when uow sets none.
+
+    Returns:
+        The server's port, and whether a pooler stands in between: PgBouncer gives its
+        clients process ids of its own (see :mod:`uow._pooler`).
+    """
     cursor = raw.cursor()
     try:
         # The role's, database's or server's value: what a session starts with.
         for name in TIMEOUT_PARAMETERS.values():
             cursor.execute(f"SHOW {name}")
             report.server[f"default_{name}"] = cursor.fetchone()[0]
-        cursor.execute("SELECT inet_server_port()")
-        port: int | None = cursor.fetchone()[0]
+        cursor.execute("SELECT inet_server_port(), pg_backend_pid()")
+        port, server_pid = cursor.fetchone()
     finally:
         cursor.close()
         raw.rollback()
-    return port
+    return port, server_pid != raw.info.backend_pid
 
 
 def _budget(raw: Any, settings: Settings) -> dict[str, Any]:
