@@ -1,7 +1,10 @@
 """What a server's client sessions are doing: read for ``uow doctor`` and ``uow top``.
 
 Reads ``pg_stat_activity`` and ``pg_stat_database`` on a psycopg connection, and lays
-the result out as plain-text tables.
+the result out as plain-text tables. Text that comes from the server (other sessions'
+queries, application names, database names, error messages) is shown through
+:func:`printable`, so that a query comment holding terminal escape sequences cannot
+rewrite the operator's terminal.
 """
 
 from __future__ import annotations
@@ -11,7 +14,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Activity", "ServerSession", "collect_activity", "render_activity", "table"]
+__all__ = [
+    "Activity",
+    "ServerSession",
+    "collect_activity",
+    "printable",
+    "render_activity",
+    "table",
+]
 
 _TOP = 5
 _QUERY_CHARS = 60
@@ -177,4 +187,22 @@ def table(headers: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def _cell(value: Any) -> str:
-    return "-" if value is None or value == "" else str(value)
+    return "-" if value is None or value == "" else printable(str(value))
+
+
+def printable(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with every character a terminal would act on written as an escape.
+
+    C0 and C1 control characters, DEL (so ESC, and with it every escape sequence), and
+    the other characters Python does not call printable (bidirectional overrides,
+    line separators) become ``\\x1b``-style escapes; printable Unicode text is kept.
+    Idempotent: escaping escaped text changes nothing.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        char
+        if char.isprintable() or (keep_newlines and char == "\n")
+        else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import _pooler
-from ._activity import ServerSession, collect_activity, render_activity, table
+from ._activity import ServerSession, collect_activity, printable, render_activity, table
 from ._budget import read_budget
 from ._classify import first_line
 from ._database import Database
@@ -335,7 +335,8 @@ def render(report: Report) -> str:
             lines.append(f"  [{tag}] {w.message}\n           -> {w.advice}")
     else:
         lines.append("No warnings.")
-    return "\n".join(lines)
+    # Warnings quote application names and replicas' errors: the server's text.
+    return printable("\n".join(lines), keep_newlines=True)
 
 
 def _budget_lines(budget: dict[str, Any]) -> list[str]:

@@ -15,7 +15,7 @@ from typing import TextIO
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ._activity import Activity, collect_activity, render_activity
+from ._activity import Activity, collect_activity, printable, render_activity
 from ._database import Database
 from ._doctor import EXIT_OK, EXIT_UNREACHABLE
 from ._errors import UnitOfWorkError
@@ -52,7 +52,8 @@ def render_frame(
             activity.longest_queries,
         ),
     ]
-    return "\n".join(lines).rstrip() + "\n"
+    # The database's name is the server's text too.
+    return printable("\n".join(lines).rstrip(), keep_newlines=True) + "\n"
 
 
 def run(
