@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -14,12 +15,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Self
 
+from psycopg import pq
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from ._errors import ConfigurationError
 
-__all__ = ["Settings", "mask_url"]
+__all__ = ["Settings", "mask_engine_options", "mask_url"]
 
 logger = logging.getLogger("uow")
 
@@ -188,9 +190,10 @@ class Settings:
                 "use an ASCII string of at most 63 characters"
             )
         if not isinstance(self.engine_options, Mapping):
+            # Not shown: it may hold a password.
             raise ConfigurationError(
-                f"engine_options={self.engine_options!r} must be a mapping of "
-                "create_engine() keyword arguments"
+                f"engine_options must be a mapping of create_engine() keyword arguments, "
+                f"not {type(self.engine_options).__name__}"
             )
         object.__setattr__(self, "engine_options", MappingProxyType(dict(self.engine_options)))
 
@@ -248,12 +251,35 @@ class Settings:
         parts = [f"url={self.masked_url!r}"]
         parts += [f"{f.name}={shown.get(f.name, getattr(self, f.name))!r}" for f in _ENV_FIELDS]
         if self.engine_options:
-            parts.append(f"engine_options={dict(self.engine_options)!r}")
+            parts.append(f"engine_options={mask_engine_options(self.engine_options)!r}")
         return f"Settings({', '.join(parts)})"
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _ENV_FIELDS = [f for f in dataclasses.fields(Settings) if f.name not in ("url", "engine_options")]
+
+
+@functools.cache
+def _secret_parameters() -> frozenset[str]:
+    # libpq marks its secrets with dispchar "*" (password, sslpassword, oauth_client_secret);
+    # the scram_*_key options it hides as debug ones stand in for the password too.
+    return frozenset(
+        option.keyword.decode()
+        for option in pq.Conninfo.get_defaults()
+        if option.dispchar == b"*" or option.keyword.startswith(b"scram_")
+    ) | {"password", "sslpassword"}
+
+
+def mask_engine_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``engine_options`` for display: the values of libpq's secret ``connect_args`` hidden."""
+    shown = dict(options)
+    connect_args = shown.get("connect_args")
+    if isinstance(connect_args, Mapping):
+        secret = _secret_parameters()
+        shown["connect_args"] = {
+            key: "***" if key in secret else value for key, value in connect_args.items()
+        }
+    return shown
 
 
 def mask_url(url: str | URL) -> str:
