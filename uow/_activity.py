@@ -14,11 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ._terminal import printable
+
 __all__ = [
     "Activity",
     "ServerSession",
     "collect_activity",
-    "printable",
     "render_activity",
     "table",
 ]
@@ -188,21 +189,3 @@ def table(headers: list[str], rows: list[list[Any]]) -> list[str]:
 
 def _cell(value: Any) -> str:
     return "-" if value is None or value == "" else printable(str(value))
-
-
-def printable(text: str, *, keep_newlines: bool = False) -> str:
-    """``text`` with every character a terminal would act on written as an escape.
-
-    C0 and C1 control characters, DEL (so ESC, and with it every escape sequence), and
-    the other characters Python does not call printable (bidirectional overrides,
-    line separators) become ``\\x1b``-style escapes; printable Unicode text is kept.
-    Idempotent: escaping escaped text changes nothing.
-    """
-    if text.isprintable():
-        return text
-    return "".join(
-        char
-        if char.isprintable() or (keep_newlines and char == "\n")
-        else char.encode("unicode_escape").decode("ascii")
-        for char in text
-    )

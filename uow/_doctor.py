@@ -21,9 +21,8 @@ from typing import Any, TextIO
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import _pooler
-from ._activity import ServerSession, collect_activity, printable, render_activity, table
+from ._activity import ServerSession, collect_activity, render_activity, table
 from ._budget import read_budget
-from ._classify import first_line
 from ._database import Database
 from ._doctor_replicas import (
     DEFAULT_MAX_REPLICA_LAG,
@@ -35,6 +34,7 @@ from ._doctor_replicas import (
 )
 from ._errors import UnitOfWorkError
 from ._settings import Settings
+from ._terminal import describe_failure, printable
 from ._timeouts import TIMEOUT_PARAMETERS
 
 __all__ = [
@@ -212,13 +212,8 @@ def _read_replica(settings: Settings, url: str, primary_lsn: str | None) -> dict
     try:
         with _connect(replica) as raw:
             entry.update(read_replica(raw, primary_lsn), budget=_budget(raw, replica))
-    except UnitOfWorkError as exc:
-        # uow's messages carry only the masked URL.
-        entry["error"] = f"{type(exc).__name__}: {first_line(exc)}"
-        return entry
-    except SQLAlchemyError as exc:
-        # The driver's message can quote the DSN: only the kind is reported.
-        entry["error"] = type(exc).__name__
+    except (UnitOfWorkError, SQLAlchemyError) as exc:
+        entry["error"] = describe_failure(exc, replica)
         return entry
     entry["reachable"] = True
     return entry
@@ -384,9 +379,9 @@ def run(
     try:
         report = diagnose(settings, idle_threshold=idle_threshold, max_replica_lag=max_replica_lag)
     except (UnitOfWorkError, SQLAlchemyError) as exc:
-        # The driver's message can quote the DSN; only the masked URL is printed.
-        kind = type(exc).__name__
-        print(f"uow doctor: cannot reach {settings.masked_url} ({kind})", file=err)
+        # The masked URL, then libpq's reason with the passwords hidden.
+        reason = describe_failure(exc, settings)
+        print(f"uow doctor: cannot reach {settings.masked_url}: {reason}", file=err)
         return EXIT_UNREACHABLE
     if as_json:
         print(json.dumps(report.as_dict(), indent=2, sort_keys=True), file=out)

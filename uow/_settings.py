@@ -21,7 +21,7 @@ from sqlalchemy.exc import ArgumentError
 
 from ._errors import ConfigurationError
 
-__all__ = ["Settings", "mask_engine_options", "mask_url"]
+__all__ = ["Settings", "mask_engine_options", "mask_url", "secret_parameters"]
 
 logger = logging.getLogger("uow")
 
@@ -260,7 +260,8 @@ _ENV_FIELDS = [f for f in dataclasses.fields(Settings) if f.name not in ("url", 
 
 
 @functools.cache
-def _secret_parameters() -> frozenset[str]:
+def secret_parameters() -> frozenset[str]:
+    """The libpq parameters whose values are secrets, never to be shown."""
     # libpq marks its secrets with dispchar "*" (password, sslpassword, oauth_client_secret);
     # the scram_*_key options it hides as debug ones stand in for the password too.
     return frozenset(
@@ -275,7 +276,7 @@ def mask_engine_options(options: Mapping[str, Any]) -> dict[str, Any]:
     shown = dict(options)
     connect_args = shown.get("connect_args")
     if isinstance(connect_args, Mapping):
-        secret = _secret_parameters()
+        secret = secret_parameters()
         shown["connect_args"] = {
             key: "***" if key in secret else value for key, value in connect_args.items()
         }

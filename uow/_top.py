@@ -15,11 +15,12 @@ from typing import TextIO
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ._activity import Activity, collect_activity, printable, render_activity
+from ._activity import Activity, collect_activity, render_activity
 from ._database import Database
 from ._doctor import EXIT_OK, EXIT_UNREACHABLE
 from ._errors import UnitOfWorkError
 from ._settings import Settings
+from ._terminal import describe_failure, printable
 
 __all__ = ["render_frame", "run"]
 
@@ -94,7 +95,8 @@ def run(
     except KeyboardInterrupt:
         return EXIT_OK
     except (UnitOfWorkError, SQLAlchemyError) as exc:
-        # The driver's message can quote the DSN; only the masked URL is printed.
-        print(f"uow top: cannot reach {settings.masked_url} ({type(exc).__name__})", file=err)
+        # The masked URL, then libpq's reason with the passwords hidden.
+        reason = describe_failure(exc, settings)
+        print(f"uow top: cannot reach {settings.masked_url}: {reason}", file=err)
         return EXIT_UNREACHABLE
     return EXIT_OK

@@ -1,21 +1,27 @@
-"""Side connections (doctor's PgBouncer probe) keep the application's TLS and host parameters."""
+"""Over TLS: side connections keep the application's TLS parameters, no connection sends the
+password to a fake server in the middle, and the CLI says why it could not connect."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
-from sqlalchemy import URL
+from sqlalchemy import URL, make_url
 
 from tests.tls import Interceptor, enable_tls, make_authority, tls_bin_dir
 from uow import Settings
+from uow.__main__ import main
 from uow._doctor import diagnose
 from uow._pooler import side_connect_args
 from uow.testing import EmbeddedPostgres
 
+INI = Path(__file__).resolve().parents[2] / "alembic.ini"
 PASSWORD = "S3cr3t!pw@#"
 USER = "victim"
 
@@ -24,7 +30,8 @@ USER = "victim"
 def tls_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[EmbeddedPostgres, Path]]:
-    """A throwaway server with TLS on, the CA of its certificate, and a role with a password."""
+    """A throwaway server with TLS on, the CA of its certificate, a role with a password,
+    and a database that role may not connect to."""
     authority = make_authority(tmp_path_factory.mktemp("tls"), "good")
     with EmbeddedPostgres(bin_dir=tls_bin_dir(), log_connections=True) as server:
         enable_tls(server, authority)
@@ -34,7 +41,100 @@ def tls_server(
                     sql.Identifier(USER), PASSWORD
                 )
             )
+            conn.execute(sql.SQL("CREATE ROLE outsider LOGIN PASSWORD {}").format(PASSWORD))
+            conn.execute("CREATE DATABASE locked")
+            conn.execute("REVOKE CONNECT ON DATABASE locked FROM PUBLIC")
         yield server, authority.ca
+
+
+@pytest.fixture(scope="module")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA that did not sign the server's certificate."""
+    return make_authority(tmp_path_factory.mktemp("other"), "other").ca
+
+
+def cli(*args: str) -> tuple[int, str]:
+    """Run `uow ARGS` in-process with no uow variable set; (exit code, stderr)."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in list(os.environ):
+            if name.startswith(("UOW_", "DATABASE_")):
+                env.delenv(name)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(list(args))
+    return code, err.getvalue()
+
+
+COMMANDS = {
+    "doctor": ["doctor"],
+    "top": ["top", "--iterations", "1"],
+    "migrate": ["migrate", "--config", str(INI), "current"],
+}
+
+
+def command(name: str, url: str) -> list[str]:
+    """The arguments of CLI command ``name`` against ``url``."""
+    head, *rest = COMMANDS[name]
+    return [head, "--url", url, *rest]
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("wrong password", 'password authentication failed for user "victim"'),
+        ("other CA", "certificate verify failed"),
+        ("no CONNECT", 'permission denied for database "locked"'),
+        ("closed port", "Connection refused"),
+    ],
+)
+def test_the_cli_says_why_it_cannot_connect(
+    tls_server: tuple[EmbeddedPostgres, Path], other_ca: Path, name: str, case: str, reason: str
+) -> None:
+    """doctor, top and migrate print libpq's reason (masked URL, no password) and exit 2."""
+    server, _ = tls_server
+    url = make_url(verify_full_url(server.port, other_ca))
+    url = {
+        "wrong password": url.set(password="wr0ng-pw", query={}),
+        "other CA": url,
+        "no CONNECT": url.set(username="outsider", database="locked", query={}),
+        "closed port": url.set(port=1, query={}),
+    }[case]
+    code, err = cli(*command(name, url.render_as_string(hide_password=False)))
+    assert code == 2, err
+    assert reason in err and "cannot reach" in err and ":***@127.0.0.1:" in err
+    assert "wr0ng-pw" not in err and PASSWORD not in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_no_connection_sends_the_password_to_a_fake_server(
+    tls_server: tuple[EmbeddedPostgres, Path], name: str
+) -> None:
+    """With verify-full, a fake server that refuses TLS and asks for a cleartext password
+    gets none from doctor, top or migrate, which say TLS was required."""
+    server, ca = tls_server
+    with Interceptor(server.port, relay=0) as fake:
+        code, err = cli(*command(name, verify_full_url(fake.port, ca)))
+    assert code == 2, err
+    assert fake.attacked >= 1 and fake.passwords == []
+    assert "SSL" in err, err
+
+
+def test_replica_probes_send_no_password_to_a_fake_server(
+    tls_server: tuple[EmbeddedPostgres, Path],
+) -> None:
+    """A read replica's URL leading to a fake server: the doctor reports it unreachable, with
+    the reason, and the fake server gets no password."""
+    server, ca = tls_server
+    with Interceptor(server.port, relay=0) as fake:
+        settings = Settings(
+            url=verify_full_url(server.port, ca), replica_urls=[verify_full_url(fake.port, ca)]
+        )
+        report = diagnose(settings)
+    assert fake.attacked >= 1 and fake.passwords == []
+    (replica,) = report.replicas
+    assert not replica["reachable"] and "SSL" in replica["error"]
 
 
 def verify_full_url(port: int, ca: Path) -> str:
