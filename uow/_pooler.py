@@ -74,10 +74,12 @@ def detect(settings: Settings, server_port: int | None, *, pooled: bool) -> dict
     url_port = url.port or 5432
     if not pooled and settings.pgbouncer == "off":
         return _port_hint(url_port, server_port)
+    params = side_connect_args(settings, dbname="pgbouncer", autocommit=True)
+    # PgBouncer refuses startup options unless told to ignore them; they are the
+    # session's settings, nothing that protects the login.
+    params.pop("options", None)
     try:
-        with psycopg.connect(
-            **side_connect_args(settings, dbname="pgbouncer", autocommit=True)
-        ) as console:
+        with psycopg.connect(**params) as console:
             # The console speaks the simple query protocol only: no parameters, no prepare.
             config = {row[0]: row[1] for row in console.execute("SHOW CONFIG", prepare=False)}
             version_row = console.execute("SHOW VERSION", prepare=False).fetchone()
