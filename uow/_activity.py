@@ -16,13 +16,7 @@ from typing import Any
 
 from ._terminal import printable
 
-__all__ = [
-    "Activity",
-    "ServerSession",
-    "collect_activity",
-    "render_activity",
-    "table",
-]
+__all__ = ["Activity", "ServerSession", "collect_activity", "render_activity", "table"]
 
 _TOP = 5
 _QUERY_CHARS = 60

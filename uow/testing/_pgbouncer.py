@@ -86,6 +86,7 @@ class PgBouncer:
     Attributes:
         host: Always ``"127.0.0.1"``.
         port: The port PgBouncer listens on.
+        passwords: Each user's password, which `url_for` and `admin_dsn` carry.
         log_path: PgBouncer's log.
     """
 
