@@ -252,6 +252,7 @@ def test_port_taken_before_start_moves_unless_given() -> None:
         ({"settings": {"application_name": "a\nb"}}, "contains a line break"),
         ({"settings": {"application_name": "a\0b"}}, "contains a line break or NUL"),
         ({"password": "pw\nlisten_addresses = '*'"}, "password contains a line break or NUL;"),
+        ({"password": ""}, "password is empty"),
         ({"bin_dir": "/nonexistent"}, "has no initdb, pg_ctl, postgres"),
     ],
 )

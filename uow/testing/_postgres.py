@@ -305,6 +305,8 @@ class EmbeddedPostgres:
             raise ValueError(f"bin_dir {self.bin_dir} has no {', '.join(missing)}")
         self.host, self.port, self._port_given = _HOST, port or _free_port(), port is not None
         self.password = new_password() if password is None else password
+        if not self.password:
+            raise ConfigurationError("password is empty; pass one, or None to generate one")
         check_config_value("password", self.password, secret=True)
         self._has_started = False
         self._max_connections, self._log_connections = max_connections, log_connections
