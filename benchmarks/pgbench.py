@@ -17,6 +17,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 from .measure import Measurement, summarize
 
 __all__ = ["SCRIPTS", "find_pgbench", "pgbench_version", "run_pgbench", "script"]
@@ -97,6 +99,12 @@ def run_pgbench(
     # -T takes whole seconds; the second to spare covers connection start-up, which
     # pgbench counts in -T but which precedes the first transaction.
     seconds = math.ceil(warmup + duration) + 1
+    # The password goes in PGPASSWORD: other local users can read a process's arguments.
+    params = conninfo_to_dict(conninfo)
+    password = params.pop("password", None)
+    env = {**os.environ, "PGAPPNAME": application_name}
+    if password is not None:
+        env["PGPASSWORD"] = str(password)
     with tempfile.TemporaryDirectory(prefix="bench-pgbench-") as tmp:
         script_path = Path(tmp) / f"{workload}.sql"
         script_path.write_text(script(workload, accounts))
@@ -110,14 +118,14 @@ def run_pgbench(
             "--protocol=prepared",
             "--log",
             f"--log-prefix={Path(tmp) / 'tx'}",
-            conninfo,
+            make_conninfo(**params),
         ]
         result = subprocess.run(  # noqa: S603 - an absolute path to pgbench, no shell
             args,
             capture_output=True,
             text=True,
             check=False,
-            env={**os.environ, "PGAPPNAME": application_name},
+            env=env,
             timeout=seconds + 120,
         )
         records, errors = _read_logs(Path(tmp))

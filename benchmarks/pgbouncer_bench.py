@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         args.duration, args.repeats = 1.0, 1
     with (
         EmbeddedPostgres(max_connections=100) as pg,
-        PgBouncer(pg.port, default_pool_size=SERVER_CONNECTIONS) as bouncer,
+        PgBouncer(pg.port, default_pool_size=SERVER_CONNECTIONS, password=pg.password) as bouncer,
     ):
         with uow.Database(uow.Settings(url=pg.url)) as db, uow.UnitOfWork(db) as unit:
             unit.session.execute(

@@ -14,6 +14,7 @@ from . import _top, migrations
 from ._doctor import DEFAULT_MAX_REPLICA_LAG, EXIT_ACTION, EXIT_OK, EXIT_UNREACHABLE, run
 from ._errors import ConfigurationError, UnitOfWorkError
 from ._settings import Settings
+from ._terminal import describe_failure
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,9 +168,9 @@ def _migrate(settings: Settings, action: str, revision: str | None, config: str 
         print(f"{prefix}: {exc}", file=sys.stderr)
         return EXIT_ACTION
     except (UnitOfWorkError, SQLAlchemyError) as exc:
-        # The driver's message can quote the DSN; only the masked URL is printed.
-        kind = type(exc).__name__
-        print(f"{prefix}: cannot reach {settings.masked_url} ({kind})", file=sys.stderr)
+        # The masked URL, then libpq's reason with the passwords hidden.
+        reason = describe_failure(exc, settings)
+        print(f"{prefix}: cannot reach {settings.masked_url}: {reason}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if action in ("upgrade", "downgrade"):
         print(f"{settings.masked_url}: {before or '<base>'} -> {after or '<base>'}")

@@ -1,7 +1,10 @@
 """What a server's client sessions are doing: read for ``uow doctor`` and ``uow top``.
 
 Reads ``pg_stat_activity`` and ``pg_stat_database`` on a psycopg connection, and lays
-the result out as plain-text tables.
+the result out as plain-text tables. Text that comes from the server (other sessions'
+queries, application names, database names, error messages) is shown through
+:func:`printable`, so that a query comment holding terminal escape sequences cannot
+rewrite the operator's terminal.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from ._terminal import printable
 
 __all__ = ["Activity", "ServerSession", "collect_activity", "render_activity", "table"]
 
@@ -177,4 +182,4 @@ def table(headers: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def _cell(value: Any) -> str:
-    return "-" if value is None or value == "" else str(value)
+    return "-" if value is None or value == "" else printable(str(value))

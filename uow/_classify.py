@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import psycopg
-from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.engine import ExceptionContext, make_url
 
 from ._errors import (
     ConnectionLost,
@@ -12,9 +14,9 @@ from ._errors import (
     SerializationFailure,
     StatementTimeout,
 )
-from ._settings import Settings
+from ._settings import Settings, secret_parameters
 
-__all__ = ["first_line", "translate"]
+__all__ = ["first_line", "hide_secrets", "translate"]
 
 # Errors after which the session is gone: connection exceptions (class 08), the
 # server shutting down or the backend terminated (57P01-57P03), a session ended by
@@ -53,7 +55,8 @@ def translate(  # noqa: PLR0911 - one return per kind of error reads best
     if context.connection is None and isinstance(original, psycopg.OperationalError):
         return DatabaseUnavailable(
             f"could not connect to {settings.masked_url} "
-            f"(connect_timeout={settings.connect_timeout:g}s): {first_line(original)}. "
+            f"(connect_timeout={settings.connect_timeout:g}s): "
+            f"{hide_secrets(first_line(original), settings)}. "
             "Check that the server is running and reachable, and the user and password."
         )
     if isinstance(original, psycopg.errors.QueryCanceled):
@@ -80,3 +83,20 @@ def translate(  # noqa: PLR0911 - one return per kind of error reads best
             "running the unit of work again is safe."
         )
     return None
+
+
+def _secrets(settings: Settings) -> Iterator[str]:
+    for url in (settings.url, *settings.replica_urls):
+        if password := make_url(url).password:
+            yield str(password)
+    connect_args = settings.engine_options.get("connect_args") or {}
+    for key in secret_parameters().intersection(connect_args):
+        yield str(connect_args[key])
+
+
+def hide_secrets(text: str, settings: Settings) -> str:
+    """``text`` with every password of ``settings`` (URLs, ``connect_args``) replaced by ***."""
+    for secret in sorted(set(_secrets(settings)), key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "***")
+    return text

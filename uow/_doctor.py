@@ -40,6 +40,7 @@ from ._doctor_replicas import (
 )
 from ._errors import UnitOfWorkError
 from ._settings import Settings
+from ._terminal import describe_failure, printable
 from ._timeouts import TIMEOUT_PARAMETERS
 
 __all__ = [
@@ -147,13 +148,13 @@ def diagnose(
         _read_server(raw, report)
         # The host libpq chose, among several; its socket directory for a unix socket.
         report.server["host"], report.server["port"] = raw.info.host, raw.info.port
-        server_port = _read_defaults(raw, report)
+        server_port, pooled = _read_defaults(raw, report)
         report.budget = _budget(raw, settings)
         in_recovery, wal_lsn = read_wal_position(raw)
         report.server["in_recovery"] = in_recovery
         if not in_recovery:
             report.replication = read_replication(raw)
-    report.pgbouncer = _pooler.detect(settings, server_port)
+    report.pgbouncer = _pooler.detect(settings, server_port, pooled=pooled)
     # Behind PgBouncer the pools hold client connections; PgBouncer bounds the server's.
     report.budget["applies"] &= not report.pgbouncer.get("detected")
     report.replicas = [_read_replica(settings, url, wal_lsn) for url in settings.replica_urls]
@@ -189,20 +190,25 @@ def _connect(settings: Settings) -> Iterator[Any]:
         yield connection.connection.dbapi_connection
 
 
-def _read_defaults(raw: Any, report: Report) -> int | None:
-    """Record the timeouts a session gets when uow sets none; return the server's port."""
+def _read_defaults(raw: Any, report: Report) -> tuple[int | None, bool]:
+    """Record the timeouts a session gets when uow sets none.
+
+    Returns:
+        The server's port, and whether a pooler stands in between: PgBouncer gives its
+        clients process ids of its own (see :mod:`uow._pooler`).
+    """
     cursor = raw.cursor()
     try:
         # The role's, database's or server's value: what a session starts with.
         for name in TIMEOUT_PARAMETERS.values():
             cursor.execute(f"SHOW {name}")
             report.server[f"default_{name}"] = cursor.fetchone()[0]
-        cursor.execute("SELECT inet_server_port()")
-        port: int | None = cursor.fetchone()[0]
+        cursor.execute("SELECT inet_server_port(), pg_backend_pid()")
+        port, server_pid = cursor.fetchone()
     finally:
         cursor.close()
         raw.rollback()
-    return port
+    return port, server_pid != raw.info.backend_pid
 
 
 def _budget(raw: Any, settings: Settings) -> dict[str, Any]:
@@ -260,13 +266,8 @@ def _read_replica(settings: Settings, url: str, primary_lsn: str | None) -> dict
     try:
         with _connect(replica) as raw:
             entry.update(read_replica(raw, primary_lsn), budget=_budget(raw, replica))
-    except UnitOfWorkError as exc:
-        # uow's messages carry only the masked URL.
-        entry["error"] = f"{type(exc).__name__}: {first_line(exc)}"
-        return entry
-    except SQLAlchemyError as exc:
-        # The driver's message can quote the DSN: only the kind is reported.
-        entry["error"] = type(exc).__name__
+    except (UnitOfWorkError, SQLAlchemyError) as exc:
+        entry["error"] = describe_failure(exc, replica)
         return entry
     entry["reachable"] = True
     return entry
@@ -395,7 +396,8 @@ def render(report: Report) -> str:
             lines.append(f"  [{tag}] {w.message}\n           -> {w.advice}")
     else:
         lines.append("No warnings.")
-    return "\n".join(lines)
+    # Warnings quote application names and replicas' errors: the server's text.
+    return printable("\n".join(lines), keep_newlines=True)
 
 
 def _budget_lines(budget: dict[str, Any]) -> list[str]:
@@ -443,9 +445,9 @@ def run(
     try:
         report = diagnose(settings, idle_threshold=idle_threshold, max_replica_lag=max_replica_lag)
     except (UnitOfWorkError, SQLAlchemyError) as exc:
-        # The driver's message can quote the DSN; only the masked URL is printed.
-        kind = type(exc).__name__
-        print(f"uow doctor: cannot reach {settings.masked_url} ({kind})", file=err)
+        # The masked URL, then libpq's reason with the passwords hidden.
+        reason = describe_failure(exc, settings)
+        print(f"uow doctor: cannot reach {settings.masked_url}: {reason}", file=err)
         return EXIT_UNREACHABLE
     if as_json:
         print(json.dumps(report.as_dict(), indent=2, sort_keys=True), file=out)

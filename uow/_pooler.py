@@ -2,6 +2,19 @@
 
 PgBouncer answers like PostgreSQL; only its admin console (the virtual database
 ``pgbouncer``, open to users in ``admin_users`` or ``stats_users``) tells its settings.
+
+The console is asked only when the doctor's own connection suggests PgBouncer, or when
+``UOW_PGBOUNCER`` says it is there: on plain PostgreSQL every attempt would leave
+``FATAL: database "pgbouncer" does not exist`` in the server's log. The signal costs no
+round trip: PgBouncer hands each client a backend key of its own (a random process id,
+PgBouncer 1.18 included), so the process id the connection was given at startup differs
+from the ``pg_backend_pid()`` the server reports; PostgreSQL's are equal.
+
+The console connection is a side connection: it is opened with every libpq parameter the
+application's connections use (TLS, host lists, sockets, ``passfile``...), only the
+database name changed (:func:`side_connect_args`), so the password never travels over a
+weaker connection than the application's.
+
 Without console access the one hint left is the port: the server reports the port it
 listens on, which differs from the URL's when something sits in between.
 """
@@ -15,19 +28,41 @@ import psycopg
 from ._conninfo import connect_kwargs, hosts
 from ._settings import Settings
 
-__all__ = ["detect", "findings"]
+__all__ = ["detect", "findings", "side_connect_args"]
 
 _CONSOLE_TIMEOUT = 3
 
 Finding = tuple[str, str, str, bool]  # code, message, advice, action
 
 
-def detect(settings: Settings, server_port: int | None) -> dict[str, Any]:
+def side_connect_args(settings: Settings, **changes: Any) -> dict[str, Any]:
+    """Keyword arguments for ``psycopg.connect()`` that reach the server as the application does.
+
+    The application's own libpq parameters (:func:`uow._conninfo.connect_kwargs`: the URL's
+    TLS settings, host lists, socket directories, ``target_session_attrs``..., then the
+    ``connect_args`` of ``engine_options``), without ``options``, which PgBouncer's console
+    refuses and which only carry session settings, nothing that protects the login; then
+    ``changes`` (``dbname="pgbouncer"``).
+    """
+    # pgbouncer="transaction": no server timeouts in the startup packet, no prepared
+    # statements (the console speaks the simple query protocol only).
+    params = connect_kwargs(settings.replace(pgbouncer="transaction"))
+    params.pop("options", None)
+    params.pop("prepare_threshold", None)
+    params["connect_timeout"] = _CONSOLE_TIMEOUT
+    params.update(changes)
+    return params
+
+
+def detect(settings: Settings, server_port: int | None, *, pooled: bool) -> dict[str, Any]:
     """Describe what the URL leads to.
 
     Args:
         settings: The application's settings (URL and ``pgbouncer``).
         server_port: ``inet_server_port()`` as the server reported it (None on a socket).
+        pooled: The connection's startup process id differs from ``pg_backend_pid()``,
+            as behind PgBouncer; with ``settings.pgbouncer`` "off" and this false, the
+            console is not asked.
 
     Returns:
         ``{"detected": True, "via": "console", "version", "pool_mode",
@@ -35,13 +70,12 @@ def detect(settings: Settings, server_port: int | None) -> dict[str, Any]:
         console answered; else ``{"detected": None, "via": "port", ...}`` when the ports
         differ (a proxy of some kind), or ``{"detected": False}``.
     """
-    # The application's libpq parameters (hosts, TLS...), never libpq's defaults in their
-    # place; not its options, which the console refuses.
-    params = connect_kwargs(settings.replace(pgbouncer="transaction"))
-    params.pop("options", None)
+    params = side_connect_args(settings, dbname="pgbouncer", autocommit=True)
     ports = {port for _, port in hosts(params)}
+    # One port for every host, or no single port the server's could be compared with.
     url_port = int(ports.pop() or 5432) if len(ports) == 1 else None
-    params.update(dbname="pgbouncer", connect_timeout=_CONSOLE_TIMEOUT, autocommit=True)
+    if not pooled and settings.pgbouncer == "off":
+        return _port_hint(url_port, server_port)
     try:
         with psycopg.connect(**params) as console:
             # The console speaks the simple query protocol only: no parameters, no prepare.
@@ -49,14 +83,7 @@ def detect(settings: Settings, server_port: int | None) -> dict[str, Any]:
             version_row = console.execute("SHOW VERSION", prepare=False).fetchone()
     except psycopg.Error:
         # Not PgBouncer (no such database), or a user without console rights.
-        if server_port is not None and url_port is not None and server_port != url_port:
-            return {
-                "detected": None,
-                "via": "port",
-                "url_port": url_port,
-                "server_port": server_port,
-            }
-        return {"detected": False}
+        return _port_hint(url_port, server_port)
     return {
         "detected": True,
         "via": "console",
@@ -67,6 +94,12 @@ def detect(settings: Settings, server_port: int | None) -> dict[str, Any]:
         "default_pool_size": int(config.get("default_pool_size", "0") or 0),
         "max_client_conn": int(config.get("max_client_conn", "0") or 0),
     }
+
+
+def _port_hint(url_port: int | None, server_port: int | None) -> dict[str, Any]:
+    if server_port is not None and url_port is not None and server_port != url_port:
+        return {"detected": None, "via": "port", "url_port": url_port, "server_port": server_port}
+    return {"detected": False}
 
 
 def findings(settings: Settings, found: dict[str, Any]) -> list[Finding]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import logging
 import math
@@ -17,6 +18,7 @@ from typing import Any, Self
 from urllib.parse import unquote
 
 import psycopg
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -24,7 +26,7 @@ from sqlalchemy.exc import ArgumentError
 from ._conninfo import FORMS, check_host, hosts, url_values, user_parameters
 from ._errors import ConfigurationError
 
-__all__ = ["Settings", "mask_url"]
+__all__ = ["Settings", "mask_engine_options", "mask_url", "secret_parameters"]
 
 logger = logging.getLogger("uow")
 
@@ -164,9 +166,10 @@ class Settings:
         object.__setattr__(self, "url", _normalize_url(self.url))
         object.__setattr__(self, "replica_urls", _normalize_replicas(self.replica_urls))
         if not isinstance(self.engine_options, Mapping):
+            # Not shown: it may hold a password.
             raise ConfigurationError(
-                f"engine_options={self.engine_options!r} must be a mapping of "
-                "create_engine() keyword arguments"
+                f"engine_options must be a mapping of create_engine() keyword arguments, "
+                f"not {type(self.engine_options).__name__}"
             )
         _adopt_url_values(self)
         _check_seconds("replica_read_after_write", self.replica_read_after_write, 0.0, 3600.0)
@@ -261,7 +264,7 @@ class Settings:
         parts = [f"url={self.masked_url!r}"]
         parts += [f"{f.name}={shown.get(f.name, getattr(self, f.name))!r}" for f in _ENV_FIELDS]
         if self.engine_options:
-            parts.append(f"engine_options={dict(self.engine_options)!r}")
+            parts.append(f"engine_options={mask_engine_options(self.engine_options)!r}")
         return f"Settings({', '.join(parts)})"
 
 
@@ -269,7 +272,28 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _ENV_FIELDS = [f for f in dataclasses.fields(Settings) if f.name not in ("url", "engine_options")]
 
 
-_SECRET_PARAMETERS = ("password", "sslpassword")
+@functools.cache
+def secret_parameters() -> frozenset[str]:
+    """The libpq parameters whose values are secrets, never to be shown."""
+    # libpq marks its secrets with dispchar "*" (password, sslpassword, oauth_client_secret);
+    # the scram_*_key options it hides as debug ones stand in for the password too.
+    return frozenset(
+        option.keyword.decode()
+        for option in pq.Conninfo.get_defaults()
+        if option.dispchar == b"*" or option.keyword.startswith(b"scram_")
+    ) | {"password", "sslpassword"}
+
+
+def mask_engine_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``engine_options`` for display: the values of libpq's secret ``connect_args`` hidden."""
+    shown = dict(options)
+    connect_args = shown.get("connect_args")
+    if isinstance(connect_args, Mapping):
+        secret = secret_parameters()
+        shown["connect_args"] = {
+            key: "***" if key in secret else value for key, value in connect_args.items()
+        }
+    return shown
 
 
 def mask_url(url: str | URL) -> str:
@@ -281,7 +305,7 @@ def mask_url(url: str | URL) -> str:
         return "<unparsable URL>"
     if parsed.host is not None and "@" in parsed.host:
         return "<unparsable URL>"  # the tail of a password with an unencoded "@"
-    secrets = [key for key in parsed.query if key.lower() in _SECRET_PARAMETERS]
+    secrets = [key for key in parsed.query if key.lower() in secret_parameters()]
     if secrets:
         parsed = parsed.update_query_dict(dict.fromkeys(secrets, "***"))
     shown = parsed.render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")

@@ -20,6 +20,7 @@ from ._database import Database
 from ._doctor import EXIT_OK, EXIT_UNREACHABLE
 from ._errors import UnitOfWorkError
 from ._settings import Settings
+from ._terminal import describe_failure, printable
 
 __all__ = ["render_frame", "run"]
 
@@ -52,7 +53,8 @@ def render_frame(
             activity.longest_queries,
         ),
     ]
-    return "\n".join(lines).rstrip() + "\n"
+    # The database's name is the server's text too.
+    return printable("\n".join(lines).rstrip(), keep_newlines=True) + "\n"
 
 
 def run(
@@ -93,7 +95,8 @@ def run(
     except KeyboardInterrupt:
         return EXIT_OK
     except (UnitOfWorkError, SQLAlchemyError) as exc:
-        # The driver's message can quote the DSN; only the masked URL is printed.
-        print(f"uow top: cannot reach {settings.masked_url} ({type(exc).__name__})", file=err)
+        # The masked URL, then libpq's reason with the passwords hidden.
+        reason = describe_failure(exc, settings)
+        print(f"uow top: cannot reach {settings.masked_url}: {reason}", file=err)
         return EXIT_UNREACHABLE
     return EXIT_OK

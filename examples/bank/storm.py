@@ -36,6 +36,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import secrets
 import statistics
 import sys
 import threading
@@ -101,17 +102,24 @@ def server(max_connections: int) -> Iterator[tuple[str, str, str]]:
         settings = uow.Settings(url=url)
         yield settings.url, settings.url, f"DATABASE_URL ({settings.masked_url})"
         return
+    # The server asks every role for its password (scram): the app's is made up here.
+    app_password = secrets.token_urlsafe(24)
     with EmbeddedPostgres(max_connections=max_connections) as pg:
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             # The application connects as an ordinary role, as in production: the
             # superuser slots stay free for the admin, as they should.
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(APP_ROLE)))
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(APP_ROLE), sql.Literal(app_password)
+                )
+            )
             conn.execute("CREATE DATABASE bank")
             conn.execute(
                 sql.SQL("ALTER DATABASE bank OWNER TO {}").format(sql.Identifier(APP_ROLE))
             )
         admin = pg.url_for("bank")
-        app = make_url(admin).set(username=APP_ROLE).render_as_string(hide_password=False)
+        app_url = make_url(admin).set(username=APP_ROLE, password=app_password)
+        app = app_url.render_as_string(hide_password=False)
         yield (
             admin,
             app,
@@ -570,21 +578,20 @@ def start_pgbouncer(stack: contextlib.ExitStack, app_url: str, args: argparse.Na
     """Start PgBouncer (transaction mode) before the server; return the app's URL through it."""
     url = make_url(app_url)
     assert url.port and url.host and url.database, "uow-pgbouncer needs a TCP URL"
+    user = url.username or "postgres"
     bouncer = stack.enter_context(
         PgBouncer(
             url.port,
             server_host=url.host,
             default_pool_size=args.processes * args.pool_size,
             max_client_conn=args.processes * args.threads + 50,
-            users=("postgres", url.username or "postgres"),
+            # PgBouncer logs in to the server with the app's own password.
+            users={user: url.password} if url.password else (user,),
             # Lets `uow doctor`, connecting as the app, read PgBouncer's settings.
             settings={"stats_users": url.username or "postgres"},
         )
     )
-    through = make_url(bouncer.url_for(url.database)).set(
-        username=url.username, password=url.password
-    )
-    return through.render_as_string(hide_password=False)
+    return bouncer.url_for(url.database, user=user)
 
 
 def main(argv: list[str] | None = None) -> int:

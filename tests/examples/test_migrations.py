@@ -28,8 +28,8 @@ from uow.migrations import check, current, downgrade, upgrade
 
 ROOT = Path(__file__).resolve().parents[2]
 INI = ROOT / "alembic.ini"
-# The test server trusts every login, so any password works; '%' would break a URL put
-# through configparser (alembic.ini's sqlalchemy.url).
+# For a test server that trusts every login (UOW_TEST_DATABASE_URL), any password works;
+# '%' would break a URL put through configparser (alembic.ini's sqlalchemy.url).
 SECRET = "s3cr%3t"
 
 MakeDatabase = Callable[[], str]

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from sqlalchemy import make_url
 
 from tests.conftest import libpq_dsn
@@ -183,7 +184,9 @@ def test_a_timeout_set_on_the_role_is_not_reported_disabled(
 ) -> None:
     """uow's timeout off but the role's on (the PgBouncer recipe): no warning for that one."""
     role = f"uow_doctor_{app_name[-12:]}"
-    admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    # The server's password for the new role too, so that the URL's works for it.
+    create = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}")
+    admin.execute(create.format(sql.Identifier(role), make_url(postgres_url).password))
     try:
         admin.execute(f"ALTER ROLE \"{role}\" SET statement_timeout = '5s'")
         url = make_url(postgres_url).set(username=role).render_as_string(hide_password=False)

@@ -51,11 +51,12 @@ def test_start_serves_queries_on_the_url_port() -> None:
         assert pg.running
         url = make_url(pg.url)
         assert (url.drivername, url.host, url.port) == ("postgresql+psycopg", "127.0.0.1", pg.port)
-        dsn = f"host=127.0.0.1 port={url.port} user=postgres dbname=postgres"
+        dsn = f"host=127.0.0.1 port={url.port} user=postgres password={pg.password} dbname=postgres"
         assert scalar(dsn, "SELECT 1") == 1
         assert scalar(pg.dsn, "SHOW listen_addresses") == "127.0.0.1"
         assert scalar(pg.dsn, "SHOW server_encoding") == "UTF8"
         socket_dsn = f"host={pg.data_dir.parent} port={pg.port} user=postgres dbname=postgres"
+        socket_dsn += f" password={pg.password}"
         assert scalar(socket_dsn, "SELECT inet_server_addr()") is None  # None: a unix socket
         engine = create_engine(pg.url)
         try:
@@ -249,6 +250,9 @@ def test_port_taken_before_start_moves_unless_given() -> None:
         ({"settings": {"port": 5433}}, "settings may not set port"),
         ({"settings": {"work mem": "1MB"}}, "invalid setting name 'work mem'"),
         ({"settings": {"application_name": "a\nb"}}, "contains a line break"),
+        ({"settings": {"application_name": "a\0b"}}, "contains a line break or NUL"),
+        ({"password": "pw\nlisten_addresses = '*'"}, "password contains a line break or NUL;"),
+        ({"password": ""}, "password is empty"),
         ({"bin_dir": "/nonexistent"}, "has no initdb, pg_ctl, postgres"),
     ],
 )

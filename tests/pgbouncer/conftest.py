@@ -19,7 +19,9 @@ def bouncer(postgres_url: str) -> Iterator[PgBouncer]:
     """PgBouncer in transaction mode with 4 server connections, in front of the test server."""
     server = make_url(postgres_url)
     assert server.host and server.port, f"the test server needs a TCP host and port: {server!r}"
-    with PgBouncer(server.port, server_host=server.host, default_pool_size=4) as pgbouncer:
+    with PgBouncer(
+        server.port, server_host=server.host, default_pool_size=4, password=server.password
+    ) as pgbouncer:
         yield pgbouncer
 
 

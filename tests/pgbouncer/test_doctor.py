@@ -56,7 +56,9 @@ def session_mode_bouncer(postgres_url: str) -> Iterator[str]:
     """URL of the test database through PgBouncer in session mode."""
     server = make_url(postgres_url)
     assert server.port and server.database
-    with PgBouncer(server.port, server_host=server.host or "", pool_mode="session") as bouncer:
+    with PgBouncer(
+        server.port, server_host=server.host or "", pool_mode="session", password=server.password
+    ) as bouncer:
         yield bouncer.url_for(server.database)
 
 
@@ -76,7 +78,10 @@ def test_without_console_rights_the_port_gives_it_away(postgres_url: str) -> Non
     server = make_url(postgres_url)
     assert server.port and server.database
     with PgBouncer(
-        server.port, server_host=server.host or "", settings={"admin_users": "someone_else"}
+        server.port,
+        server_host=server.host or "",
+        settings={"admin_users": "someone_else"},
+        password=server.password,
     ) as bouncer:
         report = diagnose(Settings(url=bouncer.url_for(server.database)))
     assert report.pgbouncer["detected"] is None

@@ -178,7 +178,9 @@ def session_bouncer(postgres_url: str) -> Iterator[PgBouncer]:
     """PgBouncer in session mode in front of the test server."""
     server = make_url(postgres_url)
     assert server.port
-    with PgBouncer(server.port, server_host=server.host or "", pool_mode="session") as pgbouncer:
+    with PgBouncer(
+        server.port, server_host=server.host or "", pool_mode="session", password=server.password
+    ) as pgbouncer:
         yield pgbouncer
 
 
@@ -268,7 +270,7 @@ def test_a_pgbouncer_restart_is_survived(make_database: MakeDatabase, postgres_u
     """PgBouncer goes away and comes back: units fail cleanly meanwhile, then work again."""
     server = make_url(postgres_url)
     assert server.port and server.database
-    with PgBouncer(server.port, server_host=server.host or "") as bouncer:
+    with PgBouncer(server.port, server_host=server.host or "", password=server.password) as bouncer:
         database = make_database(
             url=bouncer.url_for(server.database), pgbouncer="transaction", pool_size=2
         )

@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 MAX_CONNECTIONS = 30
 TABLE = "replica_items"
+PASSWORD = "s3cret-pw"  # the cluster's superuser password: tests check it never shows
 
 
 def wait_for(check: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
@@ -69,7 +70,8 @@ class Cluster:
 @pytest.fixture(scope="session")
 def servers() -> Iterator[Cluster]:
     """The primary, with a small table, and two standbys that have replayed it."""
-    primary = EmbeddedPostgres(max_connections=MAX_CONNECTIONS).start()
+    # A known password, so that the tests can check it never shows.
+    primary = EmbeddedPostgres(max_connections=MAX_CONNECTIONS, password=PASSWORD).start()
     made = [primary]
     try:
         cluster = Cluster(primary, [])

@@ -9,10 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.replicas.conftest import TABLE, Cluster, wait_for
+from tests.replicas.conftest import PASSWORD, TABLE, Cluster, wait_for
 from uow.__main__ import main
-
-PASSWORD = "s3cret-pw"
 
 
 def doctor(
@@ -30,9 +28,7 @@ def doctor(
     urls = [r.url for r in cluster.replicas] if replicas is None else replicas
     monkeypatch.setenv("DATABASE_URL", cluster.primary.url)
     monkeypatch.setenv("UOW_APPLICATION_NAME", app_name)
-    monkeypatch.setenv(
-        "UOW_REPLICA_URLS", ",".join(u.replace("postgres@", f"postgres:{PASSWORD}@") for u in urls)
-    )
+    monkeypatch.setenv("UOW_REPLICA_URLS", ",".join(urls))
     code = main(["doctor", *args])
     out = capsys.readouterr()
     assert PASSWORD not in out.out + out.err

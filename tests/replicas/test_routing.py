@@ -132,7 +132,7 @@ def test_writing_in_a_readonly_unit_fails_clearly(db: Database) -> None:
 
 def test_status_and_repr_cover_the_replicas(cluster: Cluster, make_db: MakeDatabase) -> None:
     """db.status() lists each replica's pool; repr shows how many, and no password."""
-    urls = [r.url.replace("postgres@", "postgres:s3cret-pw@") for r in cluster.replicas]
+    urls = [r.url for r in cluster.replicas]  # with the cluster's password, s3cret-pw
     db = make_db(replica_urls=urls)
     assert [r.checked_out for r in db.status().replicas] == [0, 0]
     with UnitOfWork(db, readonly=True):

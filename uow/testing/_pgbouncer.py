@@ -2,6 +2,8 @@
 
 Runs the system's ``pgbouncer`` binary (Debian: ``apt-get install pgbouncer``) in the
 foreground, with a private config in a temporary directory, listening on 127.0.0.1 only.
+Clients log in with scram-sha-256; the passwords, in ``auth_file``, are also the ones
+PgBouncer logs in to the server with.
 """
 
 import os
@@ -16,7 +18,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Self
 
-from ._postgres import _free_port, _server_owner, psycopg_url
+from psycopg.conninfo import make_conninfo
+
+from .._errors import ConfigurationError
+from ._postgres import _free_port, _server_owner, check_config_value, new_password, psycopg_url
 
 PoolMode = Literal["session", "transaction", "statement"]
 
@@ -35,9 +40,23 @@ def _find_binary() -> Path:
 
 def _ini_line(name: str, value: str | int | float | bool) -> str:
     text = str(int(value)) if isinstance(value, bool) else str(value)
-    if not name.isidentifier() or "\n" in text or "\r" in text:
-        raise ValueError(f"invalid PgBouncer setting {name!r} = {text!r}")
-    return f"{name} = {text}"
+    if not name.isidentifier():
+        raise ConfigurationError(
+            f"invalid PgBouncer setting name {name!r}: use letters, digits and '_' only"
+        )
+    return f"{name} = {check_config_value(f'PgBouncer setting {name}', text)}"
+
+
+def _auth_line(user: str, password: str) -> str:
+    check_config_value("PgBouncer user name", user)
+    check_config_value(f"the password of PgBouncer user {user!r}", password, secret=True)
+    # auth_file lines are "user" "password": a quote would end the field early.
+    if not user or not password or '"' in user + password:
+        raise ConfigurationError(
+            f"PgBouncer user {user!r} or its password is empty or contains a double quote, "
+            "which auth_file cannot hold; use another"
+        )
+    return f'"{user}" "{password}"\n'
 
 
 def _stop(process: subprocess.Popen[bytes] | None, tmp: Path, pid: int) -> None:
@@ -58,14 +77,16 @@ class PgBouncer:
     """A PgBouncer process pooling connections to one PostgreSQL server.
 
     Every database name is forwarded to the server (``* = host=... port=...``) as the
-    client's user; authentication is ``trust`` for the given users; ``postgres`` is the
-    admin of the ``pgbouncer`` console database (``SHOW POOLS``, ``SHOW CONFIG``). The
+    client's user; clients authenticate with scram-sha-256 with the users' passwords,
+    which PgBouncer also uses to log in to the server; ``postgres`` is the admin of the
+    ``pgbouncer`` console database (``SHOW POOLS``, ``SHOW CONFIG``). The
     process is stopped and its directory deleted on `cleanup`, on garbage collection or at
     interpreter exit. Not thread-safe.
 
     Attributes:
         host: Always ``"127.0.0.1"``.
         port: The port PgBouncer listens on.
+        passwords: Each user's password, which `url_for` and `admin_dsn` carry.
         log_path: PgBouncer's log.
     """
 
@@ -78,7 +99,8 @@ class PgBouncer:
         default_pool_size: int = 20,
         max_client_conn: int = 1000,
         settings: Mapping[str, str | int | float | bool] | None = None,
-        users: Sequence[str] = (_USER,),
+        users: Sequence[str] | Mapping[str, str] = (_USER,),
+        password: str | None = None,
         base_dir: Path | str | None = None,
     ) -> None:
         """Write the config; `start` starts PgBouncer.
@@ -90,14 +112,33 @@ class PgBouncer:
             default_pool_size: Server connections per database and user pair.
             max_client_conn: Client connections PgBouncer accepts.
             settings: Extra ``[pgbouncer]`` settings, e.g. ``{"max_prepared_statements": 100}``.
-            users: Users allowed in (trusted, no password), passed on to the server as they are.
+            users: Users allowed in, passed on to the server as they are: a mapping of user
+                to password, or names that all get ``password``.
+            password: The password of the users given by name: the one they have on the
+                server (``EmbeddedPostgres.password``); None generates one, which only a
+                server that trusts PgBouncer's logins accepts.
             base_dir: Parent of the temporary directory; None uses `tempfile.gettempdir`.
 
         Raises:
             RuntimeError: PgBouncer is not installed.
+            ConfigurationError: A user, password, host or setting cannot be written to
+                PgBouncer's files (a line break, NUL or double quote).
         """
         if pool_mode not in ("session", "transaction", "statement"):
             raise ValueError(f"pool_mode must be session, transaction or statement: {pool_mode!r}")
+        # Everything written to PgBouncer's files is checked before anything is made.
+        shared = new_password() if password is None else password
+        self.passwords: dict[str, str] = (
+            dict(users) if isinstance(users, Mapping) else dict.fromkeys(users, shared)
+        )
+        auth = "".join(_auth_line(user, secret) for user, secret in self.passwords.items())
+        if not server_host or any(char.isspace() or char in "'\"\\\0" for char in server_host):
+            raise ConfigurationError(
+                f"server_host {server_host!r} cannot be written to pgbouncer.ini; "
+                "use a host name, an address or a socket directory without spaces or quotes"
+            )
+        for name, value in (settings or {}).items():
+            _ini_line(name, value)
         self._binary = _find_binary()
         self.host, self.port = _HOST, _free_port()
         # PgBouncer refuses to run as root: run it as the user that runs embedded servers.
@@ -105,15 +146,15 @@ class PgBouncer:
         self._tmp = Path(tempfile.mkdtemp(prefix="uow-pgbouncer-", dir=base_dir))
         self.log_path = self._tmp / "pgbouncer.log"
         self._config = self._tmp / "pgbouncer.ini"
-        if bad := [user for user in users if not user or '"' in user or "\n" in user]:
-            raise ValueError(f"invalid user names {bad!r}")
-        (self._tmp / "users.txt").write_text("".join(f'"{user}" ""\n' for user in users))
+        users_file = self._tmp / "users.txt"
+        users_file.touch(mode=0o600)
+        users_file.write_text(auth)
         pairs: dict[str, str | int | float | bool] = {
             "listen_addr": self.host,
             "listen_port": self.port,
             "unix_socket_dir": "",  # TCP only: nothing outside the temporary directory
-            "auth_type": "trust",
-            "auth_file": str(self._tmp / "users.txt"),
+            "auth_type": "scram-sha-256",
+            "auth_file": str(users_file),
             "admin_users": _USER,
             "pool_mode": pool_mode,
             "default_pool_size": default_pool_size,
@@ -150,14 +191,21 @@ class PgBouncer:
         """SQLAlchemy URL (psycopg 3 driver) of database ``postgres`` through PgBouncer."""
         return self.url_for("postgres")
 
-    def url_for(self, dbname: str) -> str:
-        """Return the SQLAlchemy URL (psycopg 3 driver) of ``dbname`` through PgBouncer."""
-        return psycopg_url(_USER, self.host, self.port, dbname)
+    def url_for(self, dbname: str, user: str = _USER) -> str:
+        """Return the SQLAlchemy URL (psycopg 3 driver, with the password) of ``dbname``
+        through PgBouncer, as ``user``."""
+        return psycopg_url(user, self.passwords.get(user), self.host, self.port, dbname)
 
     @property
     def admin_dsn(self) -> str:
-        """libpq connection string of the ``pgbouncer`` console database."""
-        return f"host={self.host} port={self.port} user={_USER} dbname=pgbouncer"
+        """libpq connection string (with the password) of the ``pgbouncer`` console database."""
+        return make_conninfo(
+            host=self.host,
+            port=self.port,
+            user=_USER,
+            password=self.passwords.get(_USER),
+            dbname="pgbouncer",
+        )
 
     def start(self) -> Self:
         """Start PgBouncer and wait until it accepts connections.

