@@ -16,10 +16,11 @@ from typing import Any, Self, TypeVar
 
 from sqlalchemy.orm import Session
 
+from ._classify import first_line
 from ._database import ISOLATION_LEVELS, Database
 from ._default import get_database
 from ._errors import CommitOutcomeUnknown, ConnectionLost, TransactionRolledBack, UsageError
-from ._monitor import ORIGIN_KEY, describe_origin
+from ._monitor import ORIGIN_KEY, describe_origin, stop_watching
 from ._repository import Repository
 from ._timeouts import TIMEOUT_KEY
 
@@ -300,8 +301,17 @@ class UnitOfWork:
         if self._root is None and session is not None:
             try:
                 session.close()
+            except ConnectionLost as exc:
+                # Only the ROLLBACK ending the transaction failed: the server has already
+                # rolled it back, and the pool discarded the connection. Not an error.
+                logger.warning(
+                    "the connection was lost as the unit of work ended (%s); it was discarded",
+                    first_line(exc.__cause__ or exc),
+                )
             except Exception:
                 logger.exception("closing the session failed; its connection was invalidated")
+            finally:
+                stop_watching(session)
         self._failure = None
         self._root = self._frame = None
         token, self._token = self._token, None
