@@ -207,13 +207,15 @@ def transactional(
 
     def decorate(function: Callable[Concatenate[Any, P], T]) -> Callable[P, T]:
         if inspect.iscoroutinefunction(function):
+            # A copy: one decorator object may also be applied to a plain def later.
+            async_options = dict(options)
             if unit_of_work is UnitOfWork:
-                options["unit_of_work"] = AsyncUnitOfWork
+                async_options["unit_of_work"] = AsyncUnitOfWork
 
             @functools.wraps(function)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 return await run_transaction_async(
-                    lambda unit: function(unit, *args, **kwargs), **options
+                    lambda unit: function(unit, *args, **kwargs), **async_options
                 )
 
             return async_wrapper  # type: ignore[return-value]
