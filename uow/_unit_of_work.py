@@ -192,7 +192,7 @@ class UnitOfWork:
                         session, self.isolation, asynchronous=self._asynchronous
                     )
                 except BaseException:
-                    session.close()
+                    _close(session)
                     raise
         self._db, self._session, self._root = database, session, root
         self._owner, self._frame = me, caller
@@ -317,19 +317,7 @@ class UnitOfWork:
             repository._detach()
         self._repositories = {}
         if self._root is None and session is not None:
-            try:
-                session.close()
-            except ConnectionLost as exc:
-                # Only the ROLLBACK ending the transaction failed: the server has already
-                # rolled it back, and the pool discarded the connection. Not an error.
-                logger.warning(
-                    "the connection was lost as the unit of work ended (%s); it was discarded",
-                    first_line(exc.__cause__ or exc),
-                )
-            except Exception:
-                logger.exception("closing the session failed; its connection was invalidated")
-            finally:
-                stop_watching(session)
+            _close(session)
         self._failure = None
         self._root = self._frame = None
         token, self._token = self._token, None
@@ -468,6 +456,24 @@ class UnitOfWork:
         state = "active" if self._session is not None else "idle"
         joined = ", joined" if self._root is not None else ""
         return f"<{type(self).__name__} {state}{joined} readonly={self.readonly}>"
+
+
+def _close(session: Session) -> None:
+    """Close a unit's session, which returns its connection; failures are logged, not raised."""
+    try:
+        session.close()
+    except ConnectionLost as exc:
+        # Only the ROLLBACK ending the transaction failed: the server has already
+        # rolled it back, and the pool discarded the connection. Not an error.
+        logger.warning(
+            "the connection was lost as the unit of work ended (%s); it was discarded",
+            first_line(exc.__cause__ or exc),
+        )
+    except Exception:
+        logger.exception("closing the session failed; its connection was invalidated")
+    finally:
+        # The monitor may not have heard the transaction end (see stop_watching).
+        stop_watching(session)
 
 
 def _commit(session: Session) -> None:

@@ -42,6 +42,8 @@ class _BoundDatabase(Database):
 
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes not set above: the parent's engine, settings, ...
+        if name == "_parent":  # not set yet (copy, pickle): no endless recursion
+            raise AttributeError(name)
         return getattr(self._parent, name)
 
     def _new_session(self, *, readonly: bool = False, isolation: str | None = None) -> Session:
