@@ -66,8 +66,9 @@ def test_rolled_back_async_units_are_rolled_back_too(
                     unit.repository(Item).add(Item(name="pear"))
                     await unit.flush()
                     raise ValueError
-            async with AsyncUnitOfWork(readonly=True) as unit:
+            async with AsyncUnitOfWork(readonly=True, timeout=0.5) as unit:
                 assert [i.name for i in await unit.repository(Item).list()] == ["apple"]
+                assert await unit.session.scalar(text("SHOW statement_timeout")) == "500ms"
             assert db.stats().connections_num >= 1  # the asyncio pool's connection counts
             with pytest.raises(UsageError, match="AsyncUnitOfWork there"):
                 UnitOfWork().__enter__()
