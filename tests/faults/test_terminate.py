@@ -175,7 +175,9 @@ def test_terminated_unit_is_not_reported_as_a_leak(
 ) -> None:
     """A unit whose backend was terminated is neither a long transaction nor a leak later."""
     caplog.set_level(logging.INFO, logger="uow")
-    db = fault.database(long_transaction_threshold=0.2, leak_detection_threshold=0.3)
+    # Thresholds well above the unit's own life (a kill and its wait, some 50 ms) on a
+    # loaded machine, and well below the wait below.
+    db = fault.database(long_transaction_threshold=1.0, leak_detection_threshold=1.2)
 
     def kill_and_wait() -> None:
         assert len(fault.terminate_sessions()) == 1
@@ -202,7 +204,7 @@ def test_terminated_unit_is_not_reported_as_a_leak(
     except (TransientError, CommitOutcomeUnknown) as exc:
         assert then_query or not readonly, repr(exc)
         assert isinstance(exc, ConnectionLost) or not then_query, repr(exc)
-    time.sleep(1.0)  # well past both thresholds, and the monitor's scans
+    time.sleep(2.0)  # well past both thresholds, and the monitor's scans
     reports = [
         r.getMessage()
         for r in caplog.records
