@@ -76,6 +76,12 @@ class Database:
         """
         if settings is None:
             settings = Settings.from_env(**overrides)
+        elif not isinstance(settings, Settings):
+            # Not the value: a URL passed here by mistake may carry a password.
+            raise ConfigurationError(
+                f"Database() takes a uow.Settings, not a {type(settings).__name__}; "
+                "for a URL, use Database(url=...) or Database(Settings(url=...))"
+            )
         elif overrides:
             settings = settings.replace(**overrides)
         self.settings = settings

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
-__all__ = ["ORIGIN_KEY", "describe_origin", "watch_sessions"]
+__all__ = ["ORIGIN_KEY", "describe_origin", "stop_watching", "watch_sessions"]
 
 logger = logging.getLogger("uow")
 
@@ -159,9 +159,21 @@ def watch_sessions(
 
     def ended(session: Session, transaction: SessionTransaction) -> None:
         if transaction.parent is None:
-            watch = session.info.pop(_WATCH_KEY, None)
-            if watch is not None:
-                _monitor.remove(watch)
+            stop_watching(session)
 
     event.listen(factory, "after_begin", began)
     event.listen(factory, "after_transaction_end", ended)
+
+
+def stop_watching(session: Session) -> None:
+    """Stop timing ``session``'s transaction, if it is still timed; cheap when it is not.
+
+    SQLAlchemy sends ``after_transaction_end`` only once the transaction has closed
+    cleanly: when ending it raises (the ROLLBACK of a closing session found the
+    connection terminated) the event never comes, although the connection was
+    invalidated and went back to the pool. A unit of work calls this after closing its
+    session, whatever happened, so such a unit is not reported as a leak later.
+    """
+    watch = session.info.pop(_WATCH_KEY, None)
+    if watch is not None:
+        _monitor.remove(watch)

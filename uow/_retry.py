@@ -14,7 +14,8 @@ from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 from ._async import AsyncUnitOfWork
 from ._database import Database
 from ._errors import TransientError, UsageError
-from ._unit_of_work import UnitOfWork, joined_unit_open
+from ._unit_of_work import UnitOfWork, check_unit_options, joined_unit_open
+from ._values import check_number, shown
 
 __all__ = ["run_transaction", "run_transaction_async", "transactional"]
 
@@ -73,8 +74,8 @@ def run_transaction(
     Raises:
         TransientError: the last attempt's error, once the retries are used up.
     """
-    _check_options(retries, backoff, max_backoff)
-    policy = _Policy(retries, backoff, max_backoff)
+    _check_callables(fn, unit_of_work)
+    policy = _check_options(retries, backoff, max_backoff)
     attempt = 0
     while True:
         unit = unit_of_work(
@@ -104,8 +105,8 @@ async def run_transaction_async(
     max_backoff: float = 2.0,
 ) -> T:
     """:func:`run_transaction` for asyncio: ``await fn(uow)`` in an AsyncUnitOfWork."""
-    _check_options(retries, backoff, max_backoff)
-    policy = _Policy(retries, backoff, max_backoff)
+    _check_callables(fn, unit_of_work)
+    policy = _check_options(retries, backoff, max_backoff)
     attempt = 0
     while True:
         unit = unit_of_work(
@@ -127,13 +128,32 @@ def _where(replica: bool) -> dict[str, bool]:
     return {} if replica else {"replica": False}
 
 
-def _check_options(retries: int, backoff: float, max_backoff: float) -> None:
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
-        raise UsageError(f"retries={retries!r} is invalid; use an integer from 0 to 100")
-    if not 0 < backoff <= max_backoff <= 60:
+def _check_options(retries: object, backoff: object, max_backoff: object) -> _Policy:
+    count = check_number("retries", retries, 0, 100, integer=True, error=UsageError)
+    first = check_number("backoff", backoff, 0.0, 60.0, low_open=True, error=UsageError)
+    cap = check_number("max_backoff", max_backoff, 0.0, 60.0, low_open=True, error=UsageError)
+    if first > cap:
         raise UsageError(
             f"backoff={backoff!r}, max_backoff={max_backoff!r} are invalid; "
             "use 0 < backoff <= max_backoff <= 60 seconds"
+        )
+    return _Policy(int(count), first, cap)
+
+
+def _check_callables(fn: object, unit_of_work: object) -> None:
+    if not callable(fn):
+        raise UsageError(
+            f"{shown(fn)} is not a function; pass the function to run, taking the unit of "
+            "work as its first argument"
+        )
+    _check_factory(unit_of_work)
+
+
+def _check_factory(unit_of_work: object) -> None:
+    if not callable(unit_of_work):
+        raise UsageError(
+            f"unit_of_work={shown(unit_of_work)} is invalid; pass a unit-of-work class such "
+            "as UnitOfWork or a subclass of it"
         )
 
 
@@ -193,6 +213,11 @@ def transactional(
 
         transfer(1, 2, 500)
     """
+    # Checked now, where the decorator is written, rather than on the first call.
+    _check_options(retries, backoff, max_backoff)
+    _check_factory(unit_of_work)
+    # Not database: a unit_of_work factory may take something else there (a fake's store).
+    check_unit_options(None, readonly, isolation, timeout, replica)
     options: dict[str, Any] = {
         "retries": retries,
         "unit_of_work": unit_of_work,
@@ -206,14 +231,17 @@ def transactional(
     }
 
     def decorate(function: Callable[Concatenate[Any, P], T]) -> Callable[P, T]:
+        _check_callables(function, unit_of_work)
         if inspect.iscoroutinefunction(function):
+            # A copy: one decorator object may also be applied to a plain def later.
+            async_options = dict(options)
             if unit_of_work is UnitOfWork:
-                options["unit_of_work"] = AsyncUnitOfWork
+                async_options["unit_of_work"] = AsyncUnitOfWork
 
             @functools.wraps(function)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 return await run_transaction_async(
-                    lambda unit: function(unit, *args, **kwargs), **options
+                    lambda unit: function(unit, *args, **kwargs), **async_options
                 )
 
             return async_wrapper  # type: ignore[return-value]

@@ -25,6 +25,7 @@ from sqlalchemy.exc import ArgumentError
 
 from ._conninfo import FORMS, check_host, hosts, url_values, user_parameters
 from ._errors import ConfigurationError
+from ._values import check_flag, check_number, shown
 
 __all__ = ["Settings", "mask_engine_options", "mask_url", "secret_parameters"]
 
@@ -39,11 +40,14 @@ _ACCEPTED_SCHEMES = ("postgres", "postgresql", "postgresql+psycopg")
 
 def _default_processes() -> int:
     raw = os.environ.get("WEB_CONCURRENCY", "")
-    return int(raw) if raw.isdigit() and int(raw) > 0 else 1
+    # isascii: int() refuses some characters isdigit() accepts ("²").
+    return int(raw) if raw.isascii() and raw.isdigit() and int(raw) > 0 else 1
 
 
 def _default_application_name() -> str:
     program = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
+    # As PostgreSQL would show it: a program named "café" must not make the default invalid.
+    program = "".join(c if " " <= c <= "~" else "?" for c in program)
     return f"uow:{program}"[:63] if program else "uow"
 
 
@@ -119,8 +123,8 @@ class Settings:
     (``UOW_LEAK_DETECTION_STACK``); off by default, as capturing it costs time."""
 
     application_name: str = field(default_factory=_default_application_name)
-    """Name shown in ``pg_stat_activity`` (``UOW_APPLICATION_NAME``), ASCII, at most 63
-    characters. Defaults to ``uow:<program name>``."""
+    """Name shown in ``pg_stat_activity`` (``UOW_APPLICATION_NAME``), printable ASCII, at
+    most 63 characters. Defaults to ``uow:<program name>``."""
 
     processes: int = field(default_factory=_default_processes)
     """How many processes share the connection budget, each with its own pool
@@ -171,39 +175,43 @@ class Settings:
                 f"engine_options must be a mapping of create_engine() keyword arguments, "
                 f"not {type(self.engine_options).__name__}"
             )
+        self._check_values()
         _adopt_url_values(self)
-        _check_seconds("replica_read_after_write", self.replica_read_after_write, 0.0, 3600.0)
-        _check_seconds("replica_max_lag", self.replica_max_lag, 0.0, 86400.0)
-        _check_int("pool_size", self.pool_size, 1, 1000)
-        _check_int("max_overflow", self.max_overflow, 0, 1000)
-        _check_seconds("pool_timeout", self.pool_timeout, 0.0, 3600.0, low_open=True)
-        if self.pool_recycle != -1:
-            _check_seconds("pool_recycle", self.pool_recycle, 1.0, 86400.0, extra="or -1")
-        _check_bool("pool_pre_ping", self.pool_pre_ping)
-        _check_bool("pool_use_lifo", self.pool_use_lifo)
-        _check_seconds("pool_pre_ping_idle", self.pool_pre_ping_idle, 0.0, 3600.0)
-        _check_bool("echo", self.echo)
-        _check_bool("check_budget", self.check_budget)
-        _check_int("processes", self.processes, 1, 10000)
-        _check_seconds("connect_timeout", self.connect_timeout, 1.0, 3600.0)
-        _check_bool("leak_detection_stack", self.leak_detection_stack)
+        if _from_url(self):
+            self._check_values()  # what the URL set, in the same ranges
+        _check_pgbouncer(self)
+        object.__setattr__(self, "engine_options", MappingProxyType(dict(self.engine_options)))
+
+    def _check_values(self) -> None:
+        """Check every number, flag and name, and store them in their plain types."""
+        # Numbers are stored as plain ints and floats (a Decimal or a numpy value becomes
+        # one), so what uses them later cannot fail on an exotic type.
+        self._number("replica_read_after_write", 0.0, 3600.0)
+        self._number("replica_max_lag", 0.0, 86400.0)
+        self._number("pool_size", 1, 1000, integer=True)
+        self._number("max_overflow", 0, 1000, integer=True)
+        self._number("pool_timeout", 0.0, 3600.0, low_open=True)
+        self._number("pool_recycle", 1.0, 86400.0, special=(-1,), extra="or -1")
+        self._number("pool_pre_ping_idle", 0.0, 3600.0)
+        self._number("processes", 1, 10000, integer=True)
+        self._number("connect_timeout", 1.0, 3600.0)
         for name in ("long_transaction_threshold", "leak_detection_threshold"):
-            _check_seconds(name, getattr(self, name), 0.0, 86400.0)
+            self._number(name, 0.0, 86400.0)
         for name in ("statement_timeout", "lock_timeout", "idle_in_transaction_timeout"):
-            _check_seconds(name, getattr(self, name), 0.0, 86400.0)
-            if 0 < getattr(self, name) < 0.001:
+            if 0 < self._number(name, 0.0, 86400.0) < 0.001:
                 raise ConfigurationError(
                     f"{name}={getattr(self, name)!r} is below PostgreSQL's 1 ms resolution; "
                     "use 0 to disable it or a value of at least 0.001 seconds"
                 )
-        _check_pgbouncer(self)
-        name = self.application_name
-        if not isinstance(name, str) or len(name) > 63 or not name.isascii():
-            raise ConfigurationError(
-                f"application_name={name!r} is invalid; "
-                "use an ASCII string of at most 63 characters"
-            )
-        object.__setattr__(self, "engine_options", MappingProxyType(dict(self.engine_options)))
+        for name in ("pool_pre_ping", "pool_use_lifo", "echo", "check_budget"):
+            check_flag(name, getattr(self, name))
+        check_flag("leak_detection_stack", self.leak_detection_stack)
+        object.__setattr__(self, "application_name", _check_application_name(self.application_name))
+
+    def _number(self, name: str, low: float, high: float, **options: Any) -> float:
+        value = check_number(name, getattr(self, name), low, high, **options)
+        object.__setattr__(self, name, value)
+        return value
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
@@ -446,7 +454,7 @@ _PGBOUNCER_MODES = ("off", "session", "transaction")
 
 def _check_pgbouncer(settings: Settings) -> None:
     mode = settings.pgbouncer
-    normalized = mode.strip().lower() if isinstance(mode, str) else mode
+    normalized = str.__str__(mode).strip().lower() if isinstance(mode, str) else None
     if normalized == "statement":
         raise ConfigurationError(
             "pgbouncer='statement' is not supported: PgBouncer's statement mode forbids "
@@ -455,7 +463,7 @@ def _check_pgbouncer(settings: Settings) -> None:
         )
     if normalized not in _PGBOUNCER_MODES:
         raise ConfigurationError(
-            f"pgbouncer={mode!r} is invalid; use one of {', '.join(_PGBOUNCER_MODES)} "
+            f"pgbouncer={shown(mode)} is invalid; use one of {', '.join(_PGBOUNCER_MODES)} "
             "(PgBouncer's pool_mode, or off for a direct connection)"
         )
     object.__setattr__(settings, "pgbouncer", normalized)
@@ -478,34 +486,21 @@ def _normalize_replicas(raw: object) -> tuple[str, ...]:
     )
 
 
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigurationError(
-            f"{name}={value!r} is invalid; use an integer from {low} to {high}"
-        )
+# PostgreSQL keeps NAMEDATALEN - 1 bytes of application_name and shows each character
+# outside printable ASCII as "?"; libpq cannot send a NUL at all.
+_NAME_MAX = 63
+_PRINTABLE = re.compile(r"[ -~]*")
 
 
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"{name}={value!r} is invalid; use True or False")
-
-
-def _check_seconds(
-    name: str, value: object, low: float, high: float, *, low_open: bool = False, extra: str = ""
-) -> None:
-    ok = (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and (value > low if low_open else value >= low)
-        and value <= high
+def _check_application_name(name: object) -> str:
+    text = str.__str__(name) if isinstance(name, str) else None  # a plain str, from a subclass
+    if text is not None and len(text) <= _NAME_MAX and _PRINTABLE.fullmatch(text):
+        return text
+    raise ConfigurationError(
+        f"application_name={shown(name)} is invalid; use a string of at most {_NAME_MAX} "
+        "characters, printable ASCII only (PostgreSQL shows other characters as '?' and "
+        "cannot carry NUL or control characters)"
     )
-    if not ok:
-        bound = f"over {low:g}" if low_open else f"from {low:g}"
-        extra = f" {extra}" if extra else ""
-        raise ConfigurationError(
-            f"{name}={value!r} is invalid; use a number of seconds {bound} to {high:g}{extra}"
-        )
 
 
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|min)?\s*$")
@@ -515,6 +510,8 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def _parse(variable: str, setting: dataclasses.Field[Any], raw: str) -> object:
+    if not isinstance(raw, str):  # a mapping passed as environ may hold values of any type
+        return raw
     kind = setting.type
     if kind == "bool":
         if raw.strip().lower() in _TRUE:
@@ -522,18 +519,21 @@ def _parse(variable: str, setting: dataclasses.Field[Any], raw: str) -> object:
         if raw.strip().lower() in _FALSE:
             return False
         raise ConfigurationError(
-            f"{variable}={raw!r} is invalid; use true/false, 1/0, yes/no, on/off"
+            f"{variable}={shown(raw)} is invalid; use true/false, 1/0, yes/no, on/off"
         )
     if kind == "int":
         try:
             return int(raw)
-        except ValueError:
-            raise ConfigurationError(f"{variable}={raw!r} is invalid; use a whole number") from None
+        except ValueError:  # not a number, or more digits than Python converts
+            raise ConfigurationError(
+                f"{variable}={shown(raw)} is invalid; use a whole number"
+            ) from None
     if kind == "float":
         match = _DURATION.match(raw)
-        if not match:
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2]] if match else math.inf
+        if not math.isfinite(seconds):  # not a duration, or too many digits for a float
             raise ConfigurationError(
-                f"{variable}={raw!r} is invalid; use seconds such as 2.5, or 500ms, 30s, 5min"
+                f"{variable}={shown(raw)} is invalid; use seconds such as 2.5, or 500ms, 30s, 5min"
             )
-        return float(match[1]) * _UNIT_SECONDS[match[2]]
+        return seconds
     return raw

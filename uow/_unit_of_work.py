@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import threading
 import typing
@@ -16,14 +15,16 @@ from typing import Any, Self, TypeVar
 
 from sqlalchemy.orm import Session
 
+from ._classify import first_line
 from ._database import ISOLATION_LEVELS, Database
 from ._default import get_database
 from ._errors import CommitOutcomeUnknown, ConnectionLost, TransactionRolledBack, UsageError
-from ._monitor import ORIGIN_KEY, describe_origin
+from ._monitor import ORIGIN_KEY, describe_origin, stop_watching
 from ._repository import Repository
 from ._timeouts import TIMEOUT_KEY
+from ._values import check_flag, check_number, shown
 
-__all__ = ["UnitOfWork", "declared_repositories", "joined_unit_open"]
+__all__ = ["UnitOfWork", "check_unit_options", "declared_repositories", "joined_unit_open"]
 
 logger = logging.getLogger("uow")
 
@@ -42,6 +43,37 @@ def joined_unit_open(database: Database, owner: int | None = None) -> bool:
     return any(
         u._db is database and u._owner == me and u._session is not None for u in _active.get()
     )
+
+
+def check_unit_options(
+    database: object, readonly: object, isolation: object, timeout: object, replica: object
+) -> tuple[str | None, float | None]:
+    """Check a unit of work's arguments; return its isolation and timeout, normalized.
+
+    Raises:
+        UsageError: an argument is not one a unit of work accepts; the message names it.
+    """
+    if database is not None and not isinstance(database, Database):
+        # Not the value: a URL given here by mistake may carry a password.
+        raise UsageError(
+            f"database= takes a uow.Database, or None for the default one, not a "
+            f"{type(database).__name__}; build one with uow.Database(uow.Settings(url=...))"
+        )
+    check_flag("readonly", readonly, error=UsageError)
+    check_flag("replica", replica, error=UsageError)
+    level = None
+    if isolation is not None:
+        if isinstance(isolation, str):
+            level = " ".join(str.__str__(isolation).replace("_", " ").upper().split())
+        if level not in ISOLATION_LEVELS:
+            raise UsageError(
+                f"isolation={shown(isolation)} is not supported; "
+                f"use one of {sorted(ISOLATION_LEVELS)}"
+            )
+    seconds = None
+    if timeout is not None:
+        seconds = check_number("timeout", timeout, 0.001, 86400.0, error=UsageError)
+    return level, seconds
 
 
 def _caller_frame(entry: str = "__enter__") -> FrameType:
@@ -101,20 +133,7 @@ class UnitOfWork:
                 replica (the default; it may lag slightly behind); False reads from the
                 primary. Units that may write always run on the primary.
         """
-        if isolation is not None:
-            isolation = " ".join(str(isolation).replace("_", " ").upper().split())
-            if isolation not in ISOLATION_LEVELS:
-                raise UsageError(
-                    f"isolation={isolation!r} is not supported; "
-                    f"use one of {sorted(ISOLATION_LEVELS)}"
-                )
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not math.isfinite(timeout)
-            or not 0.001 <= timeout <= 86400
-        ):
-            raise UsageError(f"timeout={timeout!r} is invalid; use seconds from 0.001 to 86400")
+        isolation, timeout = check_unit_options(database, readonly, isolation, timeout, replica)
         self.readonly = readonly
         self.isolation = isolation
         self.timeout = timeout
@@ -173,7 +192,7 @@ class UnitOfWork:
                         session, self.isolation, asynchronous=self._asynchronous
                     )
                 except BaseException:
-                    session.close()
+                    _close(session)
                     raise
         self._db, self._session, self._root = database, session, root
         self._owner, self._frame = me, caller
@@ -298,10 +317,7 @@ class UnitOfWork:
             repository._detach()
         self._repositories = {}
         if self._root is None and session is not None:
-            try:
-                session.close()
-            except Exception:
-                logger.exception("closing the session failed; its connection was invalidated")
+            _close(session)
         self._failure = None
         self._root = self._frame = None
         token, self._token = self._token, None
@@ -440,6 +456,24 @@ class UnitOfWork:
         state = "active" if self._session is not None else "idle"
         joined = ", joined" if self._root is not None else ""
         return f"<{type(self).__name__} {state}{joined} readonly={self.readonly}>"
+
+
+def _close(session: Session) -> None:
+    """Close a unit's session, which returns its connection; failures are logged, not raised."""
+    try:
+        session.close()
+    except ConnectionLost as exc:
+        # Only the ROLLBACK ending the transaction failed: the server has already
+        # rolled it back, and the pool discarded the connection. Not an error.
+        logger.warning(
+            "the connection was lost as the unit of work ended (%s); it was discarded",
+            first_line(exc.__cause__ or exc),
+        )
+    except Exception:
+        logger.exception("closing the session failed; its connection was invalidated")
+    finally:
+        # The monitor may not have heard the transaction end (see stop_watching).
+        stop_watching(session)
 
 
 def _commit(session: Session) -> None:

@@ -701,3 +701,32 @@ def test_transactional_on_an_async_function(adb: Database, admin: Admin) -> None
     assert [type(unit) for unit in units] == [AsyncUnitOfWork, AsyncUnitOfWork, Shop]
     assert units[0] is not units[1]
     assert committed(admin) == ["apple"]
+
+
+@pytest.mark.parametrize("async_first", [True, False], ids=["async-first", "sync-first"])
+def test_one_transactional_decorator_on_an_async_def_and_a_def(
+    adb: Database, async_first: bool
+) -> None:
+    """One transactional(...) object decorates an async def and a def; each keeps its options."""
+    decorate = uow.transactional(database=adb, retries=1, backoff=0.01, max_backoff=0.01)
+    attempts: Counter[str] = Counter()
+
+    async def read_async(unit: AsyncUnitOfWork) -> str:
+        attempts["async"] += 1
+        if attempts["async"] == 1:
+            raise uow.SerializationFailure("a conflict on the first attempt")
+        return f"{type(unit).__name__}:{await unit.session.scalar(text('SELECT 1'))}"
+
+    def read_sync(unit: uow.UnitOfWork) -> str:
+        attempts["sync"] += 1
+        if attempts["sync"] == 1:
+            raise uow.SerializationFailure("a conflict on the first attempt")
+        return f"{type(unit).__name__}:{unit.session.scalar(text('SELECT 1'))}"
+
+    if async_first:
+        decorated_async, decorated_sync = decorate(read_async), decorate(read_sync)
+    else:
+        decorated_sync, decorated_async = decorate(read_sync), decorate(read_async)
+    assert decorated_sync() == "UnitOfWork:1"
+    assert run(decorated_async()) == "AsyncUnitOfWork:1"
+    assert attempts == {"async": 2, "sync": 2}  # retries=1 kept by both

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import time
 from collections import Counter
 
 import psycopg
+import pytest
 from sqlalchemy import text
 
 from tests.faults.helpers import FaultWatch, causes, kind, run_threads, wait_for
-from uow import Database, UnitOfWork
+from uow import (
+    AsyncUnitOfWork,
+    CommitOutcomeUnknown,
+    ConnectionLost,
+    Database,
+    TransientError,
+    UnitOfWork,
+)
 
 POOL_SIZE = 4
 
@@ -151,3 +161,56 @@ def test_replacement_connections_are_reused(fault: FaultWatch) -> None:
         f"the kill opened {len(backends)} backends for a pool of {POOL_SIZE}"
     )
     assert len(backends) <= 2 * POOL_SIZE
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("readonly", [True, False], ids=["readonly", "readwrite"])
+@pytest.mark.parametrize("then_query", [False, True], ids=["then-exit", "then-query"])
+def test_terminated_unit_is_not_reported_as_a_leak(
+    fault: FaultWatch,
+    caplog: pytest.LogCaptureFixture,
+    asynchronous: bool,
+    readonly: bool,
+    then_query: bool,
+) -> None:
+    """A unit whose backend was terminated is neither a long transaction nor a leak later."""
+    caplog.set_level(logging.INFO, logger="uow")
+    # Thresholds well above the unit's own life (a kill and its wait, some 50 ms) on a
+    # loaded machine, and well below the wait below.
+    db = fault.database(long_transaction_threshold=1.0, leak_detection_threshold=1.2)
+
+    def kill_and_wait() -> None:
+        assert len(fault.terminate_sessions()) == 1
+        wait_for(lambda: fault.count_sessions() == 0, timeout=5, what="the backend to exit")
+
+    def sync_unit() -> None:
+        with UnitOfWork(db, readonly=readonly) as unit:
+            unit.session.execute(text("SELECT 1"))
+            kill_and_wait()
+            if then_query:
+                unit.session.execute(text("SELECT 1"))
+
+    async def async_unit() -> None:
+        async with AsyncUnitOfWork(db, readonly=readonly) as unit:
+            await unit.session.execute(text("SELECT 1"))
+            await asyncio.to_thread(kill_and_wait)
+            if then_query:
+                await unit.session.execute(text("SELECT 1"))
+
+    # Readonly units that only exit have nothing to lose; the others fail transiently
+    # (ConnectionLost) or with CommitOutcomeUnknown (COMMIT was the first to find out).
+    try:
+        asyncio.run(async_unit()) if asynchronous else sync_unit()
+    except (TransientError, CommitOutcomeUnknown) as exc:
+        assert then_query or not readonly, repr(exc)
+        assert isinstance(exc, ConnectionLost) or not then_query, repr(exc)
+    time.sleep(2.0)  # well past both thresholds, and the monitor's scans
+    reports = [
+        r.getMessage()
+        for r in caplog.records
+        if "long transaction" in r.getMessage() or "leak" in r.getMessage()
+    ]
+    assert reports == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert (db.counters()["leaks"], db.counters()["long_transactions"]) == (0, 0)
+    assert db.status().checked_out == 0

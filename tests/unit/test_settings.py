@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from decimal import Decimal
+from enum import IntEnum
+from fractions import Fraction
+from typing import Any
+
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 import uow
 from uow import ConfigurationError, Settings
@@ -257,3 +266,182 @@ def test_replica_max_lag_is_validated() -> None:
     )
     with pytest.raises(ConfigurationError, match="replica_max_lag=-1"):
         Settings(url=URL, replica_max_lag=-1)
+
+
+class _BrokenRepr:
+    """A value whose repr() raises, as some proxies' do."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class _Name(str):
+    """A str subclass (an enum member, a lazy translation string...)."""
+
+    __slots__ = ()
+
+
+_DURATIONS = [
+    "pool_timeout",
+    "pool_recycle",
+    "pool_pre_ping_idle",
+    "connect_timeout",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_timeout",
+    "long_transaction_threshold",
+    "leak_detection_threshold",
+    "replica_read_after_write",
+    "replica_max_lag",
+]
+_INTEGERS = ["pool_size", "max_overflow", "processes"]
+_FLAGS = ["pool_pre_ping", "pool_use_lifo", "leak_detection_stack", "check_budget", "echo"]
+_BAD_NUMBERS = [
+    10**400,  # too big for a float: math.isfinite() raised OverflowError
+    -(10**400),
+    10**5000,  # past Python's digit limit: even repr() raises
+    Decimal("sNaN"),  # comparing it raised decimal.InvalidOperation
+    Decimal("NaN"),
+    Decimal("Infinity"),
+    Decimal("1e400"),
+    Fraction(10**400, 3),
+    float("inf"),
+    float("nan"),
+    "5",
+    "",
+    None,
+    True,
+    b"5",
+    [5],
+    _BrokenRepr(),
+]
+
+
+@pytest.mark.parametrize("name", _DURATIONS + _INTEGERS)
+@pytest.mark.parametrize("value", _BAD_NUMBERS, ids=lambda v: type(v).__name__)
+def test_bad_numbers_raise_configuration_error_only(name: str, value: object) -> None:
+    """Huge ints, Decimal NaNs, infinities and non-numbers give ConfigurationError, naming it."""
+    with pytest.raises(ConfigurationError) as info:
+        Settings(url=URL, **{name: value})
+    message = str(info.value)
+    assert name in message
+    assert "integer from" in message or "seconds" in message
+    assert len(message) < 400
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "stored"),
+    [
+        ("pool_timeout", Decimal("2.5"), 2.5),
+        ("pool_timeout", Fraction(1, 4), 0.25),
+        ("pool_recycle", Decimal(-1), -1),
+        ("statement_timeout", Decimal("0.5"), 0.5),
+        ("pool_size", IntEnum("Size", "ONE TWO").TWO, 2),
+    ],
+)
+def test_other_real_numbers_are_taken_as_plain_numbers(
+    name: str, value: object, stored: float
+) -> None:
+    """Decimal, Fraction and int subclasses are accepted and stored as plain int or float."""
+    found = getattr(Settings(url=URL, **{name: value}), name)
+    assert found == stored
+    assert type(found) in (int, float)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["app\x00lication", "tab\there", "new\nline", "bell\x07", "del\x7f", "café", "名前", "\x1b[2J"],
+)
+def test_application_name_postgresql_cannot_carry_is_refused(name: str) -> None:
+    """NUL, control and non-ASCII characters in application_name give ConfigurationError."""
+    with pytest.raises(ConfigurationError, match="printable ASCII") as info:
+        Settings(url=URL, application_name=name)
+    assert "application_name" in str(info.value)
+
+
+def test_application_name_str_subclass_is_stored_as_str() -> None:
+    """A str subclass is accepted for application_name and stored as a plain str."""
+    settings = Settings(url=URL, application_name=_Name("billing"), pgbouncer=_Name("Session"))
+    assert type(settings.application_name) is str
+    assert settings.application_name == "billing"
+    assert (type(settings.pgbouncer), settings.pgbouncer) == (str, "session")
+
+
+def test_default_application_name_survives_an_unusual_program_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A program named with non-ASCII characters still gets a valid default name."""
+    monkeypatch.setattr(sys, "argv", ["/srv/café\x00.py"])
+    assert Settings(url=URL).application_name == "uow:caf??"
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("UOW_POOL_SIZE", "9" * 5000),  # more digits than int() converts
+        ("UOW_POOL_TIMEOUT", "9" * 400),  # a float overflows to inf
+    ],
+)
+def test_from_env_numbers_too_long_are_refused_briefly(variable: str, raw: str) -> None:
+    """Numbers too long to convert give a short ConfigurationError naming the variable."""
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"DATABASE_URL": URL, variable: raw})
+    assert variable in str(info.value)
+    assert len(str(info.value)) < 400
+
+
+def test_web_concurrency_that_is_not_a_number_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WEB_CONCURRENCY="²" (a digit to str.isdigit(), not to int()) falls back to 1 process."""
+    monkeypatch.setenv("WEB_CONCURRENCY", "²")
+    assert Settings(url=URL).processes == 1
+
+
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=10**300, max_value=10**500),
+    st.floats(),
+    st.decimals(),
+    st.fractions(),
+    st.text(),
+    st.binary(),
+    st.builds(_Name, st.text()),
+    st.sampled_from(_BAD_NUMBERS),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(), st.integers(), max_size=3),
+)
+_FIELDS = [
+    *_DURATIONS,
+    *_INTEGERS,
+    *_FLAGS,
+    "application_name",
+    "pgbouncer",
+    "engine_options",
+]
+
+
+@hypothesis.settings(max_examples=300, deadline=None, database=None)
+@hypothesis.given(changes=st.dictionaries(st.sampled_from(_FIELDS), _ANY_VALUE, max_size=4))
+def test_any_values_give_configuration_error_or_valid_settings(changes: dict[str, Any]) -> None:
+    """Whatever values the settings get, the outcome is ConfigurationError or usable Settings."""
+    try:
+        settings = Settings(url=URL, **changes)
+    except ConfigurationError as exc:
+        assert len(str(exc)) < 600
+        return
+    for name in _DURATIONS + _INTEGERS:
+        assert type(getattr(settings, name)) in (int, float)
+    assert type(settings.application_name) is str
+    assert settings.replace() == settings
+    assert "hunter2" not in repr(settings)
+
+
+@hypothesis.settings(max_examples=200, deadline=None, database=None)
+@hypothesis.given(
+    variable=st.sampled_from([f"UOW_{name.upper()}" for name in _FIELDS[:-1]]), raw=st.text()
+)
+def test_any_environment_text_gives_error_or_settings(variable: str, raw: str) -> None:
+    """Any text in a UOW_ variable gives ConfigurationError or valid Settings."""
+    with contextlib.suppress(ConfigurationError):
+        Settings.from_env({"DATABASE_URL": URL, variable: raw})

@@ -178,3 +178,17 @@ def test_connect_args_in_engine_options_count_as_the_users() -> None:
         "-c idle_in_transaction_session_timeout=60000ms"
     )
     assert make_url(settings.url).query == {}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "options=-c%20statement_timeout%3D999999999s",
+        "options=-c%20lock_timeout%3D-5",
+        "application_name=a%00b",
+    ],
+)
+def test_values_taken_from_the_url_are_checked_like_settings(query: str) -> None:
+    """A timeout or name the URL sets gets the same range check as the setting itself."""
+    with pytest.raises(ConfigurationError):
+        Settings(url=f"postgresql://u@h/db?{query}")

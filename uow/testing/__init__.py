@@ -2,7 +2,8 @@
 
 - :class:`EmbeddedPostgres`: a throwaway PostgreSQL server in a temporary directory.
 - :class:`PgBouncer`: a throwaway PgBouncer in front of a server (needs ``pgbouncer`` installed).
-- :func:`rolled_back`: run units of work inside one transaction that is rolled back.
+- :class:`rolled_back`: run units of work inside one transaction that is rolled back
+  (``with`` for UnitOfWork, ``async with`` for AsyncUnitOfWork).
 - ``uow.testing.fixtures``: pytest fixtures built on both.
 - :func:`fake`, :class:`FakeUnitOfWork`, :class:`InMemoryRepository`, :class:`InMemoryStore`:
   the in-memory twin of a unit of work, for fast unit tests of domain code (no database).
