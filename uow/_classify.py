@@ -29,6 +29,27 @@ def ends_session(sqlstate: str | None) -> bool:
     return sqlstate is not None and (sqlstate.startswith("08") or sqlstate in _SESSION_ENDED)
 
 
+def _sqlstate(exc: BaseException) -> str | None:
+    """The error's SQLSTATE, or the one of a session-ending error it was raised while handling.
+
+    A backend terminated in the middle of a pipeline (psycopg's executemany, the ORM's
+    batched flush) surfaces as ``OperationalError: cannot exit pipeline mode while busy``,
+    without a SQLSTATE; the server's own error (57P01) is its ``__context__``.
+    """
+    sqlstate: str | None = getattr(exc, "sqlstate", None)
+    if sqlstate is not None or not isinstance(exc, psycopg.OperationalError):
+        return sqlstate
+    seen: set[int] = set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        found = getattr(cause, "sqlstate", None)
+        if isinstance(cause, psycopg.Error) and ends_session(found):
+            return str(found)
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (psycopg's carry DETAIL/HINT lines)."""
     text = str(exc).strip()
@@ -49,7 +70,7 @@ def translate(  # noqa: PLR0911 - one return per kind of error reads best
         # a timeout or Ctrl-C (CancelledError, KeyboardInterrupt) must stay what it is:
         # SQLAlchemy already discards the interrupted connection.
         return None
-    sqlstate = getattr(original, "sqlstate", None)
+    sqlstate = _sqlstate(original)
     if ends_session(sqlstate):
         context.is_disconnect = True
     if context.connection is None and isinstance(original, psycopg.OperationalError):

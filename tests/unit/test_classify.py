@@ -1,0 +1,58 @@
+"""Driver errors are classified by SQLSTATE, including one that ended the session underneath."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pytest
+
+from uow import ConnectionLost, Settings
+from uow._classify import translate
+
+
+@dataclass
+class Context:
+    """The attributes of SQLAlchemy's ExceptionContext that translate() reads."""
+
+    original_exception: BaseException
+    connection: Any = field(default_factory=object)  # not None: the connection was open
+    is_pre_ping: bool = False
+    is_disconnect: bool = False
+
+
+def raised_while_handling(inner: BaseException, outer: BaseException) -> BaseException:
+    try:
+        try:
+            raise inner
+        except type(inner):
+            raise outer  # noqa: B904 - the context is what is tested
+    except type(outer) as exc:
+        return exc
+
+
+SETTINGS = Settings(url="postgresql://u:pw@127.0.0.1/db")
+
+
+def test_a_pipeline_error_over_a_terminated_backend_is_a_lost_connection() -> None:
+    """OperationalError('cannot exit pipeline mode...') over 57P01 is ConnectionLost (retried)."""
+    shutdown = psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+    busy = psycopg.OperationalError("cannot exit pipeline mode while busy")
+    original = raised_while_handling(shutdown, busy)
+    assert original.__context__ is shutdown
+    context = Context(original)
+    assert isinstance(translate(context, SETTINGS), ConnectionLost)  # type: ignore[arg-type]
+    assert context.is_disconnect
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [psycopg.errors.UniqueViolation("duplicate key"), ValueError("not a driver error")],
+)
+def test_other_errors_underneath_do_not_make_a_lost_connection(inner: BaseException) -> None:
+    """Only a session-ending SQLSTATE underneath counts; others leave the error as it is."""
+    original = raised_while_handling(inner, psycopg.OperationalError("something else"))
+    context = Context(original)
+    assert translate(context, SETTINGS) is None  # type: ignore[arg-type]
+    assert not context.is_disconnect
