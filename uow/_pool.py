@@ -107,6 +107,12 @@ class FairQueuePool(QueuePool):
     so no gate is used. ``metrics`` records each caller's wait (see ``uow._metrics``).
     """
 
+    # SQLAlchemy names a pool's logger "<module>.<class>"; from uow._pool nobody would see
+    # it, since SQLAlchemy's docs (and echo_pool) point users at "sqlalchemy.pool". Log
+    # where a SQLAlchemy pool class would (its own hook, as Engine uses), under our class
+    # name like AsyncAdaptedQueuePool does: sqlalchemy.pool.impl.FairQueuePool[.name].
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.FairQueuePool"
+
     def __init__(self, creator: Any, pool_size: int = 5, max_overflow: int = 10, **kw: Any) -> None:
         super().__init__(creator, pool_size=pool_size, max_overflow=max_overflow, **kw)
         limit = pool_size + max_overflow
@@ -185,6 +191,8 @@ class FairQueuePool(QueuePool):
 class AsyncQueuePool(AsyncAdaptedQueuePool):
     """SQLAlchemy's asyncio pool, whose waiters asyncio already serves in arrival order
     (an asyncio.Queue); a timeout is raised as PoolExhausted, with the numbers."""
+
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncQueuePool"  # see FairQueuePool's
 
     def __init__(self, creator: Any, **kw: Any) -> None:
         super().__init__(creator, **kw)
