@@ -5,8 +5,9 @@
 1. fetches the source release of the installed SQLAlchemy with pip into a temporary
    directory (never into the repository) and unpacks its tests and pytest plugin;
 2. runs the tests below with SQLAlchemy's own pytest configuration and plugin, against
-   the installed SQLAlchemy, twice: with the stock pools, then with uow's swapped in for
-   ``QueuePool`` and ``AsyncAdaptedQueuePool`` (uow_pool_swap.py);
+   the installed SQLAlchemy, twice and side by side (a database each): on the stock
+   pools, and with uow's swapped in for ``QueuePool`` and ``AsyncAdaptedQueuePool``
+   (uow_pool_swap.py);
 3. fails if a test that passed on the stock pools does not pass on uow's, unless it is a
    designed difference listed below with its reason, and fails if a listed test passes
    (the list went stale). A test that fails on uow's pools is run once more first, on
@@ -18,6 +19,7 @@ RealPrePingEventHandlerTest, PrePingRealTest, ...) and the asyncio engine and
 cancellation tests run on a throwaway EmbeddedPostgres, through psycopg and
 psycopg_async; they cut connections on the client side, so the server is never
 restarted. The server's URLs go to the run in a test.cfg file, not on a command line.
+``--sdist sqlalchemy-X.tar.gz`` skips the download.
 """
 
 from __future__ import annotations
