@@ -107,10 +107,12 @@ class FairQueuePool(QueuePool):
     so no gate is used. ``metrics`` records each caller's wait (see ``uow._metrics``).
     """
 
-    # SQLAlchemy names a pool's logger "<module>.<class>"; from uow._pool nobody would see
-    # it, since SQLAlchemy's docs (and echo_pool) point users at "sqlalchemy.pool". Log
-    # where a SQLAlchemy pool class would (its own hook, as Engine uses), under our class
-    # name like AsyncAdaptedQueuePool does: sqlalchemy.pool.impl.FairQueuePool[.name].
+    # SQLAlchemy names a pool's logger "<module>.<class>", which would be "uow._pool...":
+    # users who follow SQLAlchemy's docs and turn on "sqlalchemy.pool" would see nothing.
+    # This hook (SQLAlchemy's own, used by Engine; tests/integration pins that it works)
+    # puts it where a pool of SQLAlchemy's would log, under our class name as every pool
+    # class has its own (AsyncAdaptedQueuePool's too): sqlalchemy.pool.impl.FairQueuePool,
+    # plus ".<pool_logging_name>" if one is set.
     _sqla_logger_namespace = "sqlalchemy.pool.impl.FairQueuePool"
 
     def __init__(self, creator: Any, pool_size: int = 5, max_overflow: int = 10, **kw: Any) -> None:
