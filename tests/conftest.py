@@ -7,6 +7,7 @@ PostgreSQL. Nothing is ever skipped for want of a server: fixture errors fail lo
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -128,3 +129,32 @@ def trace() -> Iterator[Callable[[Engine], Trace]]:
     yield start
     for made in traces:
         made.close()
+
+
+class CapturedLog(logging.Handler):
+    """Keeps the records that reach it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def pool_log() -> Iterator[CapturedLog]:
+    """A handler on the "sqlalchemy.pool" logger, as SQLAlchemy's logging docs set one up."""
+    handler = CapturedLog()
+    parent = logging.getLogger("sqlalchemy.pool")
+    level = parent.level
+    known = set(logging.root.manager.loggerDict)
+    parent.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        parent.removeHandler(handler)
+        parent.setLevel(level)
+        # echo_pool gives the pool's own logger a stdout handler; keep it out of later tests.
+        for name in set(logging.root.manager.loggerDict) - known:
+            logging.getLogger(name).handlers.clear()

@@ -5,7 +5,8 @@ Every exception uow raises derives from :class:`UnitOfWorkError`::
     UnitOfWorkError
     ├── ConfigurationError        bad URL or setting (also a ValueError)
     ├── DatabaseUnavailable       the server could not be reached or refused the login
-    ├── PoolExhausted             no connection freed up within pool_timeout (also a TimeoutError)
+    ├── PoolExhausted             no connection freed up within pool_timeout
+    │                             (also sqlalchemy.exc.TimeoutError, like QueuePool's)
     ├── StatementTimeout          the server cancelled a statement (statement_timeout)
     ├── TransientError            the transaction was rolled back; running it again may succeed
     │   ├── SerializationFailure  SQLSTATE 40001: a concurrent transaction conflicted
@@ -18,6 +19,12 @@ Every exception uow raises derives from :class:`UnitOfWorkError`::
 
 Errors are classified by SQLSTATE (psycopg's exception classes), never by message
 text; the database driver's exception is the ``__cause__``.
+
+:class:`PoolExhausted` is also a ``sqlalchemy.exc.TimeoutError``, the error SQLAlchemy
+documents for a pool timeout, so ``except sqlalchemy.exc.TimeoutError`` written for
+SQLAlchemy keeps catching it. It is deliberately not the builtin ``TimeoutError``: that
+is ``asyncio.TimeoutError`` since Python 3.11, which asyncio code (and SQLAlchemy's
+connection handling) treats as a cancelled wait rather than a full pool.
 
 Errors that PostgreSQL reports about the data itself (unique violations, a write in
 a read-only transaction, ...) propagate as SQLAlchemy raises them, with psycopg's
@@ -57,8 +64,11 @@ class DatabaseUnavailable(UnitOfWorkError):
     """A new connection to the server could not be opened."""
 
 
-class PoolExhausted(UnitOfWorkError, TimeoutError):
-    """Every pooled connection stayed checked out for longer than ``pool_timeout``."""
+class PoolExhausted(UnitOfWorkError, sa_exc.TimeoutError):
+    """Every pooled connection stayed checked out for longer than ``pool_timeout``.
+
+    Also a ``sqlalchemy.exc.TimeoutError``, what SQLAlchemy's own QueuePool raises.
+    """
 
 
 class StatementTimeout(UnitOfWorkError):

@@ -107,6 +107,14 @@ class FairQueuePool(QueuePool):
     so no gate is used. ``metrics`` records each caller's wait (see ``uow._metrics``).
     """
 
+    # SQLAlchemy names a pool's logger "<module>.<class>", which would be "uow._pool...":
+    # users who follow SQLAlchemy's docs and turn on "sqlalchemy.pool" would see nothing.
+    # This hook (SQLAlchemy's own, used by Engine; tests/integration pins that it works)
+    # puts it where a pool of SQLAlchemy's would log, under our class name as every pool
+    # class has its own (AsyncAdaptedQueuePool's too): sqlalchemy.pool.impl.FairQueuePool,
+    # plus ".<pool_logging_name>" if one is set.
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.FairQueuePool"
+
     def __init__(self, creator: Any, pool_size: int = 5, max_overflow: int = 10, **kw: Any) -> None:
         super().__init__(creator, pool_size=pool_size, max_overflow=max_overflow, **kw)
         limit = pool_size + max_overflow
@@ -185,6 +193,8 @@ class FairQueuePool(QueuePool):
 class AsyncQueuePool(AsyncAdaptedQueuePool):
     """SQLAlchemy's asyncio pool, whose waiters asyncio already serves in arrival order
     (an asyncio.Queue); a timeout is raised as PoolExhausted, with the numbers."""
+
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncQueuePool"  # see FairQueuePool's
 
     def __init__(self, creator: Any, **kw: Any) -> None:
         super().__init__(creator, **kw)
