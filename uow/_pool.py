@@ -139,7 +139,7 @@ class FairQueuePool(QueuePool):
             else:
                 self._acquire(gate, started)
                 try:
-                    record = self._get_with_permit()
+                    record = self._get_with_permit(started)
                 except BaseException:
                     gate.release()
                     raise
@@ -163,21 +163,30 @@ class FairQueuePool(QueuePool):
         if not acquired:
             raise self._exhausted(time.monotonic() - started)
 
-    def _get_with_permit(self) -> ConnectionPoolEntry:
+    def _get_with_permit(self, started: float) -> ConnectionPoolEntry:
         # Holding a permit means fewer than pool_size + max_overflow connections are
-        # checked out, so either one is idle in the queue or we may open a new one.
-        try:
-            return self._pool.get(False)
-        except sqla_queue.Empty:
-            pass
-        if self._inc_overflow():
+        # checked out, so either one is idle in the queue or we may open a new one; or a
+        # connection is being closed on return right now and frees its slot in a moment.
+        # Look again in short waits, never longer than pool_timeout in all, so a slot
+        # freed without a connection going back to the queue is seen too.
+        while True:
             try:
-                return self._create_connection()
-            except BaseException:
-                self._dec_overflow()
-                raise
-        # A connection is being closed on return right now; it frees its slot in a moment.
-        return self._pool.get(True, self._timeout)
+                return self._pool.get(False)
+            except sqla_queue.Empty:
+                pass
+            if self._inc_overflow():
+                try:
+                    return self._create_connection()
+                except BaseException:
+                    self._dec_overflow()
+                    raise
+            left = started + self._timeout - time.monotonic()
+            if left <= 0:
+                raise self._exhausted(time.monotonic() - started)
+            try:
+                return self._pool.get(True, min(left, 0.05))
+            except sqla_queue.Empty:
+                continue
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         try:
