@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from ._engine.timeouts import startup_timeouts
 from ._errors import ConfigurationError
-from ._timeouts import startup_timeouts
 
 if TYPE_CHECKING:
     from ._settings import Settings

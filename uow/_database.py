@@ -17,19 +17,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from ._budget import Budget, read_budget
-from ._classify import translate
 from ._conninfo import connect_args as libpq_connect_args
+from ._engine.budget import Budget, read_budget
+from ._engine.classify import translate
+from ._engine.liveness import install_checkout_checks
+from ._engine.metrics import PoolStats, install_metrics, read_stats
+from ._engine.monitor import watch_sessions
+from ._engine.outage import ConnectGate
+from ._engine.pool import AsyncQueuePool, FairQueuePool
+from ._engine.replicas import Replicas
+from ._engine.session_state import install_session_state_warnings
+from ._engine.timeouts import LocalTimeouts, install_session_timeouts, startup_timeouts
 from ._errors import ConfigurationError
-from ._liveness import install_checkout_checks
-from ._metrics import PoolStats, install_metrics, read_stats
-from ._monitor import watch_sessions
-from ._outage import ConnectGate
-from ._pool import AsyncQueuePool, FairQueuePool
-from ._replicas import Replicas
-from ._session_state import install_session_state_warnings
 from ._settings import Settings
-from ._timeouts import LocalTimeouts, install_session_timeouts, startup_timeouts
 
 __all__ = ["ISOLATION_LEVELS", "Database", "PoolStats", "PoolStatus"]
 

@@ -34,7 +34,7 @@ from ._arguments import (
     multiple_rows,
     primary_key,
 )
-from ._bulk import copy_plan
+from ._engine.bulk import copy_plan
 from ._errors import UsageError
 
 __all__ = ["ModelT", "Repository", "model_from_bases"]

@@ -15,13 +15,13 @@ from typing import Any, Self, TypeVar
 
 from sqlalchemy.orm import Session
 
-from ._classify import first_line
 from ._database import ISOLATION_LEVELS, Database
 from ._default import get_database
+from ._engine.classify import first_line
+from ._engine.monitor import ORIGIN_KEY, describe_origin, stop_watching
+from ._engine.timeouts import TIMEOUT_KEY
 from ._errors import CommitOutcomeUnknown, ConnectionLost, TransactionRolledBack, UsageError
-from ._monitor import ORIGIN_KEY, describe_origin, stop_watching
 from ._repository import Repository
-from ._timeouts import TIMEOUT_KEY
 from ._values import check_flag, check_number, shown
 
 __all__ = ["UnitOfWork", "check_unit_options", "declared_repositories", "joined_unit_open"]

@@ -40,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
     ) from exc
 
 from ._database import Database
-from ._metrics import PoolStats
+from ._engine.metrics import PoolStats
 
 __all__ = ["UowCollector", "register"]
 

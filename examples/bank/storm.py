@@ -59,7 +59,7 @@ from examples.bank import async_services, services
 from examples.bank.async_services import AsyncBankUnitOfWork
 from examples.bank.models import Account
 from examples.bank.unit_of_work import BankUnitOfWork
-from uow._doctor import diagnose, render
+from uow._ops.doctor import diagnose, render
 from uow.testing import EmbeddedPostgres, PgBouncer
 
 MODES = ("naive", "uow", "uow-short-tx", "uow-async")

@@ -19,7 +19,7 @@ from sqlalchemy import make_url
 from tests.conftest import libpq_dsn
 from uow import Settings
 from uow.__main__ import main
-from uow._doctor import diagnose, run
+from uow._ops.doctor import diagnose, run
 
 JSON_KEYS = {
     "application_name",

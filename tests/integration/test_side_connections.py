@@ -17,8 +17,8 @@ from sqlalchemy import URL, make_url
 from tests.tls import Interceptor, enable_tls, make_authority, tls_bin_dir
 from uow import Settings
 from uow.__main__ import main
-from uow._doctor import diagnose
-from uow._pooler import side_connect_args
+from uow._ops.doctor import diagnose
+from uow._ops.pooler import side_connect_args
 from uow.testing import EmbeddedPostgres
 
 INI = Path(__file__).resolve().parents[2] / "alembic.ini"

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.conftest import libpq_dsn
-from uow._terminal import printable
+from uow._ops.terminal import printable
 
 ATTACK = "\x1b]0;pwned\x07\x1b[2J"
 

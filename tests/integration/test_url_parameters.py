@@ -18,7 +18,7 @@ from sqlalchemy import Connection, make_url, text
 import uow.migrations
 from tests.conftest import libpq_dsn
 from uow import AsyncUnitOfWork, Database, Settings, UnitOfWork
-from uow._doctor import diagnose, render
+from uow._ops.doctor import diagnose, render
 
 INI = Path(__file__).resolve().parents[2] / "alembic.ini"
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import make_url
 
 from uow import Settings
-from uow._doctor import EXIT_ACTION, diagnose, run
+from uow._ops.doctor import EXIT_ACTION, diagnose, run
 from uow.testing import PgBouncer
 
 

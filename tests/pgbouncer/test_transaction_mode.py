@@ -23,7 +23,7 @@ from uow import (
     UnitOfWork,
     UnitOfWorkError,
 )
-from uow._session_state import session_state_problem
+from uow._engine.session_state import session_state_problem
 from uow.testing import PgBouncer
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import make_url, text
 from tests.conftest import database_factory
 from tests.replicas.conftest import Cluster
 from uow import AsyncUnitOfWork, UnitOfWork
-from uow._doctor import diagnose
+from uow._ops.doctor import diagnose
 from uow._settings import Settings
 
 SHOWN = (

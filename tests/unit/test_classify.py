@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from uow import ConnectionLost, Settings
-from uow._classify import translate
+from uow._engine.classify import translate
 
 
 @dataclass

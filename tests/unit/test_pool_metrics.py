@@ -6,7 +6,7 @@ import dataclasses
 import time
 
 from uow import PoolStats
-from uow._metrics import PoolMetrics
+from uow._engine.metrics import PoolMetrics
 
 
 def test_requests_queue_and_timeouts_are_counted() -> None:

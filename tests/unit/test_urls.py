@@ -7,8 +7,8 @@ from sqlalchemy import make_url
 
 from uow import ConfigurationError, Settings
 from uow._conninfo import connect_args, connect_kwargs, merge_options, server_settings
+from uow._engine.timeouts import startup_timeouts
 from uow._settings import mask_url
-from uow._timeouts import startup_timeouts
 
 SECRET = "S3cr3t!pw"
 

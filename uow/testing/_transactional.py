@@ -9,11 +9,11 @@ from sqlalchemy import Connection, Transaction, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncTransaction
 from sqlalchemy.orm import Session
 
-from .._budget import Budget
 from .._database import Database, PoolStatus
 from .._default import _swap_default
+from .._engine.budget import Budget
+from .._engine.metrics import PoolStats
 from .._errors import UsageError
-from .._metrics import PoolStats
 
 __all__ = ["rolled_back"]
 

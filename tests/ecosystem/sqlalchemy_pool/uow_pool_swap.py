@@ -32,7 +32,7 @@ def pytest_configure(config: pytest.Config) -> None:
     import sqlalchemy  # noqa: PLC0415
     import sqlalchemy.pool  # noqa: PLC0415
 
-    from uow._pool import AsyncQueuePool, FairQueuePool  # noqa: PLC0415
+    from uow._engine.pool import AsyncQueuePool, FairQueuePool  # noqa: PLC0415
 
     for namespace in (sqlalchemy, sqlalchemy.pool):
         namespace.QueuePool = FairQueuePool  # type: ignore[misc]

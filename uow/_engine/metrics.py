@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
 
-from ._liveness import Recycled
+from .liveness import Recycled
 
 __all__ = ["PoolMetrics", "PoolStats", "install_metrics", "read_stats"]
 

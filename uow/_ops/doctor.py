@@ -24,13 +24,16 @@ import psycopg
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import _pooler
-from ._activity import ServerSession, collect_activity, render_activity, table
-from ._budget import read_budget
-from ._classify import first_line
-from ._conninfo import connect_kwargs, hosts, user_parameters
-from ._database import Database
-from ._doctor_replicas import (
+from .._conninfo import connect_kwargs, hosts, user_parameters
+from .._database import Database
+from .._engine.budget import read_budget
+from .._engine.classify import first_line
+from .._engine.timeouts import TIMEOUT_PARAMETERS
+from .._errors import UnitOfWorkError
+from .._settings import Settings
+from . import pooler
+from .activity import ServerSession, collect_activity, render_activity, table
+from .doctor_replicas import (
     DEFAULT_MAX_REPLICA_LAG,
     read_replica,
     read_replication,
@@ -38,10 +41,7 @@ from ._doctor_replicas import (
     replica_findings,
     replication_tables,
 )
-from ._errors import UnitOfWorkError
-from ._settings import Settings
-from ._terminal import describe_failure, printable
-from ._timeouts import TIMEOUT_PARAMETERS
+from .terminal import describe_failure, printable
 
 __all__ = [
     "DEFAULT_MAX_REPLICA_LAG",
@@ -154,7 +154,7 @@ def diagnose(
         report.server["in_recovery"] = in_recovery
         if not in_recovery:
             report.replication = read_replication(raw)
-    report.pgbouncer = _pooler.detect(settings, server_port, pooled=pooled)
+    report.pgbouncer = pooler.detect(settings, server_port, pooled=pooled)
     # Behind PgBouncer the pools hold client connections; PgBouncer bounds the server's.
     report.budget["applies"] &= not report.pgbouncer.get("detected")
     report.replicas = [_read_replica(settings, url, wal_lsn) for url in settings.replica_urls]
@@ -195,7 +195,7 @@ def _read_defaults(raw: Any, report: Report) -> tuple[int | None, bool]:
 
     Returns:
         The server's port, and whether a pooler stands in between: PgBouncer gives its
-        clients process ids of its own (see :mod:`uow._pooler`).
+        clients process ids of its own (see :mod:`uow._ops.pooler`).
     """
     cursor = raw.cursor()
     try:
@@ -299,7 +299,7 @@ def _warnings(settings: Settings, report: Report, idle_threshold: float) -> list
     def warn(code: str, message: str, advice: str, *, action: bool) -> None:
         found.append(Finding(code, message, advice, action))
 
-    found.extend(Finding(*finding) for finding in _pooler.findings(settings, report.pgbouncer))
+    found.extend(Finding(*finding) for finding in pooler.findings(settings, report.pgbouncer))
     budget = report.budget
     # Behind PgBouncer the pools hold client connections; PgBouncer bounds the server's.
     if budget["exceeded"] and budget["applies"]:

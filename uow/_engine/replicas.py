@@ -35,9 +35,9 @@ from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
-from ._classify import first_line
-from ._errors import DatabaseUnavailable
-from ._settings import Settings
+from .._errors import DatabaseUnavailable
+from .._settings import Settings
+from .classify import first_line
 
 __all__ = ["Replicas"]
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import psycopg
 
-from ._classify import first_line, hide_secrets
-from ._errors import UnitOfWorkError
-from ._settings import Settings
+from .._engine.classify import first_line, hide_secrets
+from .._errors import UnitOfWorkError
+from .._settings import Settings
 
 __all__ = ["describe_failure", "printable"]
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ._terminal import printable
+from .terminal import printable
 
 __all__ = ["Activity", "ServerSession", "collect_activity", "render_activity", "table"]
 

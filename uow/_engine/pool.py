@@ -22,8 +22,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 from sqlalchemy.util import queue as sqla_queue
 
-from ._errors import PoolExhausted
-from ._metrics import PoolMetrics
+from .._errors import PoolExhausted
+from .metrics import PoolMetrics
 
 __all__ = ["AsyncQueuePool", "FairQueuePool"]
 
@@ -104,10 +104,10 @@ class FairQueuePool(QueuePool):
     """QueuePool whose waiters are served in arrival order and time out as PoolExhausted.
 
     Thread-safe, like QueuePool. With ``max_overflow=-1`` (no limit) nobody ever waits,
-    so no gate is used. ``metrics`` records each caller's wait (see ``uow._metrics``).
+    so no gate is used. ``metrics`` records each caller's wait (see ``uow._engine.metrics``).
     """
 
-    # SQLAlchemy names a pool's logger "<module>.<class>", which would be "uow._pool...":
+    # SQLAlchemy names a pool's logger "<module>.<class>", which would be "uow._engine.pool...":
     # users who follow SQLAlchemy's docs and turn on "sqlalchemy.pool" would see nothing.
     # This hook (SQLAlchemy's own, used by Engine; tests/integration pins that it works)
     # puts it where a pool of SQLAlchemy's would log, under our class name as every pool

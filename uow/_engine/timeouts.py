@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.pool import ConnectionPoolEntry
 
 if TYPE_CHECKING:
-    from ._settings import Settings
+    from .._settings import Settings
 
 __all__ = [
     "TIMEOUT_KEY",

@@ -25,8 +25,8 @@ from typing import Any
 
 import psycopg
 
-from ._conninfo import connect_kwargs, hosts
-from ._settings import Settings
+from .._conninfo import connect_kwargs, hosts
+from .._settings import Settings
 
 __all__ = ["detect", "findings", "side_connect_args"]
 

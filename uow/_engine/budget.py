@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import ConfigurationError
-from ._settings import Settings
+from .._errors import ConfigurationError
+from .._settings import Settings
 
 __all__ = ["Budget", "read_budget"]
 

@@ -15,12 +15,12 @@ from typing import TextIO
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ._activity import Activity, collect_activity, render_activity
-from ._database import Database
-from ._doctor import EXIT_OK, EXIT_UNREACHABLE
-from ._errors import UnitOfWorkError
-from ._settings import Settings
-from ._terminal import describe_failure, printable
+from .._database import Database
+from .._errors import UnitOfWorkError
+from .._settings import Settings
+from .activity import Activity, collect_activity, render_activity
+from .doctor import EXIT_OK, EXIT_UNREACHABLE
+from .terminal import describe_failure, printable
 
 __all__ = ["render_frame", "run"]
 

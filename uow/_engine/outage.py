@@ -15,8 +15,8 @@ import threading
 import time
 from typing import Any
 
-from ._classify import first_line
-from ._errors import DatabaseUnavailable
+from .._errors import DatabaseUnavailable
+from .classify import first_line
 
 __all__ = ["ConnectGate"]
 

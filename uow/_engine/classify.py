@@ -7,14 +7,14 @@ from collections.abc import Iterator
 import psycopg
 from sqlalchemy.engine import ExceptionContext, make_url
 
-from ._errors import (
+from .._errors import (
     ConnectionLost,
     DatabaseUnavailable,
     DeadlockDetected,
     SerializationFailure,
     StatementTimeout,
 )
-from ._settings import Settings, secret_parameters
+from .._settings import Settings, secret_parameters
 
 __all__ = ["first_line", "hide_secrets", "translate"]
 
