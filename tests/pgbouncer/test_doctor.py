@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import make_url
 
 from uow import Settings
-from uow._ops.doctor import EXIT_ACTION, diagnose, run
+from uow._ops.doctor import diagnose, run
+from uow._ops.report import EXIT_ACTION
 from uow.testing import PgBouncer
 
 

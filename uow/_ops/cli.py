@@ -14,7 +14,9 @@ from .. import migrations
 from .._errors import ConfigurationError, UnitOfWorkError
 from .._settings import Settings
 from . import top
-from .doctor import DEFAULT_MAX_REPLICA_LAG, EXIT_ACTION, EXIT_OK, EXIT_UNREACHABLE, run
+from .doctor import run
+from .doctor_replicas import DEFAULT_MAX_REPLICA_LAG
+from .report import EXIT_ACTION, EXIT_OK, EXIT_UNREACHABLE
 from .terminal import describe_failure
 
 

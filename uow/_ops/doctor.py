@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 import psycopg
@@ -32,7 +31,7 @@ from .._engine.timeouts import TIMEOUT_PARAMETERS
 from .._errors import UnitOfWorkError
 from .._settings import Settings
 from . import pooler
-from .activity import ServerSession, collect_activity, render_activity, table
+from .activity import collect_activity, render_activity, table
 from .doctor_replicas import (
     DEFAULT_MAX_REPLICA_LAG,
     read_replica,
@@ -41,23 +40,10 @@ from .doctor_replicas import (
     replica_findings,
     replication_tables,
 )
+from .report import EXIT_UNREACHABLE, Finding, Report
 from .terminal import describe_failure, printable
 
-__all__ = [
-    "DEFAULT_MAX_REPLICA_LAG",
-    "EXIT_ACTION",
-    "EXIT_OK",
-    "EXIT_UNREACHABLE",
-    "Finding",
-    "Report",
-    "diagnose",
-    "render",
-    "run",
-]
-
-EXIT_OK = 0
-EXIT_ACTION = 1
-EXIT_UNREACHABLE = 2
+__all__ = ["diagnose", "render", "run"]
 
 _LIMITS = """
 SELECT current_setting('server_version'),
@@ -65,48 +51,6 @@ SELECT current_setting('server_version'),
        current_setting('superuser_reserved_connections')::int,
        current_setting('reserved_connections', true)::int
 """
-
-
-@dataclass(frozen=True)
-class Finding:
-    """Something worth a look; ``action`` is true when it makes the exit code 1."""
-
-    code: str
-    message: str
-    advice: str
-    action: bool
-
-
-@dataclass
-class Report:
-    """Everything ``uow doctor`` found; ``as_dict()`` is the JSON form, with stable keys."""
-
-    url: str
-    application_name: str
-    server: dict[str, Any] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-    connections: list[dict[str, Any]] = field(default_factory=list)
-    idle_in_transaction: list[ServerSession] = field(default_factory=list)
-    longest_transactions: list[ServerSession] = field(default_factory=list)
-    longest_queries: list[ServerSession] = field(default_factory=list)
-    budget: dict[str, Any] = field(default_factory=dict)
-    pgbouncer: dict[str, Any] = field(default_factory=dict)
-    replication: list[dict[str, Any]] = field(default_factory=list)
-    replicas: list[dict[str, Any]] = field(default_factory=list)
-    hosts: list[dict[str, Any]] = field(default_factory=list)
-    """Each host of the URL, in the order libpq tries them, and what it is."""
-    warnings: list[Finding] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        """1 if any warning needs action, else 0."""
-        return EXIT_ACTION if any(w.action for w in self.warnings) else EXIT_OK
-
-    def as_dict(self) -> dict[str, Any]:
-        """The report as plain data for JSON."""
-        data = asdict(self)
-        data["exit_code"] = self.exit_code
-        return data
 
 
 def diagnose(
@@ -170,10 +114,7 @@ def diagnose(
         for h in report.hosts
         if not h["reachable"]
     ]
-    report.warnings += [
-        Finding(code, message, advice, True)
-        for code, message, advice in replica_findings(report.replicas, max_replica_lag)
-    ]
+    report.warnings += replica_findings(report.replicas, max_replica_lag)
     return report
 
 
@@ -299,7 +240,7 @@ def _warnings(settings: Settings, report: Report, idle_threshold: float) -> list
     def warn(code: str, message: str, advice: str, *, action: bool) -> None:
         found.append(Finding(code, message, advice, action))
 
-    found.extend(Finding(*finding) for finding in pooler.findings(settings, report.pgbouncer))
+    found.extend(pooler.findings(settings, report.pgbouncer))
     budget = report.budget
     # Behind PgBouncer the pools hold client connections; PgBouncer bounds the server's.
     if budget["exceeded"] and budget["applies"]:

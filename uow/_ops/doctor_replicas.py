@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .report import Finding
+
 __all__ = [
     "DEFAULT_MAX_REPLICA_LAG",
     "read_replica",
@@ -91,29 +93,31 @@ def read_replica(raw: Any, primary_lsn: str | None) -> dict[str, Any]:
     }
 
 
-def replica_findings(replicas: list[dict[str, Any]], max_lag: float) -> list[tuple[str, str, str]]:
-    """(code, message, advice) for each replica that needs action."""
-    found: list[tuple[str, str, str]] = []
+def replica_findings(replicas: list[dict[str, Any]], max_lag: float) -> list[Finding]:
+    """A finding for each replica that needs action."""
+    found: list[Finding] = []
     for replica in replicas:
         url = replica["url"]
         if not replica["reachable"]:
             found.append(
-                (
+                Finding(
                     "replica_unreachable",
                     f"read replica {url} cannot be reached ({replica['error']})",
                     "readonly units of work fall back to the other replicas or the primary, "
                     "which then carries their load; bring it back or remove it from "
                     "UOW_REPLICA_URLS",
+                    action=True,
                 )
             )
             continue
         if not replica["in_recovery"]:
             found.append(
-                (
+                Finding(
                     "replica_not_in_recovery",
                     f"read replica {url} is not in recovery: it is a primary, not a standby",
                     "readonly units of work read from it; after a failover, update "
                     "DATABASE_URL and UOW_REPLICA_URLS",
+                    action=True,
                 )
             )
             continue
@@ -121,24 +125,26 @@ def replica_findings(replicas: list[dict[str, Any]], max_lag: float) -> list[tup
         if lag is not None and lag > max_lag:
             paused = " (replay is paused)" if replica["replay_paused"] else ""
             found.append(
-                (
+                Finding(
                     "replica_lag",
                     f"read replica {url} lags {lag:.1f} s behind the primary{paused}, "
                     f"{replica['bytes_behind']} bytes of WAL (threshold {max_lag:g} s)",
                     "readonly units of work there read data that old; look at the "
                     "replica's load, its network and long queries conflicting with replay, "
                     "or read from the primary (UnitOfWork(readonly=True, replica=False))",
+                    action=True,
                 )
             )
         budget = replica["budget"]
         if budget["exceeded"]:
             found.append(
-                (
+                Finding(
                     "replica_budget_exceeded",
                     f"connection budget exceeded on read replica {url}: {budget['needed']} "
                     f"needed, {budget['available']} available",
                     "each process opens a pool per replica too: lower UOW_POOL_SIZE, run "
                     "fewer processes or raise the replica's max_connections",
+                    action=True,
                 )
             )
     return found

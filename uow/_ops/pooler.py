@@ -27,12 +27,11 @@ import psycopg
 
 from .._conninfo import connect_kwargs, hosts
 from .._settings import Settings
+from .report import Finding
 
 __all__ = ["detect", "findings", "side_connect_args"]
 
 _CONSOLE_TIMEOUT = 3
-
-Finding = tuple[str, str, str, bool]  # code, message, advice, action
 
 
 def side_connect_args(settings: Settings, **changes: Any) -> dict[str, Any]:
@@ -107,7 +106,7 @@ def findings(settings: Settings, found: dict[str, Any]) -> list[Finding]:
     mode, setting, detected = found.get("pool_mode"), settings.pgbouncer, found.get("detected")
     if detected is None and setting == "off":
         return [
-            (
+            Finding(
                 "proxy_in_between",
                 f"the server listens on port {found['server_port']} but the URL uses port "
                 f"{found['url_port']}: a pooler or proxy sits in between",
@@ -125,7 +124,7 @@ def findings(settings: Settings, found: dict[str, Any]) -> list[Finding]:
 
 
 def _not_confirmed(setting: str) -> Finding:
-    return (
+    return Finding(
         "pgbouncer_not_confirmed",
         f"UOW_PGBOUNCER={setting}, but PgBouncer's console did not answer this user",
         "if the URL leads to PostgreSQL directly, unset UOW_PGBOUNCER (in transaction mode "
@@ -143,7 +142,7 @@ def _prepared_statements(setting: str, max_prepared: int) -> Finding:
         if max_prepared == 0
         else "session settings are sent behind PgBouncer in transaction mode"
     )
-    return (
+    return Finding(
         "prepared_statements_behind_pgbouncer",
         f"{problem} (UOW_PGBOUNCER={setting})",
         "set UOW_PGBOUNCER=transaction: prepared statements off, timeouts per transaction",
@@ -152,21 +151,21 @@ def _prepared_statements(setting: str, max_prepared: int) -> Finding:
 
 
 _MODE_RULES: dict[tuple[str | None, str], Finding] = {
-    ("session", "off"): (
+    ("session", "off"): Finding(
         "pgbouncer_session_mode",
         "the URL leads to PgBouncer in session mode, which refuses the startup options "
         "uow sends for its timeouts",
         "set UOW_PGBOUNCER=session",
         True,
     ),
-    ("session", "transaction"): (
+    ("session", "transaction"): Finding(
         "pgbouncer_mode_mismatch",
         "UOW_PGBOUNCER=transaction, but PgBouncer runs in session mode",
         "set UOW_PGBOUNCER=session to save a round trip per transaction",
         False,
     ),
     **{
-        ("statement", setting): (
+        ("statement", setting): Finding(
             "pgbouncer_statement_mode",
             "PgBouncer runs in statement mode, which forbids multi-statement transactions",
             "use pool_mode = transaction for this database in pgbouncer.ini",

@@ -19,7 +19,7 @@ from .._database import Database
 from .._errors import UnitOfWorkError
 from .._settings import Settings
 from .activity import Activity, collect_activity, render_activity
-from .doctor import EXIT_OK, EXIT_UNREACHABLE
+from .report import EXIT_OK, EXIT_UNREACHABLE
 from .terminal import describe_failure, printable
 
 __all__ = ["render_frame", "run"]
