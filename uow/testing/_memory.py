@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
 from sqlalchemy.orm import Session
@@ -85,58 +84,28 @@ class FakeUnitOfWork(UnitOfWork):
         store = self.store
         return self._attach_repositories(lambda cls, model: _in_memory(cls)(store, model))
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self._begin is None:
-            return
-        finished = False
-        try:
-            if exc is None:
-                self._finish()
-            else:
-                self._rollback()
-            finished = True
-        finally:
-            self._leave()
-            callbacks, self._committed = self._committed, []
-            self._run_callbacks(callbacks, raise_errors=finished and exc is None)
+    # UnitOfWork.__exit__ applies the rules (commit on a clean exit, roll back on an
+    # exception or a failed commit, refuse a readonly unit's changes, run on_commit
+    # callbacks after a commit); these are the primitives it runs them on.
 
-    def _finish(self) -> None:
-        if self.readonly:
-            changed = self.store._changed(self._transaction())
-            self._rollback()
-            if changed:
-                raise UsageError(
-                    "a readonly unit of work ended with unsaved changes, which were discarded; "
-                    "open it without readonly=True to write"
-                )
-            return
-        try:
-            self._commit()
-        except BaseException:
-            self._rollback()
-            raise
+    def _in_block(self) -> bool:
+        return self._begin is not None
 
-    def _commit(self) -> None:
+    def _has_changes(self) -> bool:
+        return self.store._changed(self._transaction())
+
+    def _commit_transaction(self) -> None:
         self.store._flush()
         self.store._validate()
         self._begin = self.store._snapshot()
         self.committed = True
-        self._committed += self._pending
-        self._pending = []
 
-    def _rollback(self) -> None:
+    def _rollback_quietly(self) -> None:
         self._pending = []
         self.store._restore(self._transaction())
 
     def _leave(self) -> None:
-        for repository in self._repositories.values():
-            repository._detach()
-        self._repositories = {}
+        super()._leave()  # detaches the repositories
         self._begin = None
         if self.store._active is self:
             self.store._active = None
@@ -171,11 +140,13 @@ class FakeUnitOfWork(UnitOfWork):
         self._transaction()
         if self.readonly:
             raise UsageError("a readonly unit of work cannot commit")
-        self._commit()
+        self._commit_transaction()
+        self._committed += self._pending
+        self._pending = []
 
     def rollback(self) -> None:
         """Undo everything since the last commit; the block may go on and commit later work."""
-        self._rollback()
+        self._rollback_quietly()
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
