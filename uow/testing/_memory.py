@@ -1,10 +1,11 @@
-"""The in-memory twin of UnitOfWork and Repository, for fast unit tests of domain code.
+"""FakeUnitOfWork and fake(): the in-memory twin of UnitOfWork, for fast unit tests.
 
 ``fake(ShopUnitOfWork)`` returns a unit of work that behaves like ``ShopUnitOfWork``
 (commit on clean exit, rollback on any exception, savepoints, ``on_commit``, declared
 repositories) but keeps mapped objects in an :class:`InMemoryStore`, not PostgreSQL.
 ``tests/contract/`` holds both to one suite; what the fake cannot match is listed in
-the docstrings of :class:`InMemoryRepository` and :class:`FakeUnitOfWork`.
+the docstrings of :class:`InMemoryRepository` and :class:`FakeUnitOfWork`. The fake ends
+through UnitOfWork's own ``__exit__``: one copy of the rules, run on in-memory primitives.
 """
 
 from __future__ import annotations
