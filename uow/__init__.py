@@ -5,7 +5,8 @@ bounded, fair connection pool: it commits on success, rolls back on any error an
 always returns the connection.
 """
 
-from ._async import AsyncRepository, AsyncUnitOfWork
+from ._async import AsyncUnitOfWork
+from ._async_repository import AsyncRepository
 from ._database import Database, PoolStats, PoolStatus
 from ._default import configure, get_database
 from ._errors import (

@@ -218,7 +218,7 @@ class UnitOfWork:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._session is None:
+        if not self._in_block():
             return
         if self._root is not None:
             if exc is not None:
@@ -272,10 +272,6 @@ class UnitOfWork:
             )
 
     def _finish(self) -> None:
-        # _session, not the thread-checked property: a generator's unit may be
-        # finalised by the garbage collector in another thread, and must still end.
-        session = self._session
-        assert session is not None
         if self._failure is not None:
             self._rollback_quietly()
             raise TransactionRolledBack(
@@ -283,7 +279,7 @@ class UnitOfWork:
                 f"joined it failed: {self._failure!r}"
             ) from self._failure
         if self.readonly:
-            if session.new or session.dirty or session.deleted:
+            if self._has_changes():
                 self._rollback_quietly()
                 raise UsageError(
                     "a readonly unit of work ended with unsaved changes, which were discarded; "
@@ -294,13 +290,31 @@ class UnitOfWork:
             # they stay readable after the block; session.rollback() would expire them.
             return
         try:
-            _commit(session)
+            self._commit_transaction()
         except BaseException:
             self._rollback_quietly()
             raise
         self._note_write()
         self._committed += self._pending
         self._pending = []
+
+    # The primitives __exit__'s rules run on; FakeUnitOfWork overrides them to keep its
+    # data in memory, so both follow one copy of the rules. They read _session, not the
+    # thread-checked property: a generator's unit may be finalised by the garbage
+    # collector in another thread, and must still end.
+
+    def _in_block(self) -> bool:
+        return self._session is not None
+
+    def _has_changes(self) -> bool:
+        session = self._session
+        assert session is not None
+        return bool(session.new or session.dirty or session.deleted)
+
+    def _commit_transaction(self) -> None:
+        session = self._session
+        assert session is not None
+        _commit(session)
 
     def _rollback_quietly(self) -> None:
         """Roll back; a failure is logged so it never hides the exception being handled."""

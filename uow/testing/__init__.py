@@ -9,7 +9,8 @@
   the in-memory twin of a unit of work, for fast unit tests of domain code (no database).
 """
 
-from ._memory import FakeUnitOfWork, InMemoryRepository, fake
+from ._memory import FakeUnitOfWork, fake
+from ._memory_repository import InMemoryRepository
 from ._memory_store import InMemoryStore
 from ._pgbouncer import PgBouncer
 from ._postgres import EmbeddedPostgres

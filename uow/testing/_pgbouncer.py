@@ -21,7 +21,7 @@ from typing import Literal, Self
 from psycopg.conninfo import make_conninfo
 
 from .._errors import ConfigurationError
-from ._postgres import _free_port, _server_owner, check_config_value, new_password, psycopg_url
+from ._processes import _free_port, _server_owner, check_config_value, new_password, psycopg_url
 
 PoolMode = Literal["session", "transaction", "statement"]
 
