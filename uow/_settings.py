@@ -72,7 +72,7 @@ class Settings:
                 "PostgreSQL URL; `postgres://` and `postgresql://` select psycopg 3. Its libpq "
                 "parameters (`?options=-c ...`, `application_name`, several hosts...) are kept, "
                 "and set the matching settings below.",
-                "psycopg 3 is always used; see the URL section of the settings guide",
+                "psycopg 3 is always used; the libpq parameters reach the server as written",
                 accepted="`postgres://`, `postgresql://` or `postgresql+psycopg://`",
             )
         )
@@ -202,7 +202,7 @@ class Settings:
         "UOW_LEAK_DETECTION_THRESHOLD",
         "seconds",
         "Log a possible connection leak when a connection has been checked out this long.",
-        "HikariCP's leak detection; longer than any statement may run by default",
+        "HikariCP's leak detection; few units of work mean to hold a connection that long",
         high=86400,
         zero="off",
     )

@@ -135,6 +135,8 @@ class Spec:
                     "30s, 5min"
                 )
             value = seconds
+        elif self.kind == "text":
+            return self.check(variable, raw)
         else:
             return raw
         return self.check(variable, value, written=raw.strip())
