@@ -230,7 +230,7 @@ def default_text(setting_field: dataclasses.Field[Any]) -> str:
 
 def attributes_section(cls: type) -> str:
     """A Google-style ``Attributes:`` section for ``cls``'s docstring, from the specs."""
-    lines = ["", "", "    Attributes:"]
+    lines = ["", "    Attributes:"]
     for setting_field in dataclasses.fields(cls):
         spec = spec_of(setting_field)
         facts = [f"`{spec.env}`"] if spec.env else []

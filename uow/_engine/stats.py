@@ -289,7 +289,7 @@ DATABASE_COUNTERS = tuple(name for name, m in METRICS.items() if m.counted_by_da
 
 
 def _attributes_section() -> str:
-    lines = ["", "", "    Attributes:"]
+    lines = ["", "    Attributes:"]
     for name, declared in METRICS.items():
         hikari = f"; HikariCP `{declared.hikari}`" if declared.hikari else ""
         lines.append(f"        {name}: {declared.doc} ({declared.kind}, {declared.unit}{hikari})")
