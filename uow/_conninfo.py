@@ -35,6 +35,7 @@ per key, as in SQLAlchemy; its ``options`` are merged like the URL's.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import re
@@ -46,6 +47,7 @@ from sqlalchemy.exc import ArgumentError
 
 from ._engine.timeouts import startup_timeouts
 from ._errors import ConfigurationError
+from ._specs import spec_of
 
 if TYPE_CHECKING:
     from ._settings import Settings
@@ -53,12 +55,14 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMS",
     "KEEPALIVES",
+    "adopt_url_values",
     "check_host",
     "connect_args",
     "connect_kwargs",
     "hosts",
     "merge_options",
     "server_settings",
+    "taken_from_url",
     "url_values",
     "user_parameters",
 ]
@@ -256,3 +260,44 @@ def _split_options(options: str) -> list[str]:
     if in_word:
         words.append("".join(word))
     return words
+
+
+def adopt_url_values(settings: Settings) -> None:
+    """Take the values the URL sets for uow's settings (see the precedence above)."""
+    found = url_values(user_parameters(make_url(settings.url), settings.engine_options))
+    given: dict[str, Any] = {}
+    for name, value in found.items():
+        current = getattr(settings, name)
+        if current != value:
+            _check_not_given(settings, name, current, value, "url")
+            given[name] = current
+            object.__setattr__(settings, name, value)
+    object.__setattr__(settings, "_from_url", given)
+    # Each replica's own URL values are checked now, against the values given.
+    for i, replica in enumerate(settings.replica_urls):
+        found = url_values(user_parameters(make_url(replica), settings.engine_options))
+        for name, value in found.items():
+            current = given.get(name, getattr(settings, name))
+            if current != value:
+                _check_not_given(settings, name, current, value, f"replica_urls[{i}]")
+
+
+def _check_not_given(
+    settings: Settings, name: str, current: object, value: object, where: str
+) -> None:
+    # A setting still at its default was not given: it yields to the URL.
+    field_ = next(f for f in dataclasses.fields(settings) if f.name == name)
+    factory = field_.default_factory
+    default = field_.default if factory is dataclasses.MISSING else factory()
+    if current != default:
+        raise ConfigurationError(
+            f"{name} is set twice: {current!r} by the {name} setting "
+            f"({spec_of(field_).env}) and {value!r} by {where}'s parameters; "
+            "remove one of them"
+        )
+
+
+def taken_from_url(settings: Settings) -> dict[str, Any]:
+    """The settings ``settings`` took from its URL, with the values they were given as."""
+    found: dict[str, Any] = getattr(settings, "_from_url", {})
+    return found

@@ -27,6 +27,7 @@ from ._engine.outage import ConnectGate
 from ._engine.pool import AsyncQueuePool, FairQueuePool
 from ._engine.replicas import Replicas
 from ._engine.session_state import install_session_state_warnings
+from ._engine.stats import DATABASE_COUNTERS
 from ._engine.timeouts import LocalTimeouts, install_session_timeouts, startup_timeouts
 from ._errors import ConfigurationError
 from ._settings import Settings
@@ -35,7 +36,7 @@ __all__ = ["ISOLATION_LEVELS", "Database", "PoolStats", "PoolStatus"]
 
 logger = logging.getLogger("uow")
 
-COUNTERS = ("retries", "leaks", "long_transactions", "connect_failures", "fast_failures")
+COUNTERS = DATABASE_COUNTERS  # declared with the PoolStats fields they fill
 ISOLATION_LEVELS = frozenset({"SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED"})
 
 
@@ -240,13 +241,11 @@ class Database:
         return budgets[0]
 
     def counters(self) -> dict[str, int]:
-        """Event counts since the database was created.
+        """Event counts since the database was created, by :class:`PoolStats` field name.
 
-        ``retries``: units of work run again after a transient error;
-        ``leaks``: connections held past ``leak_detection_threshold``;
-        ``long_transactions``: transactions open past ``long_transaction_threshold``;
-        ``connect_failures``: failed attempts to open a connection;
-        ``fast_failures``: connections refused without trying, during an outage.
+        ``retries``, ``leaks``, ``long_transactions``, ``connect_failures`` and
+        ``fast_failures``: see :class:`PoolStats` (or the reference's metrics table) for
+        what each counts.
         """
         with self._lock:
             return dict(self._counters)

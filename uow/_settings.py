@@ -3,39 +3,38 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import ipaddress
-import logging
-import math
 import os
-import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Self
-from urllib.parse import unquote
 
-import psycopg
-from psycopg import pq
-from psycopg.conninfo import conninfo_to_dict
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
-
-from ._conninfo import FORMS, check_host, hosts, url_values, user_parameters
+from ._conninfo import adopt_url_values, taken_from_url
 from ._errors import ConfigurationError
-from ._values import check_flag, check_number, shown
+from ._specs import (
+    NAME_MAX,
+    PGBOUNCER_MODES,
+    Spec,
+    about,
+    attributes_section,
+    check_application_name,
+    check_pgbouncer,
+    read_environment,
+    setting,
+    setting_factory,
+    specs,
+)
+from ._urls import (
+    mask_engine_options,
+    mask_url,
+    normalize_replicas,
+    normalize_url,
+    secret_parameters,
+)
 
 __all__ = ["Settings", "mask_engine_options", "mask_url", "secret_parameters"]
-
-logger = logging.getLogger("uow")
-
-_ENV_PREFIX = "UOW_"
-# UOW_ variables read by other parts of uow (tests, migrations), not settings.
-_NOT_SETTINGS = ("UOW_TEST_", "UOW_MIGRATIONS_")
-_DRIVER = "postgresql+psycopg"
-_ACCEPTED_SCHEMES = ("postgres", "postgresql", "postgresql+psycopg")
 
 
 def _default_processes() -> int:
@@ -48,7 +47,7 @@ def _default_application_name() -> str:
     program = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
     # As PostgreSQL would show it: a program named "café" must not make the default invalid.
     program = "".join(c if " " <= c <= "~" else "?" for c in program)
-    return f"uow:{program}"[:63] if program else "uow"
+    return f"uow:{program}"[:NAME_MAX] if program else "uow"
 
 
 @dataclass(frozen=True, repr=False)
@@ -57,118 +56,261 @@ class Settings:
 
     Build it from keyword arguments or from the environment with :meth:`from_env`.
     Every value is checked on construction; a bad one raises
-    :class:`~uow.ConfigurationError` naming the setting, the value and the accepted
-    range. Durations are in seconds (floats allowed). The repr never shows the
-    password. Settings are immutable and safe to share between threads.
+    :class:`~uow.ConfigurationError` naming the setting (or the environment variable it
+    came from), the value and the accepted range. Durations are in seconds (floats
+    allowed). The repr never shows the password. Settings are immutable and safe to
+    share between threads. Each setting is declared once, with its environment
+    variable, range, meaning and the reason for its default (``uow._specs.Spec``); the
+    reference's settings table is generated from those declarations.
     """
 
-    url: str
-    """PostgreSQL URL (``DATABASE_URL``); ``postgres://`` and ``postgresql://`` select psycopg 3.
-    Its libpq parameters (``?options=-c ...``, ``application_name``, several hosts...) are
-    kept, and set the matching settings below; see :mod:`uow._conninfo` for the precedence."""
-
-    pool_size: int = 5
-    """Connections kept open per process (``UOW_POOL_SIZE``), 1 to 1000."""
-
-    max_overflow: int = 0
-    """Extra connections opened under bursts and closed when returned (``UOW_MAX_OVERFLOW``),
-    0 to 1000. 0 by default: overflow connections are opened and closed on every burst."""
-
-    pool_timeout: float = 5.0
-    """Seconds to wait for a free connection before :class:`~uow.PoolExhausted`
-    (``UOW_POOL_TIMEOUT``), over 0 and at most 3600."""
-
-    pool_recycle: float = 300.0
-    """Maximum age in seconds of a pooled connection (``UOW_POOL_RECYCLE``); each
-    connection is replaced at a random point between 90% and 100% of it, so the pool
-    never reconnects all at once. -1 disables recycling."""
-
-    pool_pre_ping: bool = True
-    """Test a connection before handing it out (``UOW_PRE_PING``), so one killed by a
-    server restart or a failover is replaced instead of failing the caller."""
-
-    pool_pre_ping_idle: float = 1.0
-    """With ``pool_pre_ping``, connections idle in the pool this many seconds or more are
-    pinged (one round trip); ones returned more recently are checked without a round
-    trip, by looking at their socket (``UOW_POOL_PRE_PING_IDLE``). 0 pings every time."""
-
-    pool_use_lifo: bool = False
-    """Hand out the most recently returned connection first (``UOW_POOL_USE_LIFO``)."""
-
-    connect_timeout: float = 5.0
-    """Seconds to wait for a new connection to be established (``UOW_CONNECT_TIMEOUT``),
-    at least 1; without it a dead host blocks for minutes."""
-
-    statement_timeout: float = 30.0
-    """Server-side limit in seconds on any one statement (``UOW_STATEMENT_TIMEOUT``);
-    0 disables it."""
-
-    lock_timeout: float = 10.0
-    """Server-side limit in seconds on waiting for a lock (``UOW_LOCK_TIMEOUT``); 0 disables it."""
-
-    idle_in_transaction_timeout: float = 60.0
-    """Seconds a transaction may sit idle before the server ends its session
-    (``UOW_IDLE_IN_TRANSACTION_TIMEOUT``); 0 disables it."""
-
-    long_transaction_threshold: float = 5.0
-    """Log a warning, naming where the unit of work was opened, when a transaction has
-    been open this many seconds (``UOW_LONG_TRANSACTION_THRESHOLD``); 0 turns it off."""
-
-    leak_detection_threshold: float = 30.0
-    """Log a possible connection leak when a connection has been checked out this many
-    seconds (``UOW_LEAK_DETECTION_THRESHOLD``), as HikariCP does; 0 turns it off."""
-
-    leak_detection_stack: bool = False
-    """Add the full stack of where the unit of work was opened to leak reports
-    (``UOW_LEAK_DETECTION_STACK``); off by default, as capturing it costs time."""
-
-    application_name: str = field(default_factory=_default_application_name)
-    """Name shown in ``pg_stat_activity`` (``UOW_APPLICATION_NAME``), printable ASCII, at
-    most 63 characters. Defaults to ``uow:<program name>``."""
-
-    processes: int = field(default_factory=_default_processes)
-    """How many processes share the connection budget, each with its own pool
-    (``UOW_PROCESSES``; default ``WEB_CONCURRENCY``, gunicorn's and uvicorn's variable,
-    else 1), 1 to 10000."""
-
-    check_budget: bool = True
-    """On the first connection, check that ``processes x (pool_size + max_overflow)``
-    fits in the server's ``max_connections`` (``UOW_CHECK_BUDGET``)."""
-
-    pgbouncer: str = "off"
-    """PgBouncer's ``pool_mode`` when connecting through PgBouncer (``UOW_PGBOUNCER``):
-    ``"off"`` (a direct connection), ``"session"`` or ``"transaction"``. Behind PgBouncer
-    the timeouts cannot travel in the startup packet, so uow sets them on each new
-    connection (session) or in each transaction with ``SET LOCAL``, one round trip
-    (transaction); in transaction mode psycopg's prepared statements are also turned off
-    and the connection budget check is skipped (PgBouncer's pool bounds the server's
-    connections). See the README's "PgBouncer" section."""
-
-    echo: bool = False
-    """Log every statement through SQLAlchemy's ``echo`` (``UOW_ECHO``)."""
-
-    replica_urls: tuple[str, ...] = ()
-    """Read replicas (hot standbys) for ``UnitOfWork(readonly=True)`` (``UOW_REPLICA_URLS``,
-    comma-separated), each checked like ``url``. Each gets a pool of its own with the pool
-    settings above; readonly units take them in turn and fall back to the primary when
-    none answers. A list or a comma-separated string is accepted."""
-
-    replica_read_after_write: float = 1.0
-    """For this many seconds after a unit of work that could write commits, readonly
-    units in the same thread or task read from the primary, so they see what was just
-    written despite replication lag (``UOW_REPLICA_READ_AFTER_WRITE``); 0 turns it off."""
-
-    replica_max_lag: float = 0.0
-    """Skip a replica whose replay lags more than this many seconds behind the primary
-    (``UOW_REPLICA_MAX_LAG``); 0 turns the check off. The lag is read on a routed unit's
-    connection at most once a second per replica: one statement more in that unit."""
-
-    engine_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    """Extra keyword arguments passed untouched to :func:`sqlalchemy.create_engine`."""
+    url: str = field(
+        metadata=about(
+            Spec(
+                "DATABASE_URL",
+                "url",
+                "PostgreSQL URL; `postgres://` and `postgresql://` select psycopg 3. Its libpq "
+                "parameters (`?options=-c ...`, `application_name`, several hosts...) are kept, "
+                "and set the matching settings below.",
+                "psycopg 3 is always used; the libpq parameters reach the server as written",
+                accepted="`postgres://`, `postgresql://` or `postgresql+psycopg://`",
+            )
+        )
+    )
+    pool_size: int = setting(
+        5,
+        "UOW_POOL_SIZE",
+        "count",
+        "Connections kept open per process.",
+        "per process: 10 workers x 5 = 50, well inside the default `max_connections=100`",
+        unit="connections",
+        low=1,
+        high=1000,
+    )
+    max_overflow: int = setting(
+        0,
+        "UOW_MAX_OVERFLOW",
+        "count",
+        "Extra connections opened under bursts and closed when returned.",
+        "a fixed-size pool: overflow connections are opened and closed on every burst, "
+        "which costs the server a backend start each time",
+        unit="connections",
+        low=0,
+        high=1000,
+    )
+    pool_timeout: float = setting(
+        5.0,
+        "UOW_POOL_TIMEOUT",
+        "seconds",
+        "Seconds to wait for a free connection before `PoolExhausted`.",
+        "fail fast with `PoolExhausted` instead of piling requests up for SQLAlchemy's 30 s",
+        low=0,
+        high=3600,
+        low_open=True,
+    )
+    pool_recycle: float = setting(
+        300.0,
+        "UOW_POOL_RECYCLE",
+        "seconds",
+        "Maximum age of a pooled connection; each connection is replaced at a random "
+        "point between 90% and 100% of it, so the pool never reconnects all at once.",
+        "under common idle limits (AWS NLB 350 s, PgBouncer `server_idle_timeout` 600 s)",
+        low=1,
+        high=86400,
+        special=(-1,),
+        special_doc="-1 for never",
+    )
+    pool_pre_ping: bool = setting(
+        True,
+        "UOW_PRE_PING",
+        "flag",
+        "Test a connection before handing it out.",
+        "a connection killed by a restart, failover or `pg_terminate_backend` is replaced "
+        "instead of failing the caller",
+    )
+    pool_pre_ping_idle: float = setting(
+        1.0,
+        "UOW_POOL_PRE_PING_IDLE",
+        "seconds",
+        "With `pool_pre_ping`, connections idle in the pool this long or longer are "
+        "pinged (one round trip); ones returned more recently are checked by looking at "
+        "their socket.",
+        "a server that ended the session has closed the socket: pre-ping's guarantee "
+        "without its round trip on busy connections",
+        high=3600,
+        zero="ping every time",
+    )
+    pool_use_lifo: bool = setting(
+        False,
+        "UOW_POOL_USE_LIFO",
+        "flag",
+        "Hand out the most recently returned connection first.",
+        "SQLAlchemy's default; LIFO helps only with server-side idle timeouts",
+    )
+    connect_timeout: float = setting(
+        5.0,
+        "UOW_CONNECT_TIMEOUT",
+        "seconds",
+        "Seconds to wait for a new connection to be established (libpq waits at least 2).",
+        "without it a dead host blocks a connect for minutes",
+        low=1,
+        high=3600,
+    )
+    statement_timeout: float = setting(
+        30.0,
+        "UOW_STATEMENT_TIMEOUT",
+        "seconds",
+        "Server-side limit on any one statement.",
+        "a runaway query is stopped by the server; raise it for reports, or per unit "
+        "with `timeout=`",
+        high=86400,
+        zero="off",
+        resolution=0.001,
+    )
+    lock_timeout: float = setting(
+        10.0,
+        "UOW_LOCK_TIMEOUT",
+        "seconds",
+        "Server-side limit on waiting for a lock.",
+        "a transaction waiting on a lock fails instead of queueing every request behind it",
+        high=86400,
+        zero="off",
+        resolution=0.001,
+    )
+    idle_in_transaction_timeout: float = setting(
+        60.0,
+        "UOW_IDLE_IN_TRANSACTION_TIMEOUT",
+        "seconds",
+        "Seconds a transaction may sit idle before the server ends its session.",
+        "a forgotten open transaction cannot pin a connection and block vacuum for ever",
+        high=86400,
+        zero="off",
+        resolution=0.001,
+    )
+    long_transaction_threshold: float = setting(
+        5.0,
+        "UOW_LONG_TRANSACTION_THRESHOLD",
+        "seconds",
+        "Log a warning, naming where the unit of work was opened, when a transaction has "
+        "been open this long, and again when it ends.",
+        "long transactions hold locks and connections; five seconds is long for a request",
+        high=86400,
+        zero="off",
+    )
+    leak_detection_threshold: float = setting(
+        30.0,
+        "UOW_LEAK_DETECTION_THRESHOLD",
+        "seconds",
+        "Log a possible connection leak when a connection has been checked out this long.",
+        "HikariCP's leak detection; few units of work mean to hold a connection that long",
+        high=86400,
+        zero="off",
+    )
+    leak_detection_stack: bool = setting(
+        False,
+        "UOW_LEAK_DETECTION_STACK",
+        "flag",
+        "Add the full stack of where the unit of work was opened to leak reports.",
+        "capturing the stack costs time in every unit of work",
+    )
+    application_name: str = setting_factory(
+        _default_application_name,
+        "UOW_APPLICATION_NAME",
+        "text",
+        "Name shown in `pg_stat_activity`.",
+        "`pg_stat_activity` shows who holds connections",
+        default_doc="`uow:<program>`",
+        accepted=f"printable ASCII, at most {NAME_MAX} characters",
+        check_text=check_application_name,
+    )
+    processes: int = setting_factory(
+        _default_processes,
+        "UOW_PROCESSES",
+        "count",
+        "How many processes share the connection budget, each with its own pool.",
+        "`WEB_CONCURRENCY` is gunicorn's and uvicorn's count of worker processes",
+        unit="processes",
+        low=1,
+        high=10000,
+        default_doc="`WEB_CONCURRENCY`, else 1",
+    )
+    check_budget: bool = setting(
+        True,
+        "UOW_CHECK_BUDGET",
+        "flag",
+        "On the first connection, check that `processes x (pool_size + max_overflow)` "
+        "fits in the server's `max_connections`; `db.check()` runs it on demand.",
+        "a budget that does not fit fails at start-up with the numbers and what to "
+        "change, not under load with `too many clients`",
+    )
+    pgbouncer: str = setting(
+        "off",
+        "UOW_PGBOUNCER",
+        "text",
+        "PgBouncer's `pool_mode` when connecting through PgBouncer: `off` for a direct "
+        "connection. Behind PgBouncer, uow sets the timeouts on each new connection "
+        "(session) or in each transaction with `SET LOCAL` (transaction), where "
+        "prepared statements are also turned off and the budget check is skipped.",
+        "the timeouts cannot travel in the startup packet through PgBouncer",
+        accepted=", ".join(f"`{mode}`" for mode in PGBOUNCER_MODES),
+        check_text=check_pgbouncer,
+    )
+    echo: bool = setting(
+        False,
+        "UOW_ECHO",
+        "flag",
+        "Log every statement through SQLAlchemy's `echo`.",
+        "statements can carry personal data; turn it on to debug",
+    )
+    replica_urls: tuple[str, ...] = setting(
+        (),
+        "UOW_REPLICA_URLS",
+        "urls",
+        "Read replicas (hot standbys) for `UnitOfWork(readonly=True)`, each checked like "
+        "`url`, each with a pool of its own; readonly units take them in turn and fall "
+        "back to the primary when none answers.",
+        "no replicas: every unit uses the primary",
+        accepted="URLs; a list, or comma-separated",
+    )
+    replica_read_after_write: float = setting(
+        1.0,
+        "UOW_REPLICA_READ_AFTER_WRITE",
+        "seconds",
+        "For this long after a unit of work that could write commits, readonly units in "
+        "the same thread or task read from the primary.",
+        "they see what was just written despite replication lag",
+        high=3600,
+        zero="off",
+    )
+    replica_max_lag: float = setting(
+        0.0,
+        "UOW_REPLICA_MAX_LAG",
+        "seconds",
+        "Skip a replica whose replay lags more than this behind the primary; read on a "
+        "routed unit's connection at most once a second per replica (one statement more "
+        "in that unit).",
+        "off, as checking costs a statement",
+        high=86400,
+        zero="off",
+    )
+    engine_options: Mapping[str, Any] = field(
+        default_factory=dict,
+        hash=False,
+        metadata=about(
+            Spec(
+                None,
+                "mapping",
+                "Extra keyword arguments passed untouched to `sqlalchemy.create_engine()`.",
+                "anything uow has no opinion on goes to SQLAlchemy",
+                default_doc="`{}`",
+                accepted="mapping",
+            )
+        ),
+    )
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "url", _normalize_url(self.url))
-        object.__setattr__(self, "replica_urls", _normalize_replicas(self.replica_urls))
+        object.__setattr__(self, "url", normalize_url(self.url))
+        object.__setattr__(self, "replica_urls", normalize_replicas(self.replica_urls))
         if not isinstance(self.engine_options, Mapping):
             # Not shown: it may hold a password.
             raise ConfigurationError(
@@ -176,42 +318,17 @@ class Settings:
                 f"not {type(self.engine_options).__name__}"
             )
         self._check_values()
-        _adopt_url_values(self)
-        if _from_url(self):
+        adopt_url_values(self)
+        if taken_from_url(self):
             self._check_values()  # what the URL set, in the same ranges
-        _check_pgbouncer(self)
         object.__setattr__(self, "engine_options", MappingProxyType(dict(self.engine_options)))
 
     def _check_values(self) -> None:
-        """Check every number, flag and name, and store them in their plain types."""
+        """Check every setting against its declaration, and store it in its plain type."""
         # Numbers are stored as plain ints and floats (a Decimal or a numpy value becomes
         # one), so what uses them later cannot fail on an exotic type.
-        self._number("replica_read_after_write", 0.0, 3600.0)
-        self._number("replica_max_lag", 0.0, 86400.0)
-        self._number("pool_size", 1, 1000, integer=True)
-        self._number("max_overflow", 0, 1000, integer=True)
-        self._number("pool_timeout", 0.0, 3600.0, low_open=True)
-        self._number("pool_recycle", 1.0, 86400.0, special=(-1,), extra="or -1")
-        self._number("pool_pre_ping_idle", 0.0, 3600.0)
-        self._number("processes", 1, 10000, integer=True)
-        self._number("connect_timeout", 1.0, 3600.0)
-        for name in ("long_transaction_threshold", "leak_detection_threshold"):
-            self._number(name, 0.0, 86400.0)
-        for name in ("statement_timeout", "lock_timeout", "idle_in_transaction_timeout"):
-            if 0 < self._number(name, 0.0, 86400.0) < 0.001:
-                raise ConfigurationError(
-                    f"{name}={getattr(self, name)!r} is below PostgreSQL's 1 ms resolution; "
-                    "use 0 to disable it or a value of at least 0.001 seconds"
-                )
-        for name in ("pool_pre_ping", "pool_use_lifo", "echo", "check_budget"):
-            check_flag(name, getattr(self, name))
-        check_flag("leak_detection_stack", self.leak_detection_stack)
-        object.__setattr__(self, "application_name", _check_application_name(self.application_name))
-
-    def _number(self, name: str, low: float, high: float, **options: Any) -> float:
-        value = check_number(name, getattr(self, name), low, high, **options)
-        object.__setattr__(self, name, value)
-        return value
+        for name, spec in _SPECS.items():
+            object.__setattr__(self, name, spec.check(name, getattr(self, name)))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
@@ -230,19 +347,7 @@ class Settings:
                     " or pass url= to uow.configure()"
                 )
             values["url"] = url
-        by_variable = {f"{_ENV_PREFIX}{f.name.upper()}": f for f in _ENV_FIELDS}
-        by_variable["UOW_PRE_PING"] = _FIELDS["pool_pre_ping"]
-        for variable, raw in env.items():
-            if not variable.startswith(_ENV_PREFIX) or variable.startswith(_NOT_SETTINGS):
-                continue
-            setting = by_variable.get(variable)
-            if setting is None:
-                logger.warning(
-                    "ignoring unknown setting %s; known: %s", variable, sorted(by_variable)
-                )
-                continue
-            if setting.name not in overrides:
-                values[setting.name] = _parse(variable, setting, raw)
+        values.update(read_environment(env, _SPECS, skip=overrides))
         values.update(overrides)
         try:
             return cls(**values)
@@ -255,7 +360,7 @@ class Settings:
         Values this object took from its URL go back to what they were given as, so a
         copy with another URL (a read replica's) takes that URL's values instead.
         """
-        given = {k: v for k, v in _from_url(self).items() if k not in changes}
+        given = {k: v for k, v in taken_from_url(self).items() if k not in changes}
         try:
             return dataclasses.replace(self, **given, **changes)
         except TypeError as exc:
@@ -268,272 +373,19 @@ class Settings:
 
     def __repr__(self) -> str:
         # Replica URLs carry passwords too: shown masked, like url.
-        shown = {"replica_urls": tuple(mask_url(url) for url in self.replica_urls)}
-        parts = [f"url={self.masked_url!r}"]
-        parts += [f"{f.name}={shown.get(f.name, getattr(self, f.name))!r}" for f in _ENV_FIELDS]
-        if self.engine_options:
-            parts.append(f"engine_options={mask_engine_options(self.engine_options)!r}")
+        shown = {
+            "url": self.masked_url,
+            "replica_urls": tuple(mask_url(url) for url in self.replica_urls),
+            "engine_options": mask_engine_options(self.engine_options),
+        }
+        parts = [
+            f"{name}={shown.get(name, getattr(self, name))!r}"
+            for name in _SPECS
+            if name != "engine_options" or self.engine_options
+        ]
         return f"Settings({', '.join(parts)})"
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
-_ENV_FIELDS = [f for f in dataclasses.fields(Settings) if f.name not in ("url", "engine_options")]
-
-
-@functools.cache
-def secret_parameters() -> frozenset[str]:
-    """The libpq parameters whose values are secrets, never to be shown."""
-    # libpq marks its secrets with dispchar "*" (password, sslpassword, oauth_client_secret);
-    # the scram_*_key options it hides as debug ones stand in for the password too.
-    return frozenset(
-        option.keyword.decode()
-        for option in pq.Conninfo.get_defaults()
-        if option.dispchar == b"*" or option.keyword.startswith(b"scram_")
-    ) | {"password", "sslpassword"}
-
-
-def mask_engine_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``engine_options`` for display: the values of libpq's secret ``connect_args`` hidden."""
-    shown = dict(options)
-    connect_args = shown.get("connect_args")
-    if isinstance(connect_args, Mapping):
-        secret = secret_parameters()
-        shown["connect_args"] = {
-            key: "***" if key in secret else value for key, value in connect_args.items()
-        }
-    return shown
-
-
-def mask_url(url: str | URL) -> str:
-    """Render a URL with its passwords hidden (``?password=`` too); anything unparsable
-    is hidden whole."""
-    try:
-        parsed = url if isinstance(url, URL) else make_url(_netloc_hosts(url.strip(), "url"))
-    except (ArgumentError, ValueError, ConfigurationError):
-        return "<unparsable URL>"
-    if parsed.host is not None and "@" in parsed.host:
-        return "<unparsable URL>"  # the tail of a password with an unencoded "@"
-    secrets = [key for key in parsed.query if key.lower() in secret_parameters()]
-    if secrets:
-        parsed = parsed.update_query_dict(dict.fromkeys(secrets, "***"))
-    shown = parsed.render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
-    # Host and port lists read as written (h1,h2; h1:p1), for messages only.
-    return shown.replace("%2C", ",").replace("%3A", ":")
-
-
-def _adopt_url_values(settings: Settings) -> None:
-    """Take the values the URL sets for uow's settings (see uow._conninfo's precedence)."""
-    found = url_values(user_parameters(make_url(settings.url), settings.engine_options))
-    given: dict[str, Any] = {}
-    for name, value in found.items():
-        current = getattr(settings, name)
-        if current != value:
-            _check_not_given(name, current, value, "url")
-            given[name] = current
-            object.__setattr__(settings, name, value)
-    object.__setattr__(settings, "_from_url", given)
-    # Each replica's own URL values are checked now, against the values given.
-    for i, replica in enumerate(settings.replica_urls):
-        found = url_values(user_parameters(make_url(replica), settings.engine_options))
-        for name, value in found.items():
-            current = given.get(name, getattr(settings, name))
-            if current != value:
-                _check_not_given(name, current, value, f"replica_urls[{i}]")
-
-
-def _check_not_given(name: str, current: object, value: object, where: str) -> None:
-    # A setting still at its default was not given: it yields to the URL.
-    field_ = _FIELDS[name]
-    factory = field_.default_factory
-    default = field_.default if factory is dataclasses.MISSING else factory()
-    if current != default:
-        raise ConfigurationError(
-            f"{name} is set twice: {current!r} by the {name} setting "
-            f"({_ENV_PREFIX}{name.upper()}) and {value!r} by {where}'s parameters; "
-            "remove one of them"
-        )
-
-
-def _from_url(settings: Settings) -> dict[str, Any]:
-    found: dict[str, Any] = getattr(settings, "_from_url", {})
-    return found
-
-
-_NETLOC = re.compile(r"^([A-Za-z0-9+.-]+)://([^/?]*)(.*)$", re.DOTALL)
-
-
-def _unparsable(name: str) -> ConfigurationError:
-    # The raw text may contain a password: never echo it.
-    return ConfigurationError(
-        f"{name} could not be parsed; expected postgresql://user:password@host:5432/dbname"
-        " (percent-encode special characters in the password: @ as %40, # as %23, / as %2F)"
-    )
-
-
-def _netloc_hosts(text: str, name: str) -> str:
-    """``postgresql://u@h1:p1,h2:p2/db`` (libpq's form) as ``...?host=h1,h2&port=p1,p2``."""
-    match = _NETLOC.match(text)
-    if match is None:
-        return text
-    scheme, netloc, rest = match.groups()
-    if netloc.count("@") > 1:
-        raise _unparsable(name)  # an unencoded "@" in the password
-    if "," not in netloc.rpartition("@")[2] or scheme not in _ACCEPTED_SCHEMES:
-        return text
-    try:
-        # libpq's own parser: SQLAlchemy's URL has room for one host only.
-        params = conninfo_to_dict(f"postgresql://{netloc}{rest}")
-    except psycopg.Error:
-        raise _unparsable(name) from None
-    found = {k: str(v) for k, v in params.items() if v is not None}
-    query = {k: v for k, v in found.items() if k not in ("user", "password", "dbname")}
-    if not query.get("port", "").strip(","):
-        query.pop("port", None)
-    return URL.create(
-        scheme,
-        username=found.get("user"),
-        password=found.get("password"),
-        database=found.get("dbname"),
-        query=query,
-    ).render_as_string(hide_password=False)
-
-
-def _normalize_url(raw: object, name: str = "url", variable: str = "DATABASE_URL") -> str:
-    if not isinstance(raw, str) or not raw.strip():
-        raise ConfigurationError(
-            f"{name} is empty; set {variable} to postgresql://user:password@host:5432/dbname"
-        )
-    try:
-        url = make_url(_netloc_hosts(raw.strip(), name))
-    except (ArgumentError, ValueError):
-        raise _unparsable(name) from None
-    if url.host is not None and "@" in url.host:
-        raise _unparsable(name)  # the tail of a password with an unencoded "@"
-    if url.drivername not in _ACCEPTED_SCHEMES:
-        raise ConfigurationError(
-            f"{name} {mask_url(url)!r} uses driver {url.drivername!r}; uow needs PostgreSQL "
-            f"through psycopg 3: use one of {', '.join(s + '://' for s in _ACCEPTED_SCHEMES)}"
-        )
-    if url.port is not None and not 0 < url.port < 65536:
-        raise ConfigurationError(f"{name} {mask_url(url)!r} has port {url.port}; use 1 to 65535")
-    url = url.set(drivername=_DRIVER)
-    query = dict(url.query)
-    password = query.pop("password", None)
-    if password is not None:
-        # Where every renderer (SQLAlchemy's reprs included) masks it; libpq lets the
-        # query's password win over the one before the "@", and so does this.
-        url = url.set(password=password[-1] if isinstance(password, tuple) else password)
-        url = url.set(query=query)
-    if url.host is not None and url.host[:3].upper() == "%2F":
-        # A percent-encoded socket directory: libpq decodes it, SQLAlchemy does not.
-        # (URL.set() treats None as "unchanged": _replace is the namedtuple's own.)
-        url = url._replace(host=None).update_query_dict({"host": unquote(url.host)})
-    params = user_parameters(url, {})
-    for host, port in hosts(params):
-        if ":" in host and not _is_ip(host):
-            raise ConfigurationError(
-                f"{name} {mask_url(url)!r} has host {host!r}: libpq's host parameter takes "
-                f"no port; {FORMS}"
-            )
-        check_host(host)
-        if port and not (port.isdigit() and 0 < int(port) < 65536):
-            raise ConfigurationError(f"{name} {mask_url(url)!r} has port {port!r}; use 1 to 65535")
-    return url.render_as_string(hide_password=False)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-_PGBOUNCER_MODES = ("off", "session", "transaction")
-
-
-def _check_pgbouncer(settings: Settings) -> None:
-    mode = settings.pgbouncer
-    normalized = str.__str__(mode).strip().lower() if isinstance(mode, str) else None
-    if normalized == "statement":
-        raise ConfigurationError(
-            "pgbouncer='statement' is not supported: PgBouncer's statement mode forbids "
-            "transactions of more than one statement, and a unit of work is a transaction. "
-            "Use pool_mode = transaction in pgbouncer.ini and UOW_PGBOUNCER=transaction"
-        )
-    if normalized not in _PGBOUNCER_MODES:
-        raise ConfigurationError(
-            f"pgbouncer={shown(mode)} is invalid; use one of {', '.join(_PGBOUNCER_MODES)} "
-            "(PgBouncer's pool_mode, or off for a direct connection)"
-        )
-    object.__setattr__(settings, "pgbouncer", normalized)
-
-
-def _normalize_replicas(raw: object) -> tuple[str, ...]:
-    items: list[object]
-    if isinstance(raw, str):
-        items = [part for part in raw.split(",") if part.strip()]
-    elif isinstance(raw, list | tuple):
-        items = list(raw)
-    else:
-        raise ConfigurationError(
-            f"replica_urls must be a list of URLs or a comma-separated string, not "
-            f"{type(raw).__name__}"
-        )
-    return tuple(
-        _normalize_url(item, f"replica_urls[{i}]", "UOW_REPLICA_URLS")
-        for i, item in enumerate(items)
-    )
-
-
-# PostgreSQL keeps NAMEDATALEN - 1 bytes of application_name and shows each character
-# outside printable ASCII as "?"; libpq cannot send a NUL at all.
-_NAME_MAX = 63
-_PRINTABLE = re.compile(r"[ -~]*")
-
-
-def _check_application_name(name: object) -> str:
-    text = str.__str__(name) if isinstance(name, str) else None  # a plain str, from a subclass
-    if text is not None and len(text) <= _NAME_MAX and _PRINTABLE.fullmatch(text):
-        return text
-    raise ConfigurationError(
-        f"application_name={shown(name)} is invalid; use a string of at most {_NAME_MAX} "
-        "characters, printable ASCII only (PostgreSQL shows other characters as '?' and "
-        "cannot carry NUL or control characters)"
-    )
-
-
-_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|min)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "min": 60.0, None: 1.0}
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-
-
-def _parse(variable: str, setting: dataclasses.Field[Any], raw: str) -> object:
-    if not isinstance(raw, str):  # a mapping passed as environ may hold values of any type
-        return raw
-    kind = setting.type
-    if kind == "bool":
-        if raw.strip().lower() in _TRUE:
-            return True
-        if raw.strip().lower() in _FALSE:
-            return False
-        raise ConfigurationError(
-            f"{variable}={shown(raw)} is invalid; use true/false, 1/0, yes/no, on/off"
-        )
-    if kind == "int":
-        try:
-            return int(raw)
-        except ValueError:  # not a number, or more digits than Python converts
-            raise ConfigurationError(
-                f"{variable}={shown(raw)} is invalid; use a whole number"
-            ) from None
-    if kind == "float":
-        match = _DURATION.match(raw)
-        seconds = float(match[1]) * _UNIT_SECONDS[match[2]] if match else math.inf
-        if not math.isfinite(seconds):  # not a duration, or too many digits for a float
-            raise ConfigurationError(
-                f"{variable}={shown(raw)} is invalid; use seconds such as 2.5, or 500ms, 30s, 5min"
-            )
-        return seconds
-    return raw
+_SPECS = specs(Settings)
+if Settings.__doc__:  # None under python -OO
+    Settings.__doc__ += attributes_section(Settings)

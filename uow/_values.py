@@ -58,12 +58,15 @@ def check_number(
     low_open: bool = False,
     special: tuple[int, ...] = (),
     extra: str = "",
+    written: str | None = None,
     error: type[ConfigurationError | UsageError] = ConfigurationError,
 ) -> int | float:
     """Return ``value`` as a plain int or float within ``[low, high]``, else raise ``error``.
 
     Durations (``integer=False``) take ints, floats, Decimals, Fractions and other real
     numbers, finite; ``special`` values are accepted as they are (-1 for "never").
+    ``written`` is how the user wrote the value (an environment variable's text), shown
+    in the error instead of its repr.
     """
     number = _as_number(value, integer)
     if number is not None and number in special:
@@ -82,7 +85,9 @@ def check_number(
     else:
         bound = f"over {low:g}" if low_open else f"from {low:g}"
         accepted = f"a number of seconds {bound} to {high:g}"
-    raise error(f"{name}={shown(value)} is invalid; use {accepted}{extra}")
+    if written is None or len(written) > _SHOWN_MAX:
+        written = shown(value)
+    raise error(f"{name}={written} is invalid; use {accepted}{extra}")
 
 
 def check_flag(

@@ -13,23 +13,20 @@ trip. Every metric is named ``uow_...`` and labelled ``pool`` (``"primary"`` unl
     uow.prometheus.register(uow.get_database())
     start_http_server(9100)
 
-Gauges: ``uow_pool_connections{state="idle"|"active"}``, ``uow_pool_waiting``,
-``uow_pool_min``, ``uow_pool_max``. Counters: ``uow_pool_requests_total``,
-``uow_pool_requests_queued_total``, ``uow_pool_request_errors_total``,
-``uow_pool_timeouts_total``, ``uow_pool_wait_seconds_total``,
-``uow_pool_usage_seconds_total``, ``uow_pool_connects_total``,
-``uow_pool_connect_seconds_total``, ``uow_pool_connect_errors_total``,
-``uow_pool_connections_lost_total``, ``uow_pool_invalidations_total``,
-``uow_retries_total``, ``uow_leaks_total``, ``uow_long_transactions_total``,
-``uow_fast_failures_total``. Divide a ``..._seconds_total`` rate by its count's rate
-for a mean (``rate(uow_pool_wait_seconds_total[1m]) / rate(uow_pool_requests_total[1m])``).
+Each exported :class:`~uow.PoolStats` field declares its metric's name (see
+``uow._engine.stats``); the reference's metrics table (``docs/reference/metrics.md``)
+lists them with their kinds and meanings, and the help texts are those meanings.
+Timers are exported in seconds, as counters. Divide a ``..._seconds_total`` rate by its
+count's rate for a mean
+(``rate(uow_pool_wait_seconds_total[1m]) / rate(uow_pool_requests_total[1m])``).
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry
@@ -41,78 +38,44 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 
 from ._database import Database
 from ._engine.metrics import PoolStats
+from ._engine.stats import METRICS
 
 __all__ = ["UowCollector", "register"]
 
 _LABEL = "pool"
+# The help of a family whose series are several PoolStats fields (uow_pool_connections).
+_FAMILY_HELP = {
+    "uow_pool_connections": "Open connections, idle in the pool or active (checked out)."
+}
 
-# name, help, value; counters get prometheus_client's "_total" suffix.
-_GAUGES: list[tuple[str, str, Callable[[PoolStats], float]]] = [
-    ("uow_pool_waiting", "Callers queued for a connection now.", lambda s: s.requests_waiting),
-    ("uow_pool_min", "Connections the pool keeps open (pool_size).", lambda s: s.pool_min),
-    ("uow_pool_max", "Most connections the pool may open.", lambda s: s.pool_max),
-]
-_COUNTERS: list[tuple[str, str, Callable[[PoolStats], float]]] = [
-    ("uow_pool_requests", "Connections requested from the pool.", lambda s: s.requests_num),
-    (
-        "uow_pool_requests_queued",
-        "Requests that queued because no connection was free.",
-        lambda s: s.requests_queued,
-    ),
-    (
-        "uow_pool_request_errors",
-        "Requests that got no connection (timeouts, connect failures).",
-        lambda s: s.requests_errors,
-    ),
-    (
-        "uow_pool_timeouts",
-        "Requests that timed out with PoolExhausted after pool_timeout.",
-        lambda s: s.requests_timeouts,
-    ),
-    (
-        "uow_pool_wait_seconds",
-        "Time callers spent getting a connection (queued, or opening one).",
-        lambda s: s.requests_wait_ms / 1000,
-    ),
-    (
-        "uow_pool_usage_seconds",
-        "Time connections spent checked out.",
-        lambda s: s.usage_ms / 1000,
-    ),
-    ("uow_pool_connects", "Connections opened to the server.", lambda s: s.connections_num),
-    (
-        "uow_pool_connect_seconds",
-        "Time spent opening connections, failed attempts included.",
-        lambda s: s.connections_ms / 1000,
-    ),
-    (
-        "uow_pool_connect_errors",
-        "Failed attempts to open a connection.",
-        lambda s: s.connections_errors,
-    ),
-    (
-        "uow_pool_connections_lost",
-        "Connections found dead at checkout or that died in use.",
-        lambda s: s.connections_lost,
-    ),
-    (
-        "uow_pool_invalidations",
-        "Connections invalidated for any reason (lost, recycled, replaced).",
-        lambda s: s.invalidations,
-    ),
-    ("uow_retries", "Units of work run again after a transient error.", lambda s: s.retries),
-    ("uow_leaks", "Connections held past leak_detection_threshold.", lambda s: s.leaks),
-    (
-        "uow_long_transactions",
-        "Transactions open past long_transaction_threshold.",
-        lambda s: s.long_transactions,
-    ),
-    (
-        "uow_fast_failures",
-        "Connections refused without trying while the server was unreachable.",
-        lambda s: s.fast_failures,
-    ),
-]
+
+@dataclass(frozen=True, slots=True)
+class _Series:
+    field: str
+    labels: tuple[tuple[str, str], ...]
+    scale: float  # timers are milliseconds in PoolStats, seconds in Prometheus
+
+
+def _families_declared() -> dict[str, tuple[bool, str, list[_Series]]]:
+    """Each exported family (name: counter?, help, series), from PoolStats' declarations."""
+    families: dict[str, tuple[bool, str, list[_Series]]] = {}
+    for field_name, declared in METRICS.items():
+        if not declared.prometheus:
+            continue
+        # 'name{key="value"}': one series of a family; at most one label is declared.
+        name, _, label = declared.prometheus.rstrip("}").partition("{")
+        key, _, value = label.partition("=")
+        labels = ((key, value.strip('"')),) if label else ()
+        help_text = _FAMILY_HELP.get(name, declared.doc.replace("`", ""))
+        counter = declared.kind != "gauge"
+        scale = 0.001 if declared.kind == "timer" else 1.0
+        families.setdefault(name, (counter, help_text, []))[2].append(
+            _Series(field_name, labels, scale)
+        )
+    return families
+
+
+_FAMILIES = _families_declared()
 
 
 class UowCollector:
@@ -154,21 +117,15 @@ class UowCollector:
         return self._families(stats)
 
     def _families(self, stats: dict[str, PoolStats]) -> Iterator[Metric]:
-        connections = GaugeMetricFamily(
-            "uow_pool_connections",
-            "Open connections, idle in the pool or active (checked out).",
-            labels=[_LABEL, "state"],
-        )
-        for name, s in stats.items():
-            connections.add_metric([name, "idle"], s.pool_available)
-            connections.add_metric([name, "active"], s.pool_checked_out)
-        yield connections
-        for family, table in ((GaugeMetricFamily, _GAUGES), (CounterMetricFamily, _COUNTERS)):
-            for metric_name, documentation, value in table:
-                metric = family(metric_name, documentation, labels=[_LABEL])
-                for name, s in stats.items():
-                    metric.add_metric([name], value(s))
-                yield metric
+        for metric_name, (counter, documentation, series) in _FAMILIES.items():
+            family = CounterMetricFamily if counter else GaugeMetricFamily
+            label_names = [_LABEL, *(key for key, _ in series[0].labels)]
+            metric = family(metric_name, documentation, labels=label_names)
+            for name, s in stats.items():
+                for one in series:
+                    labels = [name, *(label for _, label in one.labels)]
+                    metric.add_metric(labels, getattr(s, one.field) * one.scale)
+            yield metric
 
 
 _collectors: weakref.WeakKeyDictionary[CollectorRegistry, UowCollector] = (

@@ -1,6 +1,7 @@
-"""Pool metrics: gauges, timers and counters for one engine, named after psycopg_pool's.
+"""Pool metrics: the recorder of one engine's gauges, timers and counters.
 
-One :class:`PoolMetrics` recorder belongs to each engine's pool (the pool creates it
+What each measure means is declared in :mod:`uow._engine.stats`. One
+:class:`PoolMetrics` recorder belongs to each engine's pool (the pool creates it
 and hands it on when SQLAlchemy recreates the pool on ``dispose()``). The pool feeds it
 the time each caller spends getting a connection; pool events feed it the rest. It
 adds no round trip, and per unit of work only a few ``time.monotonic()`` calls and
@@ -9,95 +10,27 @@ integer additions under a lock.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
 
 from .liveness import Recycled
+from .stats import DATABASE_COUNTERS, PoolStats
 
-__all__ = ["PoolMetrics", "PoolStats", "install_metrics", "read_stats"]
+__all__ = [
+    "PoolMetrics",
+    "PoolStats",
+    "install_metrics",
+    "read_stats",
+]
 
 _CHECKED_OUT_AT = "uow_checked_out_at"  # record.info key: when the connection left the pool
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStats:
-    """A snapshot of a database's pool: gauges, timers and counters since it was created.
-
-    Names follow psycopg_pool's ``get_stats()`` keys where one exists; HikariCP's
-    equivalent is given for each. Durations are milliseconds (floats, unlike
-    psycopg_pool's integers, so short transactions still add up). Counters only grow.
-    When the database has built its asyncio engine too, its pool is added in: both
-    are connections this process holds to the same server.
-    """
-
-    pool_min: int
-    """Connections the pool keeps open once opened (``pool_size``; HikariCP ``minimumIdle``)."""
-    pool_max: int
-    """Most connections it may open (``pool_size + max_overflow``, -1 for no limit;
-    HikariCP ``maximumPoolSize``)."""
-    pool_size: int
-    """Connections open now, in use or idle (HikariCP ``totalConnections``)."""
-    pool_available: int
-    """Connections idle in the pool now (HikariCP ``idleConnections``)."""
-    pool_checked_out: int
-    """Connections in use by a unit of work now (HikariCP ``activeConnections``)."""
-    pool_overflow: int
-    """Connections open now beyond ``pool_size`` (overflow; closed again when returned)."""
-    requests_waiting: int
-    """Callers queued for a connection now (HikariCP ``pendingThreads``)."""
-    requests_num: int
-    """Connections requested from the pool (HikariCP's ``pool.Wait`` timer count)."""
-    requests_queued: int
-    """Requests that had to queue because no connection was free."""
-    requests_wait_ms: float
-    """Time callers spent getting a connection: queued, or opening a new one
-    (HikariCP ``pool.Wait``; psycopg_pool counts only the time queued)."""
-    requests_errors: int
-    """Requests that got no connection: timeouts, or a connection that could not be opened."""
-    requests_timeouts: int
-    """Requests that timed out as ``PoolExhausted`` after ``pool_timeout``
-    (HikariCP ``pool.ConnectionTimeoutRate`` / connectionTimeout count)."""
-    usage_ms: float
-    """Time connections spent checked out, summed (HikariCP ``pool.Usage``)."""
-    connections_num: int
-    """Connections opened to the server (server backends started)."""
-    connections_ms: float
-    """Time spent opening connections, failed attempts included
-    (HikariCP ``pool.ConnectionCreation``)."""
-    connections_errors: int
-    """Failed attempts to open a connection (same as ``connect_failures``)."""
-    connections_lost: int
-    """Connections found dead at checkout, or that died in use, and were discarded."""
-    invalidations: int
-    """Connections invalidated for any reason: lost, recycled, or marked for replacement."""
-    retries: int
-    """Units of work run again after a transient error."""
-    leaks: int
-    """Connections held past ``leak_detection_threshold``."""
-    long_transactions: int
-    """Transactions open past ``long_transaction_threshold``."""
-    connect_failures: int
-    """Failed attempts to open a connection."""
-    fast_failures: int
-    """Connections refused without trying, while the server was unreachable."""
-
-    def __add__(self, other: PoolStats) -> PoolStats:
-        """Field by field sum: two pools to the same server, seen as one."""
-        return PoolStats(
-            **{
-                f.name: getattr(self, f.name) + getattr(other, f.name)
-                for f in dataclasses.fields(self)
-            }
-        )
 
 
 class PoolMetrics:
@@ -251,9 +184,5 @@ def read_stats(pool: Pool, counters: Mapping[str, int]) -> PoolStats:
             connections_errors=recorder.connect_errors,
             connections_lost=recorder.lost,
             invalidations=recorder.invalidations,
-            retries=counters.get("retries", 0),
-            leaks=counters.get("leaks", 0),
-            long_transactions=counters.get("long_transactions", 0),
-            connect_failures=counters.get("connect_failures", 0),
-            fast_failures=counters.get("fast_failures", 0),
+            **{name: counters.get(name, 0) for name in DATABASE_COUNTERS},
         )
