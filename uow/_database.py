@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Self, overload
@@ -20,6 +18,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from ._conninfo import connect_args as libpq_connect_args
 from ._engine.budget import Budget, read_budget
 from ._engine.classify import translate
+from ._engine.fork import at_fork_in_child
 from ._engine.liveness import install_checkout_checks
 from ._engine.metrics import PoolStats, install_metrics, read_stats
 from ._engine.monitor import watch_sessions
@@ -100,7 +99,7 @@ class Database:
                 lambda s: _create_engine(s, self._count),
                 lambda s: _create_engine(s, self._count, asynchronous=True),
             )
-        _track_for_fork(self)
+        at_fork_in_child(self._after_fork_in_child)
 
     def _new_session(self, *, readonly: bool = False, isolation: str | None = None) -> Session:
         """A new Session whose transactions use the given characteristics."""
@@ -255,6 +254,17 @@ class Database:
         with self._lock:
             self._counters[name] += 1
 
+    def _after_fork_in_child(self) -> None:
+        # The child shares the parent's sockets: closing them would end the parent's
+        # sessions, and using them would interleave two processes' protocol streams.
+        # dispose(close=False) forgets them and starts an empty pool.
+        self.engine.dispose(close=False)
+        if self._async_engine is not None:
+            self._async_engine.sync_engine.dispose(close=False)
+        if self._replicas is not None:
+            self._replicas.after_fork()
+        self._lock = threading.Lock()
+
     def dispose(self) -> None:
         """Close the idle connections and start a fresh pool.
 
@@ -401,28 +411,3 @@ def _install_events(engine: Engine, settings: Settings, count: Callable[[str], N
     @event.listens_for(engine, "handle_error")
     def _translate(context: ExceptionContext) -> BaseException | None:
         return translate(context, settings)
-
-
-_databases: weakref.WeakSet[Database] = weakref.WeakSet()
-_fork_hook_installed = False
-
-
-def _track_for_fork(database: Database) -> None:
-    global _fork_hook_installed  # noqa: PLW0603 - one process-wide hook, installed once
-    _databases.add(database)
-    if not _fork_hook_installed:
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-        _fork_hook_installed = True
-
-
-def _after_fork_in_child() -> None:
-    # The child shares the parent's sockets: closing them would end the parent's
-    # sessions, and using them would interleave two processes' protocol streams.
-    # dispose(close=False) forgets them and starts an empty pool.
-    for database in list(_databases):
-        database.engine.dispose(close=False)
-        if database._async_engine is not None:
-            database._async_engine.sync_engine.dispose(close=False)
-        if database._replicas is not None:
-            database._replicas.after_fork()
-        database._lock = threading.Lock()

@@ -10,10 +10,8 @@ integer additions under a lock.
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import time
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
 
+from .fork import at_fork_in_child
 from .liveness import Recycled
 
 __all__ = ["PoolMetrics", "PoolStats", "install_metrics", "read_stats"]
@@ -117,7 +116,7 @@ class PoolMetrics:
         self.connect_errors = 0
         self.lost = 0
         self.invalidations = 0
-        _recorders.add(self)
+        at_fork_in_child(self._after_fork)
 
     def enter_queue(self) -> None:
         """A caller found no free connection and queues for one."""
@@ -185,17 +184,6 @@ class PoolMetrics:
         # do not exist here; the counts so far are kept, like Database.counters().
         self._lock = threading.Lock()
         self.waiting = 0
-
-
-_recorders: weakref.WeakSet[PoolMetrics] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for recorder in list(_recorders):
-        recorder._after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def install_metrics(engine: Engine) -> PoolMetrics:
