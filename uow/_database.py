@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Self, overload
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy import Engine, event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import ConnectionPoolEntry
 
 from ._conninfo import connect_args as libpq_connect_args
 from ._engine.budget import Budget, read_budget
-from ._engine.classify import translate
+from ._engine.build import build_engine, transaction_options
 from ._engine.fork import at_fork_in_child
-from ._engine.liveness import install_checkout_checks
-from ._engine.metrics import PoolStats, install_metrics, read_stats
+from ._engine.metrics import PoolStats, read_stats
 from ._engine.monitor import watch_sessions
-from ._engine.outage import ConnectGate
-from ._engine.pool import AsyncQueuePool, FairQueuePool
+from ._engine.pool import FairQueuePool
 from ._engine.replicas import Replicas
-from ._engine.session_state import install_session_state_warnings
-from ._engine.timeouts import LocalTimeouts, install_session_timeouts, startup_timeouts
+from ._engine.timeouts import LocalTimeouts, startup_timeouts
 from ._errors import ConfigurationError
 from ._settings import Settings
 
@@ -86,7 +79,7 @@ class Database:
         self.settings = settings
         self._lock = threading.Lock()
         self._counters = dict.fromkeys(COUNTERS, 0)
-        self.engine: Engine = _create_engine(settings, self._count)
+        self.engine: Engine = self._build(settings)
         self._sessionmakers: dict[tuple[bool, str | None], sessionmaker[Session]] = {}
         self._async_engine: AsyncEngine | None = None
         self._async_binds: dict[tuple[bool, str | None], AsyncEngine] = {}
@@ -96,10 +89,22 @@ class Database:
         if settings.replica_urls:
             self._replicas = Replicas(
                 settings,
-                lambda s: _create_engine(s, self._count),
-                lambda s: _create_engine(s, self._count, asynchronous=True),
+                self._build,
+                lambda s: self._build(s, asynchronous=True),
             )
         at_fork_in_child(self._after_fork_in_child)
+
+    @overload
+    def _build(self, settings: Settings, *, asynchronous: Literal[False] = False) -> Engine: ...
+    @overload
+    def _build(self, settings: Settings, *, asynchronous: Literal[True]) -> AsyncEngine: ...
+    def _build(self, settings: Settings, *, asynchronous: bool = False) -> Engine | AsyncEngine:
+        # The URL's libpq parameters are kept; uow fills in only what it leaves unset (the
+        # precedence table is in uow._conninfo's docstring).
+        connect_args = libpq_connect_args(settings, startup_timeouts(settings))
+        if asynchronous:
+            return build_engine(settings, connect_args, self._count, asynchronous=True)
+        return build_engine(settings, connect_args, self._count)
 
     def _new_session(self, *, readonly: bool = False, isolation: str | None = None) -> Session:
         """A new Session whose transactions use the given characteristics."""
@@ -119,9 +124,7 @@ class Database:
         if engine is None:
             with self._lock:
                 if self._async_engine is None:
-                    self._async_engine = _create_engine(
-                        self.settings, self._count, asynchronous=True
-                    )
+                    self._async_engine = self._build(self.settings, asynchronous=True)
                 engine = self._async_engine
         return engine
 
@@ -132,7 +135,7 @@ class Database:
         key = (readonly, isolation)
         bind = self._async_binds.get(key)
         if bind is None:
-            options = _transaction_options(readonly, isolation)
+            options = transaction_options(readonly, isolation)
             bind = self.async_engine.execution_options(**options) if options else self.async_engine
             self._async_binds[key] = bind
         if self._async_session_class is None:
@@ -158,7 +161,7 @@ class Database:
 
     def _make_sessionmaker(self, readonly: bool, isolation: str | None) -> sessionmaker[Session]:
         bind = self.engine
-        options = _transaction_options(readonly, isolation)
+        options = transaction_options(readonly, isolation)
         if options:
             bind = bind.execution_options(**options)
         # Objects stay readable after the unit of work has committed and closed.
@@ -313,101 +316,3 @@ def _pool_status(
         waiting=pool.waiting,
         replicas=replicas,
     )
-
-
-def _transaction_options(readonly: bool, isolation: str | None) -> dict[str, Any]:
-    # psycopg applies both in its BEGIN statement: no extra round trip.
-    options: dict[str, Any] = {}
-    if isolation is not None:
-        options["isolation_level"] = isolation
-    if readonly:
-        options["postgresql_readonly"] = True
-    return options
-
-
-@overload
-def _create_engine(
-    settings: Settings, count: Callable[[str], None], *, asynchronous: Literal[False] = False
-) -> Engine: ...
-@overload
-def _create_engine(
-    settings: Settings, count: Callable[[str], None], *, asynchronous: Literal[True]
-) -> AsyncEngine: ...
-def _create_engine(
-    settings: Settings, count: Callable[[str], None], *, asynchronous: bool = False
-) -> Engine | AsyncEngine:
-    options = dict(settings.engine_options)
-    # The URL's libpq parameters are kept; uow fills in only what it leaves unset (the
-    # precedence table is in uow._conninfo's docstring).
-    connect_args = libpq_connect_args(settings, startup_timeouts(settings))
-    options.pop("connect_args", None)
-    pool_options: dict[str, Any] = {
-        "poolclass": AsyncQueuePool if asynchronous else FairQueuePool,
-        "pool_size": settings.pool_size,
-        "max_overflow": settings.max_overflow,
-        "pool_timeout": settings.pool_timeout,
-        # uow recycles with jitter itself (see _install_events).
-        "pool_recycle": -1,
-        # Replaced by uow's cheaper liveness check (see _liveness).
-        "pool_pre_ping": False,
-        "pool_use_lifo": settings.pool_use_lifo,
-        "echo": settings.echo,
-    }
-    pool_options.update(options)
-    make = create_async_engine if asynchronous else create_engine
-    try:
-        engine = make(settings.url, connect_args=connect_args, **pool_options)
-    except TypeError as exc:
-        raise ConfigurationError(
-            f"engine_options {sorted(settings.engine_options)} were refused by "
-            f"sqlalchemy.create_engine: {exc}"
-        ) from None
-    _install_events(
-        engine.sync_engine if isinstance(engine, AsyncEngine) else engine, settings, count
-    )
-    return engine
-
-
-def _install_events(engine: Engine, settings: Settings, count: Callable[[str], None]) -> None:
-    install_checkout_checks(
-        engine,
-        pre_ping=settings.pool_pre_ping,
-        idle_window=settings.pool_pre_ping_idle,
-        recycle=settings.pool_recycle,
-    )
-    install_session_timeouts(engine, settings)
-    if settings.pgbouncer == "transaction":
-        install_session_state_warnings(engine)
-    # Behind PgBouncer the pool sizes count client connections to PgBouncer, not server
-    # connections: PgBouncer's own pool bounds those, so max_connections says nothing here.
-    if settings.check_budget and settings.pgbouncer == "off":
-        checked = threading.Event()
-
-        @event.listens_for(engine, "connect")
-        def _check_budget(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-            # Once per engine, on its first connection: one query, then never again.
-            if checked.is_set():
-                return
-            read_budget(dbapi_connection, settings).check()
-            checked.set()
-
-    metrics = install_metrics(engine)  # after the liveness check: see install_metrics
-    gate = ConnectGate(settings.masked_url, count)
-
-    @event.listens_for(engine, "do_connect")
-    def _connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
-        gate.before_connect()  # a fast failure is not an attempt: not timed
-        started = time.monotonic()
-        try:
-            connection = dialect.connect(*cargs, **cparams)
-        except Exception as exc:
-            metrics.connect_done(started, ok=False)
-            gate.failed(exc)
-            raise
-        metrics.connect_done(started, ok=True)
-        gate.succeeded()
-        return connection
-
-    @event.listens_for(engine, "handle_error")
-    def _translate(context: ExceptionContext) -> BaseException | None:
-        return translate(context, settings)
