@@ -12,9 +12,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import Engine, event
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
@@ -22,7 +21,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
 from .fork import at_fork_in_child
 from .liveness import Recycled
 
-__all__ = ["PoolMetrics", "PoolStats", "install_metrics", "read_stats"]
+__all__ = ["PoolMetrics", "PoolStats", "PoolStatus", "install_metrics", "read_stats"]
 
 _CHECKED_OUT_AT = "uow_checked_out_at"  # record.info key: when the connection left the pool
 
@@ -73,7 +72,7 @@ class PoolStats:
     """Time spent opening connections, failed attempts included
     (HikariCP ``pool.ConnectionCreation``)."""
     connections_errors: int
-    """Failed attempts to open a connection (same as ``connect_failures``)."""
+    """Failed attempts to open a connection (``counters()["connect_failures"]``)."""
     connections_lost: int
     """Connections found dead at checkout, or that died in use, and were discarded."""
     invalidations: int
@@ -84,8 +83,6 @@ class PoolStats:
     """Connections held past ``leak_detection_threshold``."""
     long_transactions: int
     """Transactions open past ``long_transaction_threshold``."""
-    connect_failures: int
-    """Failed attempts to open a connection."""
     fast_failures: int
     """Connections refused without trying, while the server was unreachable."""
 
@@ -96,6 +93,36 @@ class PoolStats:
                 f.name: getattr(self, f.name) + getattr(other, f.name)
                 for f in dataclasses.fields(self)
             }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    """A view of :meth:`Database.stats`' snapshot: the synchronous pools' gauges only."""
+
+    size: int
+    """Connections the pool keeps (``pool_size``; ``PoolStats.pool_min``)."""
+    max_overflow: int
+    """Extra connections allowed under load."""
+    checked_out: int
+    """Connections in use by a unit of work right now (``PoolStats.pool_checked_out``)."""
+    idle: int
+    """Open connections waiting in the pool (``PoolStats.pool_available``)."""
+    waiting: int
+    """Callers queued for a connection (``PoolStats.requests_waiting``)."""
+    replicas: tuple[PoolStatus, ...] = ()
+    """The same for each read replica's pool, in the order of ``replica_urls``."""
+
+    @classmethod
+    def of(cls, stats: PoolStats, max_overflow: int, replicas: tuple[PoolStatus, ...] = ()) -> Self:
+        """The status part of one pool's ``stats``."""
+        return cls(
+            size=stats.pool_min,
+            max_overflow=max_overflow,
+            checked_out=stats.pool_checked_out,
+            idle=stats.pool_available,
+            waiting=stats.requests_waiting,
+            replicas=replicas,
         )
 
 
@@ -211,8 +238,8 @@ def metrics_of(pool: Pool) -> PoolMetrics:
     return recorder
 
 
-def read_stats(pool: Pool, counters: Mapping[str, int]) -> PoolStats:
-    """A snapshot of ``pool``'s gauges and recorder, with the database's ``counters``."""
+def read_stats(pool: Pool) -> PoolStats:
+    """A snapshot of ``pool``'s gauges and recorder; the database's own counters are 0."""
     recorder = metrics_of(pool)
     assert isinstance(pool, QueuePool)
     size = pool.size()
@@ -239,9 +266,8 @@ def read_stats(pool: Pool, counters: Mapping[str, int]) -> PoolStats:
             connections_errors=recorder.connect_errors,
             connections_lost=recorder.lost,
             invalidations=recorder.invalidations,
-            retries=counters.get("retries", 0),
-            leaks=counters.get("leaks", 0),
-            long_transactions=counters.get("long_transactions", 0),
-            connect_failures=counters.get("connect_failures", 0),
-            fast_failures=counters.get("fast_failures", 0),
+            retries=0,
+            leaks=0,
+            long_transactions=0,
+            fast_failures=0,
         )
