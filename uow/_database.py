@@ -15,7 +15,6 @@ the counters; reads of what is already built take no lock.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -38,8 +37,6 @@ from ._sessions import close_session
 from ._settings import Settings
 
 __all__ = ["Database", "PoolStats", "PoolStatus"]
-
-logger = logging.getLogger("uow")
 
 T = TypeVar("T")
 
