@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, Self, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,7 +28,8 @@ from sqlalchemy.util import await_only, greenlet_spawn
 from ._async_repository import AsyncRepository
 from ._database import Database
 from ._repository import Repository
-from ._unit_of_work import UnitOfWork, _active, _caller_frame, declared_repositories
+from ._unit_of_work import UnitOfWork
+from ._unit_options import caller_frame, declared_repositories
 
 __all__ = ["AsyncUnitOfWork"]
 
@@ -45,15 +46,19 @@ class _Core(UnitOfWork):
     """The sync unit of work, driven from AsyncUnitOfWork through greenlet_spawn."""
 
     _owner_kind = "task"
-    _asynchronous = True
     async_session: AsyncSession | None = None
 
     def _current_owner(self) -> int:
         return _task_owner()
 
-    def _open_session(self, database: Database) -> Session:
-        self.async_session = database._new_async_session(
-            readonly=self.readonly, isolation=self.isolation
+    def _open_session(self, database: Database, caller: FrameType) -> Session:
+        self.async_session = database._unit_session(
+            readonly=self.readonly,
+            isolation=self.isolation,
+            timeout=self.timeout,
+            replica=self.replica,
+            caller=caller,
+            asynchronous=True,
         )
         return self.async_session.sync_session
 
@@ -111,7 +116,7 @@ class AsyncUnitOfWork:
         return self._core.database
 
     async def __aenter__(self) -> Self:
-        caller = _caller_frame("__aenter__")
+        caller = caller_frame("__aenter__")
         core = self._core
         await greenlet_spawn(core._enter, _task_owner(), caller)
         root = core._root
@@ -140,8 +145,7 @@ class AsyncUnitOfWork:
         finally:
             # The shielded step ran in a copy of this task's context: restore ours.
             if token is not None:
-                with contextlib.suppress(ValueError):
-                    _active.reset(token)
+                core._restore_stack(token)
         if committed:
             core._note_write()  # in this task's context, for its next readonly units
 
@@ -197,6 +201,10 @@ class AsyncUnitOfWork:
     def _remember(self, model: Any, repository: AsyncRepository[Any]) -> AsyncRepository[Any]:
         self._repositories.setdefault(model, repository)
         return repository
+
+    def _begin_retry(self) -> bool:
+        """See :meth:`UnitOfWork._begin_retry`: what run_transaction_async asks a unit."""
+        return self._core._begin_retry()
 
     def _sync_repository(self, model: type[M]) -> Repository[M]:
         return self._core.repository(model)

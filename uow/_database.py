@@ -1,61 +1,66 @@
-"""Database: one pooled engine and its session factories, built from Settings."""
+"""Database: the engines of one PostgreSQL database, its sessions, and their statistics.
+
+Reading order: the constructor (the primary's engine, built in ``uow._engine.build``;
+a replica set if ``replica_urls`` is set), the unit-of-work seam (:meth:`_unit_session`
+makes a root unit's session, routed to a replica when it may read there;
+:meth:`_note_write` and :meth:`_note_retry` hear back), then observability (one
+reading, :meth:`_snapshot`, from which :meth:`stats`, :meth:`replica_stats`,
+:meth:`status` and :meth:`counters` are derived) and lifecycle (dispose, fork).
+
+Locking: everything built lazily (the asyncio engine, session factories, asyncio
+binds) is built once by :meth:`_once` under the database's one lock, which also guards
+the counters; reads of what is already built take no lock.
+"""
 
 from __future__ import annotations
 
-import logging
-import os
+import dataclasses
 import threading
-import time
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal, Self, overload
+from types import FrameType
+from typing import Any, Literal, NamedTuple, Self, TypeVar, overload
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy import Engine, event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import ConnectionPoolEntry
 
 from ._conninfo import connect_args as libpq_connect_args
 from ._engine.budget import Budget, read_budget
-from ._engine.classify import translate
-from ._engine.liveness import install_checkout_checks
-from ._engine.metrics import PoolStats, install_metrics, read_stats
-from ._engine.monitor import watch_sessions
-from ._engine.outage import ConnectGate
-from ._engine.pool import AsyncQueuePool, FairQueuePool
+from ._engine.build import build_engine, transaction_options
+from ._engine.fork import at_fork_in_child
+from ._engine.metrics import PoolStats, PoolStatus, read_stats
+from ._engine.monitor import ORIGIN_KEY, describe_origin, watch_sessions
 from ._engine.replicas import Replicas
-from ._engine.session_state import install_session_state_warnings
 from ._engine.stats import DATABASE_COUNTERS
-from ._engine.timeouts import LocalTimeouts, install_session_timeouts, startup_timeouts
+from ._engine.timeouts import TIMEOUT_KEY, LocalTimeouts, startup_timeouts
 from ._errors import ConfigurationError
+from ._sessions import close_session
 from ._settings import Settings
 
-__all__ = ["ISOLATION_LEVELS", "Database", "PoolStats", "PoolStatus"]
+__all__ = ["Database", "PoolStats", "PoolStatus"]
 
-logger = logging.getLogger("uow")
+T = TypeVar("T")
 
-COUNTERS = DATABASE_COUNTERS  # declared with the PoolStats fields they fill
-ISOLATION_LEVELS = frozenset({"SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED"})
+# What the Database counts itself (declared with the PoolStats fields they fill); the
+# pools' recorders count the rest.
+COUNTERS = DATABASE_COUNTERS
+# counters()' keys, in the order it has always listed them.
+_COUNTERS_SHOWN = ("retries", "leaks", "long_transactions", "connect_failures", "fast_failures")
+_ASYNC_ENGINE = "async engine"  # the _once key of the asyncio engine
+_ASYNC_SESSION_CLASS = "async session class"
 
 
-@dataclass(frozen=True, slots=True)
-class PoolStatus:
-    """A snapshot of a database's connection pool."""
+class _Snapshot(NamedTuple):
+    """One reading of every pool of a database: (sync, asyncio or None) per server."""
 
-    size: int
-    """Connections the pool keeps (``pool_size``)."""
-    max_overflow: int
-    """Extra connections allowed under load."""
-    checked_out: int
-    """Connections in use by a unit of work right now."""
-    idle: int
-    """Open connections waiting in the pool."""
-    waiting: int
-    """Callers queued for a connection."""
-    replicas: tuple[PoolStatus, ...] = ()
-    """The same for each read replica's pool, in the order of ``replica_urls``."""
+    primary: tuple[PoolStats, PoolStats | None]
+    replicas: list[tuple[PoolStats, PoolStats | None]]
+    counters: dict[str, int]
+
+
+def _both(pools: tuple[PoolStats, PoolStats | None]) -> PoolStats:
+    sync, asynchronous = pools
+    return sync if asynchronous is None else sync + asynchronous
 
 
 class Database:
@@ -86,68 +91,153 @@ class Database:
         elif overrides:
             settings = settings.replace(**overrides)
         self.settings = settings
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._built: dict[object, Any] = {}  # what _once built, by key
         self._counters = dict.fromkeys(COUNTERS, 0)
-        self.engine: Engine = _create_engine(settings, self._count)
-        self._sessionmakers: dict[tuple[bool, str | None], sessionmaker[Session]] = {}
-        self._async_engine: AsyncEngine | None = None
-        self._async_binds: dict[tuple[bool, str | None], AsyncEngine] = {}
-        self._async_session_class: type[Session] | None = None
+        self.engine: Engine = self._build(settings)
         self._local_timeouts = LocalTimeouts(settings)
         self._replicas: Replicas | None = None
         if settings.replica_urls:
             self._replicas = Replicas(
-                settings,
-                lambda s: _create_engine(s, self._count),
-                lambda s: _create_engine(s, self._count, asynchronous=True),
+                settings, self._build, lambda s: self._build(s, asynchronous=True)
             )
-        _track_for_fork(self)
+        at_fork_in_child(self._after_fork_in_child)
 
-    def _new_session(self, *, readonly: bool = False, isolation: str | None = None) -> Session:
-        """A new Session whose transactions use the given characteristics."""
-        key = (readonly, isolation)
-        factory = self._sessionmakers.get(key)
-        if factory is None:
+    @overload
+    def _build(self, settings: Settings, *, asynchronous: Literal[False] = False) -> Engine: ...
+    @overload
+    def _build(self, settings: Settings, *, asynchronous: Literal[True]) -> AsyncEngine: ...
+    def _build(self, settings: Settings, *, asynchronous: bool = False) -> Engine | AsyncEngine:
+        # The URL's libpq parameters are kept; uow fills in only what it leaves unset (the
+        # precedence table is in uow._conninfo's docstring).
+        connect_args = libpq_connect_args(settings, startup_timeouts(settings))
+        if asynchronous:
+            return build_engine(settings, connect_args, self._count, asynchronous=True)
+        return build_engine(settings, connect_args, self._count)
+
+    def _once(self, key: object, build: Callable[[], T]) -> T:
+        """What ``build()`` returns, built once per key; only the first use takes the lock."""
+        found = self._built.get(key)
+        if found is None:
             with self._lock:
-                factory = self._sessionmakers.get(key)
-                if factory is None:
-                    factory = self._sessionmakers[key] = self._make_sessionmaker(*key)
-        return factory()
+                found = self._built.get(key)
+                if found is None:
+                    found = self._built[key] = build()
+        return found
 
     @property
     def async_engine(self) -> AsyncEngine:
         """The asyncio engine (psycopg 3's async driver), built on first use, same settings."""
-        engine = self._async_engine
-        if engine is None:
-            with self._lock:
-                if self._async_engine is None:
-                    self._async_engine = _create_engine(
-                        self.settings, self._count, asynchronous=True
-                    )
-                engine = self._async_engine
-        return engine
+        return self._once(_ASYNC_ENGINE, lambda: self._build(self.settings, asynchronous=True))
+
+    # -- the unit-of-work seam -----------------------------------------------------------
+
+    @overload
+    def _unit_session(
+        self,
+        *,
+        readonly: bool,
+        isolation: str | None,
+        timeout: float | None,
+        replica: bool,
+        caller: FrameType,
+        asynchronous: Literal[False],
+    ) -> Session: ...
+    @overload
+    def _unit_session(
+        self,
+        *,
+        readonly: bool,
+        isolation: str | None,
+        timeout: float | None,
+        replica: bool,
+        caller: FrameType,
+        asynchronous: Literal[True],
+    ) -> AsyncSession: ...
+    def _unit_session(
+        self,
+        *,
+        readonly: bool,
+        isolation: str | None,
+        timeout: float | None,
+        replica: bool,
+        caller: FrameType,
+        asynchronous: bool,
+    ) -> Session | AsyncSession:
+        """A root unit of work's new session, ready for its block.
+
+        It carries where the unit was opened (for leak reports) and its statement
+        timeout; a readonly unit that may read from a replica is routed to one here
+        (its connection checked out), unless this thread or task wrote moments ago.
+        """
+        made: Session | AsyncSession
+        if asynchronous:
+            made = self._new_async_session(readonly=readonly, isolation=isolation)
+            session = made.sync_session
+        else:
+            made = session = self._new_session(readonly=readonly, isolation=isolation)
+        s = self.settings
+        if s.leak_detection_threshold or s.long_transaction_threshold:
+            session.info[ORIGIN_KEY] = describe_origin(caller, s.leak_detection_stack)
+        if timeout is not None:
+            session.info[TIMEOUT_KEY] = timeout  # read by the after_begin listener
+        if readonly and replica and self._replicas is not None:
+            # After the listeners: routing checks out the connection, which begins.
+            try:
+                self._replicas.route(session, isolation, asynchronous=asynchronous)
+            except BaseException:
+                close_session(session)
+                raise
+        return made
+
+    def _note_write(self) -> None:
+        """A unit that could write committed: this thread's (task's) reads go to the primary."""
+        if self._replicas is not None:
+            self._replicas.note_write()
+
+    def _note_retry(self) -> None:
+        """A unit of work is about to run again after a transient error."""
+        self._count("retries")
+
+    def _new_session(self, *, readonly: bool = False, isolation: str | None = None) -> Session:
+        """A new Session whose transactions use the given characteristics."""
+        factory = self._once(
+            ("sessionmaker", readonly, isolation), lambda: self._sessionmaker(readonly, isolation)
+        )
+        return factory()
 
     def _new_async_session(
         self, *, readonly: bool = False, isolation: str | None = None
     ) -> AsyncSession:
         """A new AsyncSession whose transactions use the given characteristics."""
-        key = (readonly, isolation)
-        bind = self._async_binds.get(key)
-        if bind is None:
-            options = _transaction_options(readonly, isolation)
-            bind = self.async_engine.execution_options(**options) if options else self.async_engine
-            self._async_binds[key] = bind
-        if self._async_session_class is None:
-            # A per-database Session subclass carries the monitor's listeners.
-            session_class = type("UowAsyncSyncSession", (Session,), {})
-            self._watch(session_class)
-            self._async_session_class = session_class
+        engine = self.async_engine
+        options = transaction_options(readonly, isolation)
+        bind = self._once(
+            ("async bind", readonly, isolation),
+            lambda: engine.execution_options(**options) if options else engine,
+        )
         return AsyncSession(
             bind=bind,
             expire_on_commit=False,
             close_resets_only=False,
-            sync_session_class=self._async_session_class,
+            sync_session_class=self._once(_ASYNC_SESSION_CLASS, self._async_session_class),
         )
+
+    def _sessionmaker(self, readonly: bool, isolation: str | None) -> sessionmaker[Session]:
+        bind = self.engine
+        options = transaction_options(readonly, isolation)
+        if options:
+            bind = bind.execution_options(**options)
+        # Objects stay readable after the unit of work has committed and closed.
+        factory = sessionmaker(bind=bind, expire_on_commit=False, close_resets_only=False)
+        self._watch(factory)
+        return factory
+
+    def _async_session_class(self) -> type[Session]:
+        # A per-database Session subclass carries the monitor's listeners.
+        session_class = type("UowAsyncSyncSession", (Session,), {})
+        self._watch(session_class)
+        return session_class
 
     def _watch(self, target: sessionmaker[Session] | type[Session]) -> None:
         event.listen(target, "after_begin", self._local_timeouts)
@@ -158,40 +248,34 @@ class Database:
             count=self._count,
         )
 
-    def _make_sessionmaker(self, readonly: bool, isolation: str | None) -> sessionmaker[Session]:
-        bind = self.engine
-        options = _transaction_options(readonly, isolation)
-        if options:
-            bind = bind.execution_options(**options)
-        # Objects stay readable after the unit of work has committed and closed.
-        factory = sessionmaker(bind=bind, expire_on_commit=False, close_resets_only=False)
-        self._watch(factory)
-        return factory
+    # -- observability: one snapshot, several views --------------------------------------
 
-    @property
-    def _watched(self) -> bool:
-        s = self.settings
-        return bool(s.leak_detection_threshold or s.long_transaction_threshold)
-
-    def status(self) -> PoolStatus:
-        """Return the pool's current size, use and queue (and each read replica's)."""
-        replicas = self._replicas.engines if self._replicas is not None else []
-        return _pool_status(
-            self.engine, self.settings, tuple(_pool_status(e, self.settings) for e in replicas)
+    def _snapshot(self) -> _Snapshot:
+        """Read every pool this database has built, and its counters: memory only."""
+        async_engine: AsyncEngine | None = self._built.get(_ASYNC_ENGINE)
+        primary = (
+            read_stats(self.engine.pool),
+            read_stats(async_engine.sync_engine.pool) if async_engine is not None else None,
         )
+        replicas = []
+        if self._replicas is not None:
+            for sync, asynchronous in self._replicas.pools():
+                replicas.append(
+                    (read_stats(sync), read_stats(asynchronous) if asynchronous else None)
+                )
+        with self._lock:
+            counters = dict(self._counters)
+        return _Snapshot(primary, replicas, counters)
 
     def stats(self) -> PoolStats:
         """Return the pool's gauges, timers and counters (psycopg_pool's names).
 
         Reads memory only: no round trip. The asyncio engine's pool, once built, is
         added in. See :class:`PoolStats` for each field and its HikariCP equivalent.
+        This is the one read API: :meth:`status` and :meth:`counters` are views of it.
         """
-        with self._lock:
-            counters = dict(self._counters)
-        stats = read_stats(self.engine.pool, counters)
-        if self._async_engine is not None:
-            stats += read_stats(self._async_engine.sync_engine.pool, {})
-        return stats
+        snapshot = self._snapshot()
+        return dataclasses.replace(_both(snapshot.primary), **snapshot.counters)
 
     def replica_stats(self) -> list[PoolStats]:
         """Return each read replica's pool statistics, in ``replica_urls`` order.
@@ -199,14 +283,33 @@ class Database:
         Like :meth:`stats`, but per replica engine (its asyncio pool added in once
         built); the database-wide counters (retries, leaks...) are in :meth:`stats` only.
         """
-        replicas = self._replicas
-        if replicas is None:
-            return []
-        found = [read_stats(engine.pool, {}) for engine in replicas.engines]
-        if replicas._async_engines is not None:
-            for i, engine in enumerate(replicas._async_engines):
-                found[i] += read_stats(engine.sync_engine.pool, {})
-        return found
+        return [_both(pools) for pools in self._snapshot().replicas]
+
+    def status(self) -> PoolStatus:
+        """Return the synchronous pool's size, use and queue (and each read replica's).
+
+        A view of the snapshot :meth:`stats` reads, without the asyncio pools.
+        """
+        snapshot = self._snapshot()
+        overflow = self.settings.max_overflow
+        replicas = tuple(PoolStatus.of(sync, overflow) for sync, _ in snapshot.replicas)
+        return PoolStatus.of(snapshot.primary[0], overflow, replicas)
+
+    def counters(self) -> dict[str, int]:
+        """Event counts since the database was created: a view of :meth:`stats`.
+
+        ``retries``, ``leaks``, ``long_transactions`` and ``fast_failures`` are the
+        fields of :class:`PoolStats` of those names; ``connect_failures`` is
+        ``connections_errors``, failed attempts to open a connection, summed over the
+        primary's and the read replicas' pools.
+        """
+        snapshot = self._snapshot()
+        failures = sum(_both(pools).connections_errors for pools in snapshot.replicas)
+        counts = dict(snapshot.counters)
+        counts["connect_failures"] = _both(snapshot.primary).connections_errors + failures
+        return {name: counts[name] for name in _COUNTERS_SHOWN}
+
+    # -- checks and lifecycle ----------------------------------------------------------
 
     def check(self) -> Budget:
         """Check the connection budget now (uow also does on its first connection).
@@ -240,19 +343,21 @@ class Database:
             budget.check()
         return budgets[0]
 
-    def counters(self) -> dict[str, int]:
-        """Event counts since the database was created, by :class:`PoolStats` field name.
-
-        ``retries``, ``leaks``, ``long_transactions``, ``connect_failures`` and
-        ``fast_failures``: see :class:`PoolStats` (or the reference's metrics table) for
-        what each counts.
-        """
-        with self._lock:
-            return dict(self._counters)
-
     def _count(self, name: str) -> None:
         with self._lock:
             self._counters[name] += 1
+
+    def _after_fork_in_child(self) -> None:
+        # The child shares the parent's sockets: closing them would end the parent's
+        # sessions, and using them would interleave two processes' protocol streams.
+        # dispose(close=False) forgets them and starts an empty pool.
+        self._lock = threading.RLock()  # another thread may have held it at fork time
+        self.engine.dispose(close=False)
+        async_engine: AsyncEngine | None = self._built.get(_ASYNC_ENGINE)
+        if async_engine is not None:
+            async_engine.sync_engine.dispose(close=False)
+        if self._replicas is not None:
+            self._replicas.after_fork()
 
     def dispose(self) -> None:
         """Close the idle connections and start a fresh pool.
@@ -262,15 +367,17 @@ class Database:
         from inside the event loop.
         """
         self.engine.dispose()
-        if self._async_engine is not None:
-            self._async_engine.sync_engine.dispose(close=False)
+        async_engine: AsyncEngine | None = self._built.get(_ASYNC_ENGINE)
+        if async_engine is not None:
+            async_engine.sync_engine.dispose(close=False)
         if self._replicas is not None:
             self._replicas.dispose()
 
     async def dispose_async(self) -> None:
         """Close the asyncio engines' idle connections (call it from the event loop)."""
-        if self._async_engine is not None:
-            await self._async_engine.dispose()
+        async_engine: AsyncEngine | None = self._built.get(_ASYNC_ENGINE)
+        if async_engine is not None:
+            await async_engine.dispose()
         if self._replicas is not None:
             await self._replicas.dispose_async()
 
@@ -287,141 +394,3 @@ class Database:
             f"Database({s.masked_url!r}, pool_size={s.pool_size}, "
             f"max_overflow={s.max_overflow}{replicas})"
         )
-
-
-def _pool_status(
-    engine: Engine, settings: Settings, replicas: tuple[PoolStatus, ...] = ()
-) -> PoolStatus:
-    pool = engine.pool
-    assert isinstance(pool, FairQueuePool)
-    return PoolStatus(
-        size=pool.size(),
-        max_overflow=settings.max_overflow,
-        checked_out=pool.checkedout(),
-        idle=pool.checkedin(),
-        waiting=pool.waiting,
-        replicas=replicas,
-    )
-
-
-def _transaction_options(readonly: bool, isolation: str | None) -> dict[str, Any]:
-    # psycopg applies both in its BEGIN statement: no extra round trip.
-    options: dict[str, Any] = {}
-    if isolation is not None:
-        options["isolation_level"] = isolation
-    if readonly:
-        options["postgresql_readonly"] = True
-    return options
-
-
-@overload
-def _create_engine(
-    settings: Settings, count: Callable[[str], None], *, asynchronous: Literal[False] = False
-) -> Engine: ...
-@overload
-def _create_engine(
-    settings: Settings, count: Callable[[str], None], *, asynchronous: Literal[True]
-) -> AsyncEngine: ...
-def _create_engine(
-    settings: Settings, count: Callable[[str], None], *, asynchronous: bool = False
-) -> Engine | AsyncEngine:
-    options = dict(settings.engine_options)
-    # The URL's libpq parameters are kept; uow fills in only what it leaves unset (the
-    # precedence table is in uow._conninfo's docstring).
-    connect_args = libpq_connect_args(settings, startup_timeouts(settings))
-    options.pop("connect_args", None)
-    pool_options: dict[str, Any] = {
-        "poolclass": AsyncQueuePool if asynchronous else FairQueuePool,
-        "pool_size": settings.pool_size,
-        "max_overflow": settings.max_overflow,
-        "pool_timeout": settings.pool_timeout,
-        # uow recycles with jitter itself (see _install_events).
-        "pool_recycle": -1,
-        # Replaced by uow's cheaper liveness check (see _liveness).
-        "pool_pre_ping": False,
-        "pool_use_lifo": settings.pool_use_lifo,
-        "echo": settings.echo,
-    }
-    pool_options.update(options)
-    make = create_async_engine if asynchronous else create_engine
-    try:
-        engine = make(settings.url, connect_args=connect_args, **pool_options)
-    except TypeError as exc:
-        raise ConfigurationError(
-            f"engine_options {sorted(settings.engine_options)} were refused by "
-            f"sqlalchemy.create_engine: {exc}"
-        ) from None
-    _install_events(
-        engine.sync_engine if isinstance(engine, AsyncEngine) else engine, settings, count
-    )
-    return engine
-
-
-def _install_events(engine: Engine, settings: Settings, count: Callable[[str], None]) -> None:
-    install_checkout_checks(
-        engine,
-        pre_ping=settings.pool_pre_ping,
-        idle_window=settings.pool_pre_ping_idle,
-        recycle=settings.pool_recycle,
-    )
-    install_session_timeouts(engine, settings)
-    if settings.pgbouncer == "transaction":
-        install_session_state_warnings(engine)
-    # Behind PgBouncer the pool sizes count client connections to PgBouncer, not server
-    # connections: PgBouncer's own pool bounds those, so max_connections says nothing here.
-    if settings.check_budget and settings.pgbouncer == "off":
-        checked = threading.Event()
-
-        @event.listens_for(engine, "connect")
-        def _check_budget(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-            # Once per engine, on its first connection: one query, then never again.
-            if checked.is_set():
-                return
-            read_budget(dbapi_connection, settings).check()
-            checked.set()
-
-    metrics = install_metrics(engine)  # after the liveness check: see install_metrics
-    gate = ConnectGate(settings.masked_url, count)
-
-    @event.listens_for(engine, "do_connect")
-    def _connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
-        gate.before_connect()  # a fast failure is not an attempt: not timed
-        started = time.monotonic()
-        try:
-            connection = dialect.connect(*cargs, **cparams)
-        except Exception as exc:
-            metrics.connect_done(started, ok=False)
-            gate.failed(exc)
-            raise
-        metrics.connect_done(started, ok=True)
-        gate.succeeded()
-        return connection
-
-    @event.listens_for(engine, "handle_error")
-    def _translate(context: ExceptionContext) -> BaseException | None:
-        return translate(context, settings)
-
-
-_databases: weakref.WeakSet[Database] = weakref.WeakSet()
-_fork_hook_installed = False
-
-
-def _track_for_fork(database: Database) -> None:
-    global _fork_hook_installed  # noqa: PLW0603 - one process-wide hook, installed once
-    _databases.add(database)
-    if not _fork_hook_installed:
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-        _fork_hook_installed = True
-
-
-def _after_fork_in_child() -> None:
-    # The child shares the parent's sockets: closing them would end the parent's
-    # sessions, and using them would interleave two processes' protocol streams.
-    # dispose(close=False) forgets them and starts an empty pool.
-    for database in list(_databases):
-        database.engine.dispose(close=False)
-        if database._async_engine is not None:
-            database._async_engine.sync_engine.dispose(close=False)
-        if database._replicas is not None:
-            database._replicas.after_fork()
-        database._lock = threading.Lock()

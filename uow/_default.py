@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
 from ._database import Database
+from ._engine.fork import at_fork_in_child
 from ._settings import Settings
 
 __all__ = ["configure", "get_database"]
@@ -57,9 +57,9 @@ def _swap_default(database: Database | None) -> Database | None:
     return previous
 
 
-def _after_fork_in_child() -> None:
+def _new_lock_in_child() -> None:
     global _lock  # noqa: PLW0603 - a lock held by another thread at fork time stays held
     _lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork_in_child(_new_lock_in_child)

@@ -1,23 +1,31 @@
-"""Run a whole unit of work again when it failed for a transient reason."""
+"""Run a whole unit of work again when it failed for a transient reason.
+
+:func:`run_transaction`, :func:`run_transaction_async` and :func:`transactional` take
+the same nine options; each builds one :class:`RetryPolicy` from them, checked once,
+and the policy runs the attempts.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
+from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from ._async import AsyncUnitOfWork
 from ._database import Database
 from ._errors import TransientError, UsageError
-from ._unit_of_work import UnitOfWork, check_unit_options, joined_unit_open
+from ._unit_of_work import UnitOfWork
+from ._unit_options import check_unit_options
 from ._values import check_number, shown
 
-__all__ = ["run_transaction", "run_transaction_async", "transactional"]
+__all__ = ["RetryPolicy", "run_transaction", "run_transaction_async", "transactional"]
 
 logger = logging.getLogger("uow")
 
@@ -25,6 +33,117 @@ P = ParamSpec("P")
 T = TypeVar("T")
 U = TypeVar("U", bound=UnitOfWork)
 A = TypeVar("A", bound=AsyncUnitOfWork)
+
+
+class _Retryable(Protocol):
+    def _begin_retry(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """The options of one retried unit of work, checked once when built.
+
+    Raises:
+        UsageError: an option is not one run_transaction accepts; the message names it.
+    """
+
+    retries: int = 5
+    unit_of_work: Callable[..., Any] = UnitOfWork
+    database: Database | None = None
+    isolation: str | None = None
+    readonly: bool = False
+    timeout: float | None = None
+    replica: bool = True
+    backoff: float = 0.05
+    max_backoff: float = 2.0
+
+    def __post_init__(self) -> None:
+        retries = check_number("retries", self.retries, 0, 100, integer=True, error=UsageError)
+        first = check_number("backoff", self.backoff, 0.0, 60.0, low_open=True, error=UsageError)
+        cap = check_number(
+            "max_backoff", self.max_backoff, 0.0, 60.0, low_open=True, error=UsageError
+        )
+        if first > cap:
+            raise UsageError(
+                f"backoff={self.backoff!r}, max_backoff={self.max_backoff!r} are invalid; "
+                "use 0 < backoff <= max_backoff <= 60 seconds"
+            )
+        if not callable(self.unit_of_work):
+            raise UsageError(
+                f"unit_of_work={shown(self.unit_of_work)} is invalid; pass a unit-of-work class "
+                "such as UnitOfWork or a subclass of it"
+            )
+        # Not database: a unit_of_work factory may take something else there (a fake's store).
+        check_unit_options(None, self.readonly, self.isolation, self.timeout, self.replica)
+        for name, value in (("retries", int(retries)), ("backoff", first), ("max_backoff", cap)):
+            object.__setattr__(self, name, value)  # normalized: Decimal("0.1") -> 0.1
+
+    def new_unit(self) -> Any:
+        """A fresh unit of work for one attempt."""
+        # replica is passed only when not the default, so unit-of-work factories that
+        # predate the argument keep working.
+        where = {} if self.replica else {"replica": False}
+        return self.unit_of_work(
+            self.database,
+            isolation=self.isolation,
+            readonly=self.readonly,
+            timeout=self.timeout,
+            **where,
+        )
+
+    def run(self, fn: Callable[[Any], T]) -> T:
+        """Call ``fn(unit)`` in a new unit of work, again in a fresh one on a transient error."""
+        attempt = 0
+        while True:
+            unit = self.new_unit()
+            try:
+                with unit:
+                    result = fn(unit)
+            except TransientError as exc:
+                time.sleep(self._delay(exc, attempt, unit, fn))
+                attempt += 1
+                continue
+            return result
+
+    async def run_async(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """:meth:`run` for asyncio: ``await fn(unit)`` in a new AsyncUnitOfWork each attempt."""
+        attempt = 0
+        while True:
+            unit = self.new_unit()
+            try:
+                async with unit:
+                    result = await fn(unit)
+            except TransientError as exc:
+                await asyncio.sleep(self._delay(exc, attempt, unit, fn))
+                attempt += 1
+                continue
+            return result
+
+    def _delay(self, exc: TransientError, attempt: int, unit: _Retryable, fn: object) -> float:
+        """How long to wait before the next attempt; re-raises ``exc`` when there is none."""
+        if attempt >= self.retries or not unit._begin_retry():
+            raise exc
+        # Full jitter: retries from many callers spread out instead of colliding again.
+        cap = min(self.max_backoff, self.backoff * 2**attempt)
+        delay = random.uniform(0, cap)  # noqa: S311 - jitter, not security
+        logger.info(
+            "retrying %s (attempt %d of %d) in %.3fs after %s: %s",
+            getattr(fn, "__qualname__", fn),
+            attempt + 2,
+            self.retries + 1,
+            delay,
+            type(exc).__name__,
+            exc,
+        )
+        return delay
+
+
+def _check_function(fn: object) -> None:
+    if not callable(fn):
+        raise UsageError(
+            f"{shown(fn)} is not a function; pass the function to run, taking the unit of "
+            "work as its first argument"
+        )
 
 
 def run_transaction(
@@ -74,21 +193,10 @@ def run_transaction(
     Raises:
         TransientError: the last attempt's error, once the retries are used up.
     """
-    _check_callables(fn, unit_of_work)
-    policy = _check_options(retries, backoff, max_backoff)
-    attempt = 0
-    while True:
-        unit = unit_of_work(
-            database, isolation=isolation, readonly=readonly, timeout=timeout, **_where(replica)
-        )
-        try:
-            with unit:
-                result = fn(unit)
-        except TransientError as exc:
-            time.sleep(_retry_delay(exc, attempt, policy, unit=unit, fn=fn))
-            attempt += 1
-            continue
-        return result
+    _check_function(fn)
+    options = locals()  # the keyword arguments: exactly RetryPolicy's fields
+    del options["fn"]
+    return RetryPolicy(**options).run(fn)
 
 
 async def run_transaction_async(
@@ -105,84 +213,10 @@ async def run_transaction_async(
     max_backoff: float = 2.0,
 ) -> T:
     """:func:`run_transaction` for asyncio: ``await fn(uow)`` in an AsyncUnitOfWork."""
-    _check_callables(fn, unit_of_work)
-    policy = _check_options(retries, backoff, max_backoff)
-    attempt = 0
-    while True:
-        unit = unit_of_work(
-            database, isolation=isolation, readonly=readonly, timeout=timeout, **_where(replica)
-        )
-        try:
-            async with unit:
-                result = await fn(unit)
-        except TransientError as exc:
-            await asyncio.sleep(_retry_delay(exc, attempt, policy, unit=unit._core, fn=fn))
-            attempt += 1
-            continue
-        return result
-
-
-def _where(replica: bool) -> dict[str, bool]:
-    # Passed only when not the default, so unit-of-work factories that predate the
-    # argument keep working.
-    return {} if replica else {"replica": False}
-
-
-def _check_options(retries: object, backoff: object, max_backoff: object) -> _Policy:
-    count = check_number("retries", retries, 0, 100, integer=True, error=UsageError)
-    first = check_number("backoff", backoff, 0.0, 60.0, low_open=True, error=UsageError)
-    cap = check_number("max_backoff", max_backoff, 0.0, 60.0, low_open=True, error=UsageError)
-    if first > cap:
-        raise UsageError(
-            f"backoff={backoff!r}, max_backoff={max_backoff!r} are invalid; "
-            "use 0 < backoff <= max_backoff <= 60 seconds"
-        )
-    return _Policy(int(count), first, cap)
-
-
-def _check_callables(fn: object, unit_of_work: object) -> None:
-    if not callable(fn):
-        raise UsageError(
-            f"{shown(fn)} is not a function; pass the function to run, taking the unit of "
-            "work as its first argument"
-        )
-    _check_factory(unit_of_work)
-
-
-def _check_factory(unit_of_work: object) -> None:
-    if not callable(unit_of_work):
-        raise UsageError(
-            f"unit_of_work={shown(unit_of_work)} is invalid; pass a unit-of-work class such "
-            "as UnitOfWork or a subclass of it"
-        )
-
-
-class _Policy(NamedTuple):
-    retries: int
-    backoff: float
-    max_backoff: float
-
-
-def _retry_delay(
-    exc: TransientError, attempt: int, policy: _Policy, *, unit: UnitOfWork, fn: object
-) -> float:
-    """How long to wait before the next attempt; re-raises ``exc`` when there is none."""
-    retries = policy.retries
-    if attempt >= retries or joined_unit_open(unit.database, unit._current_owner()):
-        raise exc
-    cap = min(policy.max_backoff, policy.backoff * 2**attempt)
-    delay = random.uniform(0, cap)  # noqa: S311 - jitter, not security
-    unit.database._count("retries")
-    logger.info(
-        "retrying %s (attempt %d of %d) in %.3fs after %s: %s",
-        getattr(fn, "__qualname__", fn),
-        attempt + 2,
-        retries + 1,
-        delay,
-        type(exc).__name__,
-        exc,
-    )
-    return delay
+    _check_function(fn)
+    options = locals()  # the keyword arguments: exactly RetryPolicy's fields
+    del options["fn"]
+    return await RetryPolicy(**options).run_async(fn)
 
 
 def transactional(
@@ -205,7 +239,7 @@ def transactional(
     decorated function is called without its first argument, which the decorator
     fills with a fresh unit of work on each attempt. Same rules as
     :func:`run_transaction`. An ``async def`` function gets an AsyncUnitOfWork (or
-    the ``unit_of_work`` given) and runs through :func:`run_transaction_async`::
+    the ``unit_of_work`` given) and runs as :func:`run_transaction_async` would::
 
         @uow.transactional(retries=5, isolation="SERIALIZABLE", unit_of_work=BankUnitOfWork)
         def transfer(uow: BankUnitOfWork, source: int, target: int, amount: int) -> None:
@@ -213,42 +247,28 @@ def transactional(
 
         transfer(1, 2, 500)
     """
+    options = locals()  # the keyword arguments: exactly RetryPolicy's fields
+    del options["fn"]
     # Checked now, where the decorator is written, rather than on the first call.
-    _check_options(retries, backoff, max_backoff)
-    _check_factory(unit_of_work)
-    # Not database: a unit_of_work factory may take something else there (a fake's store).
-    check_unit_options(None, readonly, isolation, timeout, replica)
-    options: dict[str, Any] = {
-        "retries": retries,
-        "unit_of_work": unit_of_work,
-        "database": database,
-        "isolation": isolation,
-        "readonly": readonly,
-        "timeout": timeout,
-        "replica": replica,
-        "backoff": backoff,
-        "max_backoff": max_backoff,
-    }
+    policy = RetryPolicy(**options)
 
     def decorate(function: Callable[Concatenate[Any, P], T]) -> Callable[P, T]:
-        _check_callables(function, unit_of_work)
+        _check_function(function)
         if inspect.iscoroutinefunction(function):
-            # A copy: one decorator object may also be applied to a plain def later.
-            async_options = dict(options)
+            # Its own policy: one decorator object may also be applied to a plain def later.
+            async_policy = policy
             if unit_of_work is UnitOfWork:
-                async_options["unit_of_work"] = AsyncUnitOfWork
+                async_policy = dataclasses.replace(policy, unit_of_work=AsyncUnitOfWork)
 
             @functools.wraps(function)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await run_transaction_async(
-                    lambda unit: function(unit, *args, **kwargs), **async_options
-                )
+                return await async_policy.run_async(lambda unit: function(unit, *args, **kwargs))
 
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(function)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            return run_transaction(lambda unit: function(unit, *args, **kwargs), **options)
+            return policy.run(lambda unit: function(unit, *args, **kwargs))
 
         return wrapper
 

@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import sys
 import threading
-import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self, TypeVar
 
 from sqlalchemy.orm import Session
 
-from ._database import ISOLATION_LEVELS, Database
+from ._database import Database
 from ._default import get_database
-from ._engine.classify import first_line
-from ._engine.monitor import ORIGIN_KEY, describe_origin, stop_watching
-from ._engine.timeouts import TIMEOUT_KEY
-from ._errors import CommitOutcomeUnknown, ConnectionLost, TransactionRolledBack, UsageError
+from ._errors import TransactionRolledBack, UsageError
 from ._repository import Repository
-from ._values import check_flag, check_number, shown
+from ._sessions import close_session, commit_session
+from ._unit_options import caller_frame, check_unit_options, declared_repositories
 
-__all__ = ["UnitOfWork", "check_unit_options", "declared_repositories", "joined_unit_open"]
+__all__ = ["UnitOfWork"]
 
 logger = logging.getLogger("uow")
 
@@ -35,62 +31,6 @@ M = TypeVar("M")
 # second connection (a thread holding one connection and waiting for another is
 # how pools deadlock under load).
 _active: ContextVar[tuple[UnitOfWork, ...]] = ContextVar("uow_active", default=())
-
-
-def joined_unit_open(database: Database, owner: int | None = None) -> bool:
-    """Tell whether this thread (or the given owner) has a unit of work open on ``database``."""
-    me = threading.get_ident() if owner is None else owner
-    return any(
-        u._db is database and u._owner == me and u._session is not None for u in _active.get()
-    )
-
-
-def check_unit_options(
-    database: object, readonly: object, isolation: object, timeout: object, replica: object
-) -> tuple[str | None, float | None]:
-    """Check a unit of work's arguments; return its isolation and timeout, normalized.
-
-    Raises:
-        UsageError: an argument is not one a unit of work accepts; the message names it.
-    """
-    if database is not None and not isinstance(database, Database):
-        # Not the value: a URL given here by mistake may carry a password.
-        raise UsageError(
-            f"database= takes a uow.Database, or None for the default one, not a "
-            f"{type(database).__name__}; build one with uow.Database(uow.Settings(url=...))"
-        )
-    check_flag("readonly", readonly, error=UsageError)
-    check_flag("replica", replica, error=UsageError)
-    level = None
-    if isolation is not None:
-        if isinstance(isolation, str):
-            level = " ".join(str.__str__(isolation).replace("_", " ").upper().split())
-        if level not in ISOLATION_LEVELS:
-            raise UsageError(
-                f"isolation={shown(isolation)} is not supported; "
-                f"use one of {sorted(ISOLATION_LEVELS)}"
-            )
-    seconds = None
-    if timeout is not None:
-        seconds = check_number("timeout", timeout, 0.001, 86400.0, error=UsageError)
-    return level, seconds
-
-
-def _caller_frame(entry: str = "__enter__") -> FrameType:
-    """The frame that entered the unit of work: the first outside uow and its ``entry``s.
-
-    For ``async with`` the same holds: a running coroutine's frame links back through
-    the coroutines awaiting it, so the caller is on the chain while its block runs.
-    """
-    frame = sys._getframe(2)
-    while frame.f_back is not None and (
-        frame.f_code.co_filename.startswith(_PACKAGE) or frame.f_code.co_name == entry
-    ):
-        frame = frame.f_back
-    return frame
-
-
-_PACKAGE = str(Path(__file__).parent)
 
 
 class UnitOfWork:
@@ -153,17 +93,24 @@ class UnitOfWork:
     # -- entering and leaving ---------------------------------------------------------
 
     def __enter__(self) -> Self:
-        return self._enter(threading.get_ident(), _caller_frame())
+        return self._enter(threading.get_ident(), caller_frame())
 
     # What owns a unit: a thread here, a task in AsyncUnitOfWork's core.
     _owner_kind = "thread"
-    _asynchronous = False
 
     def _current_owner(self) -> int:
         return threading.get_ident()
 
-    def _open_session(self, database: Database) -> Session:
-        return database._new_session(readonly=self.readonly, isolation=self.isolation)
+    def _open_session(self, database: Database, caller: FrameType) -> Session:
+        """A root unit's new session, from the database's seam for units of work."""
+        return database._unit_session(
+            readonly=self.readonly,
+            isolation=self.isolation,
+            timeout=self.timeout,
+            replica=self.replica,
+            caller=caller,
+            asynchronous=False,
+        )
 
     def _enter(self, me: int, caller: FrameType) -> Self:
         if self._session is not None:
@@ -178,22 +125,7 @@ class UnitOfWork:
             self._check_can_join(root)
             session = root.session
         else:
-            session = self._open_session(database)
-            if database._watched:
-                with_stack = database.settings.leak_detection_stack
-                session.info[ORIGIN_KEY] = describe_origin(caller, with_stack)
-            if self.timeout is not None:
-                # Read by the database's after_begin listener (see _timeouts).
-                session.info[TIMEOUT_KEY] = self.timeout
-            if self.readonly and self.replica and database._replicas is not None:
-                # After the listeners: routing checks out the connection, which begins.
-                try:
-                    database._replicas.route(
-                        session, self.isolation, asynchronous=self._asynchronous
-                    )
-                except BaseException:
-                    _close(session)
-                    raise
+            session = self._open_session(database, caller)
         self._db, self._session, self._root = database, session, root
         self._owner, self._frame = me, caller
         self._token = _active.set((*stack, self))
@@ -314,7 +246,7 @@ class UnitOfWork:
     def _commit_transaction(self) -> None:
         session = self._session
         assert session is not None
-        _commit(session)
+        commit_session(session)
 
     def _rollback_quietly(self) -> None:
         """Roll back; a failure is logged so it never hides the exception being handled."""
@@ -331,7 +263,7 @@ class UnitOfWork:
             repository._detach()
         self._repositories = {}
         if self._root is None and session is not None:
-            _close(session)
+            close_session(session)
         self._failure = None
         self._root = self._frame = None
         token, self._token = self._token, None
@@ -345,9 +277,27 @@ class UnitOfWork:
 
     def _note_write(self) -> None:
         """Send this thread's (or task's) next readonly units to the primary for a while."""
-        database = self._db
-        if database is not None and database._replicas is not None:
-            database._replicas.note_write()
+        if self._db is not None:
+            self._db._note_write()
+
+    def _begin_retry(self) -> bool:
+        """Whether retry may run this ended unit's work again; if so, the retry is counted.
+
+        Not when a unit on the same database is still open around it in this thread (or
+        task): that transaction is aborted, and the error belongs to whoever opened it.
+        """
+        database, me = self.database, self._current_owner()
+        for unit in _active.get():
+            if unit._db is database and unit._owner == me and unit._session is not None:
+                return False
+        database._note_retry()
+        return True
+
+    @staticmethod
+    def _restore_stack(token: Token[tuple[UnitOfWork, ...]]) -> None:
+        """Put this context's stack of open units back as ``token`` found it, if it can."""
+        with contextlib.suppress(ValueError):
+            _active.reset(token)
 
     def _doom(self, cause: BaseException) -> None:
         if self._failure is None:
@@ -409,7 +359,7 @@ class UnitOfWork:
             raise UsageError("a readonly unit of work cannot commit")
         if self._failure is not None:
             self._finish()  # rolls back and raises TransactionRolledBack
-        _commit(session)
+        commit_session(session)
         self._note_write()
         self._committed += self._pending
         self._pending = []
@@ -470,64 +420,3 @@ class UnitOfWork:
         state = "active" if self._session is not None else "idle"
         joined = ", joined" if self._root is not None else ""
         return f"<{type(self).__name__} {state}{joined} readonly={self.readonly}>"
-
-
-def _close(session: Session) -> None:
-    """Close a unit's session, which returns its connection; failures are logged, not raised."""
-    try:
-        session.close()
-    except ConnectionLost as exc:
-        # Only the ROLLBACK ending the transaction failed: the server has already
-        # rolled it back, and the pool discarded the connection. Not an error.
-        logger.warning(
-            "the connection was lost as the unit of work ended (%s); it was discarded",
-            first_line(exc.__cause__ or exc),
-        )
-    except Exception:
-        logger.exception("closing the session failed; its connection was invalidated")
-    finally:
-        # The monitor may not have heard the transaction end (see stop_watching).
-        stop_watching(session)
-
-
-def _commit(session: Session) -> None:
-    # Flush first, so that a connection lost now is known to be lost before COMMIT
-    # was sent (nothing kept, safe to retry); lost during commit() it may have landed.
-    session.flush()
-    try:
-        session.commit()
-    except ConnectionLost as exc:
-        raise CommitOutcomeUnknown(
-            "the connection was lost while COMMIT was in flight, so the transaction may or may "
-            "not have committed. It is not retried automatically: check whether its effects "
-            "are there (for example by an idempotency key) before running it again."
-        ) from exc
-
-
-_declared: dict[tuple[type[Any], type[Any]], list[tuple[str, type[Any], type[Any]]]] = {}
-
-
-def declared_repositories(
-    cls: type[Any], family: type[Any] = Repository
-) -> list[tuple[str, type[Any], type[Any]]]:
-    """The repositories a unit-of-work class declares: (attribute, repository class, model).
-
-    ``family`` is the repository base class to look for (AsyncRepository for async units).
-    """
-    found = _declared.get((cls, family))
-    if found is None:
-        found = []
-        for name, hint in typing.get_type_hints(cls).items():
-            origin = typing.get_origin(hint) or hint
-            if not (isinstance(origin, type) and issubclass(origin, family)):
-                continue
-            args = typing.get_args(hint)
-            model = args[0] if args else getattr(origin, "model", None)
-            if not isinstance(model, type):
-                raise UsageError(
-                    f"{cls.__name__}.{name}: cannot tell which model {hint!r} is for; "
-                    "annotate it as Repository[Model] or a subclass of Repository[Model]"
-                )
-            found.append((name, origin, model))
-        _declared[cls, family] = found
-    return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -165,7 +166,7 @@ def test_failed_connects_are_counted(make_database: MakeDatabase) -> None:
         with pytest.raises(DatabaseUnavailable):
             unit(database)
     stats = database.stats()
-    assert stats.connections_errors == 1 == stats.connect_failures
+    assert stats.connections_errors == 1 == database.counters()["connect_failures"]
     assert stats.fast_failures == 1
     assert stats.requests_errors == 2 and stats.requests_timeouts == 0
     assert stats.connections_num == 0 and stats.pool_size == 0
@@ -181,17 +182,27 @@ def test_counts_survive_dispose(make_database: MakeDatabase) -> None:
     assert (stats.requests_num, stats.connections_num, stats.pool_size) == (2, 2, 1)
 
 
-def test_stats_keep_status_and_counters(make_database: MakeDatabase) -> None:
-    """stats() agrees with status() and carries counters()."""
+def test_status_and_counters_are_views_of_stats(make_database: MakeDatabase) -> None:
+    """status() and counters() are read from stats()' snapshot; no field is in it twice."""
     database = make_database(pool_size=2)
     unit(database)
     status, stats, counters = database.status(), database.stats(), database.counters()
-    assert (status.size, status.idle, status.checked_out) == (
+    assert (status.size, status.idle, status.checked_out, status.waiting) == (
         stats.pool_min,
         stats.pool_available,
         stats.pool_checked_out,
+        stats.requests_waiting,
     )
-    assert {name: getattr(stats, name) for name in counters} == counters
+    renamed = {"connect_failures": "connections_errors"}
+    assert {name: getattr(stats, renamed.get(name, name)) for name in counters} == counters
+    assert list(counters) == [
+        "retries",
+        "leaks",
+        "long_transactions",
+        "connect_failures",
+        "fast_failures",
+    ]
+    assert "connect_failures" not in {f.name for f in dataclasses.fields(PoolStats)}
 
 
 def test_metrics_add_no_round_trip(

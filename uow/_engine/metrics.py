@@ -10,27 +10,51 @@ integer additions under a lock.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import weakref
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Self
 
 from sqlalchemy import Engine, event
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
 
+from .fork import at_fork_in_child
 from .liveness import Recycled
 from .stats import DATABASE_COUNTERS, PoolStats
 
-__all__ = [
-    "PoolMetrics",
-    "PoolStats",
-    "install_metrics",
-    "read_stats",
-]
+__all__ = ["PoolMetrics", "PoolStats", "PoolStatus", "install_metrics", "read_stats"]
 
 _CHECKED_OUT_AT = "uow_checked_out_at"  # record.info key: when the connection left the pool
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    """A view of :meth:`Database.stats`' snapshot: the synchronous pools' gauges only."""
+
+    size: int
+    """Connections the pool keeps (``pool_size``; ``PoolStats.pool_min``)."""
+    max_overflow: int
+    """Extra connections allowed under load."""
+    checked_out: int
+    """Connections in use by a unit of work right now (``PoolStats.pool_checked_out``)."""
+    idle: int
+    """Open connections waiting in the pool (``PoolStats.pool_available``)."""
+    waiting: int
+    """Callers queued for a connection (``PoolStats.requests_waiting``)."""
+    replicas: tuple[PoolStatus, ...] = ()
+    """The same for each read replica's pool, in the order of ``replica_urls``."""
+
+    @classmethod
+    def of(cls, stats: PoolStats, max_overflow: int, replicas: tuple[PoolStatus, ...] = ()) -> Self:
+        """The status part of one pool's ``stats``."""
+        return cls(
+            size=stats.pool_min,
+            max_overflow=max_overflow,
+            checked_out=stats.pool_checked_out,
+            idle=stats.pool_available,
+            waiting=stats.requests_waiting,
+            replicas=replicas,
+        )
 
 
 class PoolMetrics:
@@ -50,7 +74,7 @@ class PoolMetrics:
         self.connect_errors = 0
         self.lost = 0
         self.invalidations = 0
-        _recorders.add(self)
+        at_fork_in_child(self._after_fork)
 
     def enter_queue(self) -> None:
         """A caller found no free connection and queues for one."""
@@ -120,17 +144,6 @@ class PoolMetrics:
         self.waiting = 0
 
 
-_recorders: weakref.WeakSet[PoolMetrics] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for recorder in list(_recorders):
-        recorder._after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def install_metrics(engine: Engine) -> PoolMetrics:
     """Feed the pool events of ``engine`` to its pool's recorder, and return the recorder.
 
@@ -156,8 +169,8 @@ def metrics_of(pool: Pool) -> PoolMetrics:
     return recorder
 
 
-def read_stats(pool: Pool, counters: Mapping[str, int]) -> PoolStats:
-    """A snapshot of ``pool``'s gauges and recorder, with the database's ``counters``."""
+def read_stats(pool: Pool) -> PoolStats:
+    """A snapshot of ``pool``'s gauges and recorder; the database's own counters are 0."""
     recorder = metrics_of(pool)
     assert isinstance(pool, QueuePool)
     size = pool.size()
@@ -184,5 +197,5 @@ def read_stats(pool: Pool, counters: Mapping[str, int]) -> PoolStats:
             connections_errors=recorder.connect_errors,
             connections_lost=recorder.lost,
             invalidations=recorder.invalidations,
-            **{name: counters.get(name, 0) for name in DATABASE_COUNTERS},
+            **dict.fromkeys(DATABASE_COUNTERS, 0),  # the Database adds its own counts
         )

@@ -11,7 +11,6 @@ process scans the open transactions; it sleeps while there are none.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import traceback
@@ -22,6 +21,8 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+
+from .fork import at_fork_in_child
 
 __all__ = ["ORIGIN_KEY", "describe_origin", "stop_watching", "watch_sessions"]
 
@@ -125,12 +126,12 @@ class _Monitor:
 _monitor = _Monitor()
 
 
-def _after_fork_in_child() -> None:
+def _new_monitor_in_child() -> None:
     global _monitor  # noqa: PLW0603 - the parent's thread does not exist in the child
     _monitor = _Monitor()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork_in_child(_new_monitor_in_child)
 
 
 def watch_sessions(

@@ -57,7 +57,6 @@ class ConnectGate:
 
     def failed(self, error: BaseException) -> None:
         """Record a failed attempt and start (or lengthen) the backoff."""
-        self._count("connect_failures")
         with self._lock:
             now = time.monotonic()
             if not self._failures:

@@ -34,6 +34,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import Pool
 
 from .._errors import DatabaseUnavailable
 from .._settings import Settings
@@ -96,6 +97,15 @@ class Replicas:
                 engines = self._async_engines
         return engines
 
+    def pools(self) -> list[tuple[Pool, Pool | None]]:
+        """Each replica's pool, and its asyncio pool once built, in ``replica_urls`` order."""
+        asynchronous: list[AsyncEngine | None] = [*(self._async_engines or [])]
+        asynchronous += [None] * (len(self.engines) - len(asynchronous))
+        return [
+            (engine.pool, async_engine.sync_engine.pool if async_engine is not None else None)
+            for engine, async_engine in zip(self.engines, asynchronous, strict=True)
+        ]
+
     def route(self, session: Session, isolation: str | None, *, asynchronous: bool) -> None:
         """Point a readonly unit's new session at the next replica that answers.
 
@@ -149,11 +159,11 @@ class Replicas:
             options: dict[str, Any] = {"postgresql_readonly": True}
             if isolation is not None:
                 options["isolation_level"] = isolation
-            if asynchronous:
-                bind = self.async_engines[index].execution_options(**options).sync_engine
-            else:
-                bind = self.engines[index].execution_options(**options)
-            self._binds[key] = bind
+            engine = self.async_engines[index].sync_engine if asynchronous else self.engines[index]
+            with self._lock:  # built once, as the Database builds its own binds
+                bind = self._binds.get(key)
+                if bind is None:
+                    bind = self._binds[key] = engine.execution_options(**options)
         return bind
 
     def _lag_check_due(self, index: int) -> bool:

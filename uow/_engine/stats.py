@@ -207,7 +207,7 @@ class PoolStats:
         metadata=measures(
             "counter",
             "attempts",
-            "Failed attempts to open a connection (the same as `connect_failures`).",
+            'Failed attempts to open a connection (`Database.counters()["connect_failures"]`).',
             prometheus="uow_pool_connect_errors",
         )
     )
@@ -251,14 +251,6 @@ class PoolStats:
             "transactions",
             "Transactions open past `long_transaction_threshold`.",
             prometheus="uow_long_transactions",
-            counted_by_database=True,
-        )
-    )
-    connect_failures: int = field(
-        metadata=measures(
-            "counter",
-            "attempts",
-            "Failed attempts to open a connection.",
             counted_by_database=True,
         )
     )

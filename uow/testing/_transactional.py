@@ -9,10 +9,9 @@ from sqlalchemy import Connection, Transaction, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncTransaction
 from sqlalchemy.orm import Session
 
-from .._database import Database, PoolStatus
+from .._database import Database, _Snapshot
 from .._default import _swap_default
 from .._engine.budget import Budget
-from .._engine.metrics import PoolStats
 from .._errors import UsageError
 
 __all__ = ["rolled_back"]
@@ -78,14 +77,10 @@ class _BoundDatabase(Database):
         return self._parent.async_engine
 
     # About the parent's pools, replicas included (``_replicas`` is None here only so
-    # that readonly units are not routed).
-    def status(self) -> PoolStatus:
-        """The parent database's pool status."""
-        return self._parent.status()
-
-    def replica_stats(self) -> list[PoolStats]:
-        """The parent database's replica pool statistics."""
-        return self._parent.replica_stats()
+    # that readonly units are not routed): stats(), status(), counters() and
+    # replica_stats() are all views of this one reading.
+    def _snapshot(self) -> _Snapshot:
+        return self._parent._snapshot()
 
     def check(self) -> Budget:
         """The parent database's connection budget check."""
