@@ -58,6 +58,7 @@ import uow.migrations
 from examples.bank import async_services, services
 from examples.bank.async_services import AsyncBankUnitOfWork
 from examples.bank.models import Account
+from examples.bank.storm_chart import chart
 from examples.bank.unit_of_work import BankUnitOfWork
 from uow._ops.doctor import diagnose, render
 from uow.testing import EmbeddedPostgres, PgBouncer
@@ -521,36 +522,6 @@ def verdict(results: list[ModeResult]) -> list[str]:
     return lines
 
 
-def chart(results: list[ModeResult], path: Path, max_connections: int) -> None:
-    # Imported here: matplotlib is an optional extra and slow to import.
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
-    for r in results:
-        if r.connections_timeline:
-            xs, ys = zip(*r.connections_timeline, strict=True)
-            top.plot(xs, ys, label=r.mode)
-        if r.throughput_timeline:
-            xs, ys = zip(*r.throughput_timeline, strict=True)
-            bottom.plot(xs, ys, label=r.mode)
-    top.axhline(max_connections, color="red", linestyle="--", linewidth=1, label="max_connections")
-    budget = next((r.budget for r in results if r.budget), None)
-    if budget:
-        top.axhline(budget, color="green", linestyle=":", linewidth=1, label="uow budget")
-    top.set_ylabel("server connections")
-    top.legend(loc="upper right")
-    bottom.set_ylabel("transfers committed / s")
-    bottom.set_xlabel("seconds")
-    bottom.legend(loc="upper right")
-    fig.suptitle(f"Storm: {results[0].clients} clients, connection per request vs uow")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per mode (10)")
@@ -629,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         "verdict": lines,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    chart(results, args.out / "storm.png", max_connections)
+    chart(summary["modes"], args.out / "storm.png", max_connections)
     print(f"wrote {args.out / 'summary.json'} and {args.out / 'storm.png'}")
     return 1 if any(line.startswith("FAIL") for line in lines) else 0
 
