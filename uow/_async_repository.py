@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.util import greenlet_spawn
 
 from ._errors import UsageError
-from ._repository import Criterion, ModelT, OrderBy, Repository, _ordered, model_from_bases
+from ._repository import Criterion, ModelT, OrderBy, Repository, model_from_bases, ordered
 
 if TYPE_CHECKING:
     from ._async import AsyncUnitOfWork
@@ -160,7 +160,7 @@ class AsyncRepository(Generic[ModelT]):
         **by: Any,
     ) -> AsyncIterator[ModelT]:
         """See :meth:`uow.Repository.stream`: a server-side cursor, read asynchronously."""
-        stmt = _ordered(self._sync._select(where, by, "stream"), order_by)
+        stmt = ordered(self._sync._select(where, by, "stream"), order_by)
         result = await self.session.stream_scalars(stmt.execution_options(yield_per=batch_size))
         try:
             async for obj in result:

@@ -37,7 +37,7 @@ from ._arguments import (
 from ._engine.bulk import copy_plan
 from ._errors import UsageError
 
-__all__ = ["ModelT", "Repository", "model_from_bases"]
+__all__ = ["Criterion", "ModelT", "OrderBy", "Repository", "model_from_bases", "ordered"]
 
 ModelT = TypeVar("ModelT")
 
@@ -207,7 +207,7 @@ class Repository(Generic[ModelT]):
                 primary key so concurrent callers lock in the same order.
             **by: equality filters on attribute names.
         """
-        stmt = _ordered(self._select(where, by), order_by)
+        stmt = ordered(self._select(where, by), order_by)
         if limit is not None:
             stmt = stmt.limit(limit)
         if offset is not None:
@@ -390,7 +390,7 @@ class Repository(Generic[ModelT]):
         Uses a server-side cursor, so the result is never held whole in memory; call
         ``uow.session.expunge_all()`` between batches to let processed objects go too.
         """
-        stmt = _ordered(self._select(where, by, "stream"), order_by)
+        stmt = ordered(self._select(where, by, "stream"), order_by)
         result = self.session.scalars(stmt.execution_options(yield_per=batch_size))
         try:
             yield from result
@@ -415,7 +415,8 @@ def model_from_bases(cls: type[Any], family: type[Any]) -> None:
             return
 
 
-def _ordered(stmt: Select[Any], order_by: OrderBy | Sequence[OrderBy]) -> Select[Any]:
+def ordered(stmt: Select[Any], order_by: OrderBy | Sequence[OrderBy]) -> Select[Any]:
+    """``stmt`` ordered by one criterion or several (an empty sequence leaves it as is)."""
     if isinstance(order_by, Sequence) and not isinstance(order_by, str):
         return stmt.order_by(*order_by) if order_by else stmt
     return stmt.order_by(order_by)
