@@ -76,7 +76,7 @@ def test_ctrl_c_exits_0(postgres_url: str, app_name: str) -> None:
     environ.update(DATABASE_URL=postgres_url, UOW_APPLICATION_NAME=app_name)
     # The command as a terminal starts it: with Python's Ctrl-C handler, even when this
     # test runs in the background with SIGINT ignored (a child inherits that).
-    with subprocess.Popen(
+    with subprocess.Popen(  # noqa: S603 - our own interpreter and code
         [sys.executable, "-c", IN_A_TERMINAL, "top", "--interval", "0.1"],
         env=environ,
         stdout=subprocess.PIPE,
