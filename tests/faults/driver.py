@@ -21,8 +21,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -53,13 +53,34 @@ class _Awaited(AbstractContextManager[T]):
 
 
 class Unit:
-    """What a worker holds inside a unit of work, whichever kind it is."""
+    """A unit of work of either kind, entered and used from a worker with ``with``.
+
+    Its ``__enter__`` calls the unit's own ``__enter__`` (or awaits ``__aenter__``), so
+    the unit sees the worker's code as its caller, as it would without the driver.
+    """
 
     def __init__(self, unit: UnitOfWork | AsyncUnitOfWork) -> None:
         self.unit = unit
 
+    def __enter__(self) -> Unit:
+        if isinstance(self.unit, AsyncUnitOfWork):
+            await_only(self.unit.__aenter__())
+        else:
+            self.unit.__enter__()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(self.unit, AsyncUnitOfWork):
+            await_only(self.unit.__aexit__(kind, exc, tb))
+        else:
+            self.unit.__exit__(kind, exc, tb)
+
     def _wait(self, step: Awaitable[T] | T) -> T:
-        return await_only(step) if isinstance(self.unit, AsyncUnitOfWork) else step  # type: ignore[arg-type]
+        if isinstance(self.unit, AsyncUnitOfWork):
+            return await_only(step)  # type: ignore[arg-type]
+        return step  # type: ignore[return-value]
 
     def execute(self, statement: Any, params: dict[str, Any] | None = None) -> Result[Any]:
         """Run a statement (a string is taken as SQL text) and return its buffered result."""
@@ -165,15 +186,11 @@ class Driver:
 
     # -- inside a worker ----------------------------------------------------------------
 
-    @contextmanager
-    def unit(self, db: Database, **options: Any) -> Iterator[Unit]:
+    def unit(self, db: Database, **options: Any) -> Unit:
         """``with UnitOfWork(db)``, or ``async with AsyncUnitOfWork(db)``, in a worker."""
         if self.asynchronous:
-            with _Awaited(AsyncUnitOfWork(db, **options)) as async_unit:
-                yield Unit(async_unit)
-        else:
-            with UnitOfWork(db, **options) as sync_unit:
-                yield Unit(sync_unit)
+            return Unit(AsyncUnitOfWork(db, **options))
+        return Unit(UnitOfWork(db, **options))
 
     def call(
         self,
