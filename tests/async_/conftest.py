@@ -1,4 +1,4 @@
-"""Fixtures of the async suite: databases whose asyncio pool must end empty, and fault servers.
+"""Fixtures of the async suite: databases whose asyncio pool must end empty.
 
 pytest-asyncio is not used: a test is a plain function that runs its scenario with
 :func:`run` (``asyncio.run``), so each test gets a fresh event loop and nothing of one
@@ -6,16 +6,13 @@ test's loop can reach the next. Connections belong to the loop that opened them,
 test keeps to one scenario per Database; the fixtures close the asyncio pools in a
 loop of their own at teardown, after checking that nothing is checked out.
 
-``server`` and ``fault`` are the fault suite's fixtures (tests/faults/conftest.py),
-which are not visible from here, with the end check extended to the asyncio pool.
+The fault scenarios run for AsyncUnitOfWork in tests/faults, through its async driver.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-import time
-import uuid
+import contextlib
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -23,14 +20,12 @@ import psycopg
 import pytest
 
 from tests.conftest import MakeDatabase
-from tests.faults.helpers import FaultWatch
+from tests.helpers import wait_for
 from tests.models import Base
-from uow import Database, Settings, migrations
-from uow.testing import EmbeddedPostgres
+from uow import Database
 
 T = TypeVar("T")
 
-MAX_CONNECTIONS = 20
 TEST_TABLES = ", ".join(table.name for table in Base.metadata.sorted_tables)
 
 
@@ -46,16 +41,17 @@ def idle_in_transaction(admin: psycopg.Connection[Any], app_name: str) -> list[t
     is closed at once, but its server process takes a moment to notice and exit. One the
     pool still holds stays, and is reported.
     """
-    deadline = time.monotonic() + 2.0
-    while True:
-        stuck = admin.execute(
+
+    def stuck() -> list[tuple[Any, ...]]:
+        return admin.execute(
             "SELECT pid, state, left(query, 80) FROM pg_stat_activity"
             " WHERE application_name = %s AND state LIKE 'idle in transaction%%'",
             (app_name,),
         ).fetchall()
-        if not stuck or time.monotonic() > deadline:
-            return stuck
-        time.sleep(0.02)
+
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not stuck(), timeout=2.0, what="discarded sessions to exit")
+    return stuck()
 
 
 def async_checked_out(databases: list[Database]) -> list[tuple[Database, int]]:
@@ -110,44 +106,3 @@ def make_adb(
 def adb(make_adb: MakeDatabase) -> Database:
     """A default-sized Database for one async test, on empty tables."""
     return make_adb()
-
-
-# -- the fault suite's fixtures, for the async variant ---------------------------------
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[EmbeddedPostgres]:
-    """A throwaway cluster for the module (max_connections=20): test tables and bank schema."""
-    postgres = EmbeddedPostgres(max_connections=MAX_CONNECTIONS).start()
-    try:
-        migrations.upgrade(postgres.url, "head")
-        with Database(Settings(url=postgres.url, application_name="uow-fault-setup")) as db:
-            Base.metadata.create_all(db.engine)
-        yield postgres
-    finally:
-        postgres.cleanup()
-
-
-def assert_clean(watch: FaultWatch) -> str:
-    """The fault suite's end check, extended to the asyncio pools; returns what it saw."""
-    leaked = async_checked_out(watch.databases)
-    assert not leaked, f"connections still checked out on the asyncio pool: {leaked}"
-    idle = sum(db.async_engine.pool.checkedin() for db in watch.databases)
-    return f"async pool checked_out=0, idle={idle}; {watch.assert_clean()}"
-
-
-@pytest.fixture
-def fault(server: EmbeddedPostgres, request: pytest.FixtureRequest) -> Iterator[FaultWatch]:
-    """The test's application on empty tables; at the end, nothing checked out or left open."""
-    server.start()  # a no-op unless an earlier test of the module left it stopped
-    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
-    watch = FaultWatch(server, f"async-{slug}-{uuid.uuid4().hex[:8]}")
-    watch.side.execute(f"TRUNCATE {TEST_TABLES}, accounts, ledger RESTART IDENTITY CASCADE")
-    try:
-        yield watch
-        assert_clean(watch)
-    finally:
-        try:
-            dispose_all(watch.databases)
-        finally:
-            watch.close()

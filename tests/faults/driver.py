@@ -192,21 +192,13 @@ class Driver:
             return Unit(AsyncUnitOfWork(db, **options))
         return Unit(UnitOfWork(db, **options))
 
-    def call(
-        self,
-        sync: Callable[..., T],
-        asynchronous: Callable[..., Awaitable[T]],
-        *args: Any,
-        **kwargs: Any,
-    ) -> T:
-        """``sync(*args)``, or ``await asynchronous(*args)``, in a worker."""
-        if self.asynchronous:
-            return await_only(asynchronous(*args, **kwargs))
-        return sync(*args, **kwargs)
+    def call(self, sync: Callable[[], T], asynchronous: Callable[[], Awaitable[T]]) -> T:
+        """``sync()``, or ``await asynchronous()``, in a worker."""
+        return await_only(asynchronous()) if self.asynchronous else sync()
 
     def sleep(self, seconds: float) -> None:
         """Pause the worker (and only the worker) for ``seconds``."""
-        self.call(time.sleep, asyncio.sleep, seconds)
+        self.call(lambda: time.sleep(seconds), lambda: asyncio.sleep(seconds))
 
     def barrier(self, parties: int) -> Callable[[], object]:
         """A barrier for ``parties`` workers; call what it returns to wait at it."""

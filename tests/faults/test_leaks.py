@@ -214,7 +214,12 @@ async def _async_generator_dropped(db: Database, n: int) -> bool:
 
 def awaited(scenario: Callable[[Database, int], Awaitable[bool]]) -> Ending:
     """An ending written as asyncio code, awaited from the driver's worker."""
-    return lambda driver, db, n: driver.call(lambda: False, scenario, db, n)
+
+    def ending(driver: Driver, db: Database, n: int) -> bool:
+        assert driver.asynchronous
+        return driver.call(lambda: False, lambda: scenario(db, n))
+
+    return ending
 
 
 COMMON: dict[str, tuple[Ending, int]] = {
