@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.replicas.conftest import PASSWORD, TABLE, Cluster, wait_for
+from tests.helpers import wait_for
+from tests.replicas.conftest import PASSWORD, TABLE, Cluster
 from uow.__main__ import main
 
 
@@ -91,7 +92,8 @@ def test_a_paused_replica_shows_lag_and_needs_action(
     paused = cluster.replicas[0]
     cluster.execute(paused, "SELECT pg_wal_replay_pause()")
     wait_for(
-        lambda: cluster.execute(paused, "SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused"
+        lambda: cluster.execute(paused, "SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused",
+        what="replay to pause",
     )
     cluster.execute(cluster.primary, f"INSERT INTO {TABLE} (name) VALUES ('unseen')")
     time.sleep(0.3)

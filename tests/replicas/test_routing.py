@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from tests.helpers import wait_for
 from tests.protocol_trace import Trace
-from tests.replicas.conftest import TABLE, Cluster, MakeDatabase, wait_for
+from tests.replicas.conftest import TABLE, Cluster, MakeDatabase
 from uow import Database, UnitOfWork, run_transaction
 from uow.testing import EmbeddedPostgres, rolled_back
 
