@@ -23,6 +23,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import make_url
 
 from tests.conftest import libpq_dsn
+from tests.helpers import wait_for
 from uow import ConfigurationError, Database, Settings
 from uow.migrations import check, current, downgrade, upgrade
 
@@ -258,10 +259,10 @@ def test_migrations_connect_as_uow_migrations_and_lock_timeout_0_waits(
         " AND application_name = 'uow-migrations' AND wait_event_type = 'Lock'"
     )
     database = make_url(url).database
-    deadline = time.monotonic() + 5
-    while admin.execute(query, (database,)).fetchone() != (1,):
-        assert time.monotonic() < deadline, "no uow-migrations connection waited on the lock"
-        time.sleep(0.05)
+    wait_for(
+        lambda: admin.execute(query, (database,)).fetchone() == (1,),
+        what="a uow-migrations connection to wait on the lock",
+    )
     time.sleep(1)  # past the 0.5 s of the other test: still waiting
     assert thread.is_alive()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -13,6 +14,7 @@ from typing import Any
 from sqlalchemy import text
 
 from tests.faults.helpers import FaultWatch, kind
+from tests.helpers import wait_for
 from tests.models import Item, ShopUnitOfWork
 from uow import Database
 
@@ -141,9 +143,8 @@ def test_pool_survives_os_fork(fault: FaultWatch) -> None:
         return len(codes) < len(pids)
 
     parent = parent_units_while(children_alive, db, parent_backend)
-    deadline = time.monotonic() + 10
-    while children_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    with contextlib.suppress(AssertionError):  # reported below, with the pids
+        wait_for(lambda: not children_alive(), timeout=10, what="the children to exit")
     hung = [pid for pid in pids if pid not in codes]
     for pid in hung:  # fail, but leave no process behind
         os.kill(pid, signal.SIGKILL)
