@@ -1,4 +1,4 @@
-"""Helpers the whole suite shares: one way to wait for a condition, one way to get Ctrl-C.
+"""Helpers the whole suite shares: waiting for a condition, Ctrl-C, any value at all.
 
 Asyncio code waits with ``await asyncio.to_thread(wait_for, ...)``, so the loop keeps
 running while the condition is polled.
@@ -10,9 +10,11 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["ctrl_c_raises", "wait_for"]
+from hypothesis import strategies as st
+
+__all__ = ["any_value", "ctrl_c_raises", "wait_for"]
 
 T = TypeVar("T")
 
@@ -43,3 +45,18 @@ def ctrl_c_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def any_value(*more: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Values of every kind a caller may pass by mistake (huge, NaN, text...), and ``more``."""
+    return st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.integers(min_value=10**300, max_value=10**500),
+        st.floats(),
+        st.decimals(),
+        st.fractions(),
+        st.text(),
+        *more,
+    )

@@ -19,7 +19,7 @@ import uow
 from tests.conftest import MakeDatabase
 from tests.models import Item
 from tests.protocol_trace import Trace
-from uow import UnitOfWork
+from uow import Database, UnitOfWork
 
 
 @pytest.fixture
@@ -47,18 +47,30 @@ def test_no_more_round_trips_than_a_plain_session(
     assert traced.take() == (3, ["BEGIN", "SELECT 1", "COMMIT"])
 
 
+def select_1(database: Database, **options: Any) -> None:
+    """One unit of work that runs SELECT 1."""
+    with UnitOfWork(database, **options) as unit:
+        unit.session.execute(text("SELECT 1"))
+
+
+def traced_database(
+    make_database: MakeDatabase, trace: Callable[[Engine], Trace], **settings: Any
+) -> tuple[Database, Trace]:
+    """A one-connection Database, traced, whose connection is open already (not counted)."""
+    database = make_database(pool_size=1, **settings)
+    traced = trace(database.engine)
+    select_1(database)
+    traced.take()
+    return database, traced
+
+
 def test_a_connection_idle_past_the_window_is_pinged(
     make_database: MakeDatabase, trace: Callable[[Engine], Trace]
 ) -> None:
     """After pool_pre_ping_idle seconds in the pool, a connection is pinged before use."""
-    database = make_database(pool_size=1, pool_pre_ping_idle=0.2)
-    traced = trace(database.engine)
-    with UnitOfWork(database) as unit:
-        unit.session.execute(text("SELECT 1"))
-    traced.take()
+    database, traced = traced_database(make_database, trace, pool_pre_ping_idle=0.2)
     time.sleep(0.3)
-    with UnitOfWork(database) as unit:
-        unit.session.execute(text("SELECT 1"))
+    select_1(database)
     assert traced.take()[1] == [";", "BEGIN", "SELECT 1", "COMMIT"]
 
 
@@ -66,14 +78,11 @@ def test_pre_ping_off_never_pings(
     make_database: MakeDatabase, trace: Callable[[Engine], Trace]
 ) -> None:
     """With pool_pre_ping=False, no ping is sent however long the connection idled."""
-    database = make_database(pool_size=1, pool_pre_ping=False, pool_pre_ping_idle=0.1)
-    traced = trace(database.engine)
-    with UnitOfWork(database) as unit:
-        unit.session.execute(text("SELECT 1"))
-    traced.take()
+    database, traced = traced_database(
+        make_database, trace, pool_pre_ping=False, pool_pre_ping_idle=0.1
+    )
     time.sleep(0.2)
-    with UnitOfWork(database) as unit:
-        unit.session.execute(text("SELECT 1"))
+    select_1(database)
     assert traced.take()[1] == ["BEGIN", "SELECT 1", "COMMIT"]
 
 
@@ -81,13 +90,8 @@ def test_options_cost_no_round_trip(
     make_database: MakeDatabase, trace: Callable[[Engine], Trace]
 ) -> None:
     """readonly and isolation ride on BEGIN; an empty unit never touches the server."""
-    database = make_database(pool_size=1)
-    traced = trace(database.engine)
-    with UnitOfWork(database) as unit:
-        unit.session.execute(text("SELECT 1"))
-    traced.take()
-    with UnitOfWork(database, readonly=True, isolation="SERIALIZABLE") as unit:
-        unit.session.execute(text("SELECT 1"))
+    database, traced = traced_database(make_database, trace)
+    select_1(database, readonly=True, isolation="SERIALIZABLE")
     assert traced.take() == (
         3,
         ["BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", "SELECT 1", "ROLLBACK"],
@@ -101,13 +105,8 @@ def test_timeout_costs_exactly_one_round_trip(
     make_database: MakeDatabase, trace: Callable[[Engine], Trace]
 ) -> None:
     """timeout= adds one statement (set_config, with a bound value) per transaction."""
-    database = make_database(pool_size=1)
-    traced = trace(database.engine)
-    with UnitOfWork(database) as unit:
-        unit.session.execute(text("SELECT 1"))
-    traced.take()
-    with UnitOfWork(database, timeout=2) as unit:
-        unit.session.execute(text("SELECT 1"))
+    database, traced = traced_database(make_database, trace)
+    select_1(database, timeout=2)
     round_trips, _ = traced.take()
     assert round_trips == 4
 
