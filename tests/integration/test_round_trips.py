@@ -7,7 +7,7 @@ the server's ReadyForQuery message.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import psycopg
@@ -111,45 +111,56 @@ def test_timeout_costs_exactly_one_round_trip(
     assert round_trips == 4
 
 
-def test_insert_many_uses_copy_with_defaults_filled(
-    make_database: MakeDatabase, trace: Callable[[Engine], Trace], admin: psycopg.Connection[Any]
-) -> None:
-    """Rows of the same shape go through one COPY, with the Python default for omitted columns."""
+@pytest.fixture
+def items(admin: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+    """The side connection, with the items table empty before and after the test."""
     admin.execute("TRUNCATE uow_test_items RESTART IDENTITY")
+    yield admin
+    admin.execute("TRUNCATE uow_test_items RESTART IDENTITY")
+
+
+def insert_many(
+    make_database: MakeDatabase, trace: Callable[[Engine], Trace], rows: Iterable[dict[str, Any]]
+) -> tuple[int, list[str], list[str]]:
+    """Run insert_many in a unit; return its count, and the COPY and INSERT statements sent."""
     database = make_database(pool_size=1)
     traced = trace(database.engine)
     with UnitOfWork(database) as unit:
-        assert unit.repository(Item).insert_many({"name": f"n{i}"} for i in range(3000)) == 3000
+        count = unit.repository(Item).insert_many(rows)
     _, queries = traced.take()
-    assert [q for q in queries if q.startswith("COPY")] == [
-        'COPY "uow_test_items" ("name", "qty") FROM STDIN'
-    ]
-    assert not [q for q in queries if q.startswith("INSERT")]
-    row = admin.execute(
-        "SELECT count(*), min(qty), max(qty), max(id) FROM uow_test_items"
-    ).fetchone()
-    assert row == (3000, 0, 0, 3000)
-    admin.execute("TRUNCATE uow_test_items RESTART IDENTITY")
+    return (
+        count,
+        [q for q in queries if q.startswith("COPY")],
+        [q for q in queries if q.startswith("INSERT")],
+    )
+
+
+def test_insert_many_uses_copy_with_defaults_filled(
+    make_database: MakeDatabase, trace: Callable[[Engine], Trace], items: psycopg.Connection[Any]
+) -> None:
+    """Rows of the same shape go through one COPY, with the Python default for omitted columns."""
+    rows = ({"name": f"n{i}"} for i in range(3000))
+    count, copies, inserts = insert_many(make_database, trace, rows)
+    assert count == 3000
+    assert copies == ['COPY "uow_test_items" ("name", "qty") FROM STDIN']
+    assert not inserts
+    row = items.execute("SELECT count(*), min(qty), max(qty), max(id) FROM uow_test_items")
+    assert row.fetchone() == (3000, 0, 0, 3000)
 
 
 def test_insert_many_falls_back_to_insert_for_mixed_rows(
-    make_database: MakeDatabase, trace: Callable[[Engine], Trace], admin: psycopg.Connection[Any]
+    make_database: MakeDatabase, trace: Callable[[Engine], Trace], items: psycopg.Connection[Any]
 ) -> None:
     """Rows with different keys are inserted with multi-row INSERTs instead of COPY."""
-    admin.execute("TRUNCATE uow_test_items RESTART IDENTITY")
-    database = make_database(pool_size=1)
-    traced = trace(database.engine)
-    with UnitOfWork(database) as unit:
-        rows = [{"name": "a", "qty": 1}, {"name": "b"}]
-        assert unit.repository(Item).insert_many(rows) == 2
-    _, queries = traced.take()
-    assert not [q for q in queries if q.startswith("COPY")]
-    assert [q for q in queries if q.startswith("INSERT")]
-    assert admin.execute("SELECT name, qty FROM uow_test_items ORDER BY name").fetchall() == [
+    rows = [{"name": "a", "qty": 1}, {"name": "b"}]
+    count, copies, inserts = insert_many(make_database, trace, rows)
+    assert count == 2
+    assert not copies
+    assert inserts
+    assert items.execute("SELECT name, qty FROM uow_test_items ORDER BY name").fetchall() == [
         ("a", 1),
         ("b", 0),
     ]
-    admin.execute("TRUNCATE uow_test_items RESTART IDENTITY")
 
 
 def test_update_where_is_one_plain_statement_when_nothing_is_loaded(

@@ -47,27 +47,20 @@ def test_clean_exit_commits_visible_from_another_connection(
     assert database.status().checked_out == 0
 
 
-def test_exception_rolls_back_and_returns_connection(
-    database: Database, admin: psycopg.Connection[Any]
+@pytest.mark.parametrize(
+    "error",
+    [ValueError("boom"), KeyboardInterrupt(), SystemExit()],
+    ids=["exception", "KeyboardInterrupt", "SystemExit"],
+)
+def test_any_exception_rolls_back_and_returns_connection(
+    database: Database, admin: psycopg.Connection[Any], error: BaseException
 ) -> None:
-    """An exception leaves no row, propagates unchanged, and returns the connection."""
-    error = ValueError("boom")
-    with pytest.raises(ValueError) as info, UnitOfWork() as unit:
+    """An exception, KeyboardInterrupt or SystemExit rolls back, propagates unchanged, and
+    returns the connection."""
+    with pytest.raises(type(error)) as info, UnitOfWork() as unit:
         add_item(unit, "apple")
         raise error
     assert info.value is error
-    assert item_names(admin) == []
-    assert database.status().checked_out == 0
-
-
-@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
-def test_base_exceptions_roll_back(
-    database: Database, admin: psycopg.Connection[Any], interrupt: type[BaseException]
-) -> None:
-    """KeyboardInterrupt and SystemExit roll back, propagate and return the connection."""
-    with pytest.raises(interrupt), UnitOfWork() as unit:
-        add_item(unit, "apple")
-        raise interrupt
     assert item_names(admin) == []
     assert database.status().checked_out == 0
 
