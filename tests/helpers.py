@@ -1,4 +1,4 @@
-"""Helpers the whole suite shares: waiting for a condition, Ctrl-C, any value at all.
+"""Helpers the whole suite shares: waiting, Ctrl-C, any value at all, running a command.
 
 Asyncio code waits with ``await asyncio.to_thread(wait_for, ...)``, so the loop keeps
 running while the condition is polled.
@@ -6,17 +6,24 @@ running while the condition is polled.
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hypothesis import strategies as st
 
-__all__ = ["any_value", "ctrl_c_raises", "wait_for"]
+__all__ = ["ROOT", "any_value", "ctrl_c_raises", "run_python", "wait_for"]
 
 T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parents[1]
+"""The project's root: the working directory of the commands the tests run."""
 
 
 def wait_for(check: Callable[[], T], *, timeout: float = 10.0, what: str) -> T:
@@ -59,4 +66,24 @@ def any_value(*more: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
         st.fractions(),
         st.text(),
         *more,
+    )
+
+
+def run_python(
+    *args: str, drop: tuple[str, ...] = ("UOW_", "DATABASE_"), timeout: float = 120, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run this interpreter with ``args`` in the project root; return its text output.
+
+    Its environment is this process's without the variables whose names start with
+    ``drop`` (so the developer's own settings do not leak in), plus ``env``.
+    """
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    return subprocess.run(  # noqa: S603 - our own interpreter, arguments from the tests
+        [sys.executable, *args],
+        cwd=ROOT,
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
