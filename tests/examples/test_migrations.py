@@ -21,7 +21,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import make_url
 
 from tests.conftest import libpq_dsn
-from tests.helpers import run_python, wait_for
+from tests.helpers import ROOT, run_python, wait_for
 from uow import ConfigurationError, Database, Settings
 from uow.migrations import check, current, downgrade, upgrade
 
