@@ -49,6 +49,16 @@ class Cluster:
         )
         return bool(rows[0][0])
 
+    def pause_replay(self, replica: EmbeddedPostgres) -> None:
+        """Pause ``replica``'s replay, and wait until it has paused (the fixture resumes it)."""
+        self.execute(replica, "SELECT pg_wal_replay_pause()")
+        wait_for(
+            lambda: (
+                self.execute(replica, "SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused"
+            ),
+            what="replay to pause",
+        )
+
     def caught_up(self) -> None:
         """Wait until every standby has replayed the primary's writes so far."""
         for replica in self.replicas:
