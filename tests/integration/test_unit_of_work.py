@@ -100,33 +100,6 @@ def test_failing_rollback_is_logged_and_does_not_hide_the_error(
         assert unit.session.execute(text("SELECT 1")).scalar_one() == 1
 
 
-def test_explicit_commit_then_error_keeps_committed_part(
-    database: Database, admin: psycopg.Connection[Any]
-) -> None:
-    """commit() inside the block is final; an error afterwards rolls back only later work."""
-    with pytest.raises(RuntimeError), UnitOfWork() as unit:
-        add_item(unit, "first")
-        unit.commit()
-        add_item(unit, "second")
-        raise RuntimeError
-    assert item_names(admin) == ["first"]
-
-
-def test_explicit_rollback_discards_work(
-    database: Database, admin: psycopg.Connection[Any]
-) -> None:
-    """rollback() discards the work so far; only work done after it is committed."""
-    with UnitOfWork() as unit:
-        add_item(unit, "discarded")
-        unit.rollback()
-    assert item_names(admin) == []
-    with UnitOfWork() as unit:
-        add_item(unit, "discarded")
-        unit.rollback()
-        add_item(unit, "kept")
-    assert item_names(admin) == ["kept"]
-
-
 def test_readonly_refuses_writes(database: Database, admin: psycopg.Connection[Any]) -> None:
     """A readonly unit runs READ ONLY: the server refuses writes and nothing is committed."""
     with pytest.raises(sa_exc.InternalError) as info, UnitOfWork(readonly=True) as unit:
