@@ -23,8 +23,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from tests.async_.conftest import idle_in_transaction, run
-from tests.conftest import MakeDatabase, connections
+from tests.conftest import MakeDatabase, connections, idle_in_transaction, run
 from tests.faults.helpers import kind
 from tests.helpers import wait_for
 from tests.models import Item

@@ -20,8 +20,7 @@ from sqlalchemy import event, text, true
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 import uow
-from tests.async_.conftest import run
-from tests.conftest import MakeDatabase
+from tests.conftest import MakeDatabase, run
 from tests.models import Item
 from uow import AsyncRepository, AsyncUnitOfWork, Database, UsageError
 

@@ -12,8 +12,7 @@ import pytest
 import sqlalchemy.exc
 from sqlalchemy import text
 
-from tests.async_.conftest import run
-from tests.conftest import CapturedLog, MakeDatabase
+from tests.conftest import CapturedLog, MakeDatabase, run
 from uow import AsyncUnitOfWork, PoolExhausted
 
 
