@@ -1,1 +1,0 @@
-"""The async tests' fixtures live in tests/conftest.py (make_adb, adb, run)."""
