@@ -1,4 +1,4 @@
-"""SQLAlchemy's pool contract for AsyncUnitOfWork on PostgreSQL (test_sqlalchemy_contract.py pins sync).
+"""SQLAlchemy's pool contract for AsyncUnitOfWork on PostgreSQL (sync: test_sqlalchemy_contract).
 
 A pool timeout is ``sqlalchemy.exc.TimeoutError`` and not ``asyncio.TimeoutError``, and
 the asyncio pool logs under ``sqlalchemy.pool``.
