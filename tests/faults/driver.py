@@ -94,6 +94,10 @@ class Unit:
     def flush(self) -> None:
         self._wait(self.unit.flush())
 
+    def get_for_update(self, model: type[T], ident: Any) -> T | None:
+        """The repository's ``get_for_update``: the row, locked until the unit ends."""
+        return self._wait(self.unit.repository(model).get_for_update(ident))
+
     def backend_pid(self) -> int:
         return int(self.execute("SELECT pg_backend_pid()").scalar_one())
 
