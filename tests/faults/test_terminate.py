@@ -9,18 +9,15 @@ from collections import Counter
 
 import psycopg
 import pytest
-from sqlalchemy import text
 
 from tests.faults.driver import Driver
 from tests.faults.helpers import FaultWatch, causes, kind
 from tests.helpers import wait_for
 from uow import (
-    AsyncUnitOfWork,
     CommitOutcomeUnknown,
     ConnectionLost,
     Database,
     TransientError,
-    UnitOfWork,
 )
 
 POOL_SIZE = 4
@@ -168,13 +165,12 @@ def test_replacement_connections_are_reused(fault: FaultWatch, driver: Driver) -
     assert len(backends) <= 2 * POOL_SIZE
 
 
-@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("readonly", [True, False], ids=["readonly", "readwrite"])
 @pytest.mark.parametrize("then_query", [False, True], ids=["then-exit", "then-query"])
 def test_terminated_unit_is_not_reported_as_a_leak(
     fault: FaultWatch,
+    driver: Driver,
     caplog: pytest.LogCaptureFixture,
-    asynchronous: bool,
     readonly: bool,
     then_query: bool,
 ) -> None:
@@ -183,29 +179,25 @@ def test_terminated_unit_is_not_reported_as_a_leak(
     # Thresholds well above the unit's own life (a kill and its wait, some 50 ms) on a
     # loaded machine, and well below the wait below.
     db = fault.database(long_transaction_threshold=1.0, leak_detection_threshold=1.2)
+    failed: list[BaseException] = []
 
     def kill_and_wait() -> None:
         assert len(kill_all(fault)) == 1
 
-    def sync_unit() -> None:
-        with UnitOfWork(db, readonly=readonly) as unit:
-            unit.session.execute(text("SELECT 1"))
-            kill_and_wait()
-            if then_query:
-                unit.session.execute(text("SELECT 1"))
+    def unit_killed(i: int) -> None:
+        try:
+            with driver.unit(db, readonly=readonly) as unit:
+                unit.execute("SELECT 1")
+                driver.call(kill_and_wait, lambda: asyncio.to_thread(kill_and_wait))
+                if then_query:
+                    unit.execute("SELECT 1")
+        except (TransientError, CommitOutcomeUnknown) as exc:
+            failed.append(exc)
 
-    async def async_unit() -> None:
-        async with AsyncUnitOfWork(db, readonly=readonly) as unit:
-            await unit.session.execute(text("SELECT 1"))
-            await asyncio.to_thread(kill_and_wait)
-            if then_query:
-                await unit.session.execute(text("SELECT 1"))
-
+    driver.run(1, unit_killed, timeout=60)
     # Readonly units that only exit have nothing to lose; the others fail transiently
     # (ConnectionLost) or with CommitOutcomeUnknown (COMMIT was the first to find out).
-    try:
-        asyncio.run(async_unit()) if asynchronous else sync_unit()
-    except (TransientError, CommitOutcomeUnknown) as exc:
+    for exc in failed:
         assert then_query or not readonly, repr(exc)
         assert isinstance(exc, ConnectionLost) or not then_query, repr(exc)
     time.sleep(2.0)  # well past both thresholds, and the monitor's scans
@@ -217,4 +209,4 @@ def test_terminated_unit_is_not_reported_as_a_leak(
     assert reports == []
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert (db.counters()["leaks"], db.counters()["long_transactions"]) == (0, 0)
-    assert db.status().checked_out == 0
+    assert db.stats().pool_checked_out == 0
