@@ -55,8 +55,9 @@ class _Awaited(AbstractContextManager[T]):
 class Unit:
     """A unit of work of either kind, entered and used from a worker with ``with``.
 
-    Its ``__enter__`` calls the unit's own ``__enter__`` (or awaits ``__aenter__``), so
-    the unit sees the worker's code as its caller, as it would without the driver.
+    Its ``__enter__`` calls the unit's own ``__enter__`` (uow skips frames of that name
+    when it looks for the caller, so a sync unit sees the worker's code as its caller
+    and nested units join as without the driver), or awaits ``__aenter__``.
     """
 
     def __init__(self, unit: UnitOfWork | AsyncUnitOfWork) -> None:
