@@ -129,9 +129,9 @@ def test_bank_invariant_holds_through_terminations_and_a_restart(
     with fault.sampling(interval=0.02) as sampler:
         clients = driver.start(10, run, timeout=120)  # 2 readers, 8 transfer clients
         try:
-            time.sleep(1.5)
+            time.sleep(1.0)  # transfers and reads under way
             outcomes["backends terminated"] += len(fault.terminate_sessions())
-            time.sleep(1.5)
+            time.sleep(1.0)
             fault.server.restart(down_for=1.0)
             time.sleep(2.5)
         finally:
