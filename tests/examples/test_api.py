@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from sqlalchemy import make_url, select
 
 from examples.bank.api import create_app
 from tests.conftest import MakeDatabase
+from tests.helpers import wait_for
 from uow import Database, UnitOfWork
 
 Reply = tuple[int, dict[str, str], Any]
@@ -36,11 +36,8 @@ def serving(app: FastAPI) -> Iterator[str]:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive(), "uvicorn stopped before serving"
-            assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
-            time.sleep(0.01)
+        wait_for(lambda: server.started or not thread.is_alive(), what="uvicorn to start")
+        assert server.started, "uvicorn stopped before serving"
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True

@@ -10,30 +10,18 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from examples.bank import services
 from examples.bank.unit_of_work import BankUnitOfWork
+from tests.helpers import ROOT, run_python
 from uow import Database
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def bank(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run one CLI command against the database at ``url``, from the project root."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("UOW_", "DATABASE_URL"))}
-    env["DATABASE_URL"] = url
-    return subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "examples.bank", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_python("-m", "examples.bank", *args, DATABASE_URL=url)
 
 
 def ok(url: str, *args: str) -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,10 +21,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import make_url
 
 from tests.conftest import libpq_dsn
+from tests.helpers import ROOT, run_python, wait_for
 from uow import ConfigurationError, Database, Settings
 from uow.migrations import check, current, downgrade, upgrade
 
-ROOT = Path(__file__).resolve().parents[2]
 INI = ROOT / "alembic.ini"
 # For a test server that trusts every login (UOW_TEST_DATABASE_URL), any password works;
 # '%' would break a URL put through configparser (alembic.ini's sqlalchemy.url).
@@ -258,10 +256,10 @@ def test_migrations_connect_as_uow_migrations_and_lock_timeout_0_waits(
         " AND application_name = 'uow-migrations' AND wait_event_type = 'Lock'"
     )
     database = make_url(url).database
-    deadline = time.monotonic() + 5
-    while admin.execute(query, (database,)).fetchone() != (1,):
-        assert time.monotonic() < deadline, "no uow-migrations connection waited on the lock"
-        time.sleep(0.05)
+    wait_for(
+        lambda: admin.execute(query, (database,)).fetchone() == (1,),
+        what="a uow-migrations connection to wait on the lock",
+    )
     time.sleep(1)  # past the 0.5 s of the other test: still waiting
     assert thread.is_alive()
 
@@ -274,17 +272,7 @@ def test_migrations_connect_as_uow_migrations_and_lock_timeout_0_waits(
 
 def run_alembic(*args: str, url: str) -> subprocess.CompletedProcess[str]:
     """Run the alembic command line from the project root with DATABASE_URL set."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UOW_MIGRATIONS_")}
-    env["DATABASE_URL"] = url
-    return subprocess.run(  # noqa: S603 - our own interpreter and arguments
-        [sys.executable, "-m", "alembic", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return run_python("-m", "alembic", *args, drop=("UOW_MIGRATIONS_",), DATABASE_URL=url)
 
 
 def test_command_line_upgrades_checks_and_never_prints_the_password(url: str) -> None:

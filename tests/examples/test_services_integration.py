@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ from examples.bank.services import (
 )
 from examples.bank.unit_of_work import BankUnitOfWork
 from tests.conftest import MakeDatabase, libpq_dsn
+from tests.helpers import wait_for
 from uow import Database
 
 
@@ -275,10 +275,10 @@ def test_key_committed_by_a_racing_transaction_is_a_conflict_not_an_integrity_er
 
         thread = threading.Thread(target=work)
         thread.start()
-        deadline = time.monotonic() + 10
-        while not blocked_on_a_lock(bank_admin, app_name):
-            assert time.monotonic() < deadline, "the deposit never waited for the racer"
-            time.sleep(0.01)
+        wait_for(
+            lambda: blocked_on_a_lock(bank_admin, app_name),
+            what="the deposit to wait",
+        )
         racer.commit()
         thread.join()
 

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import run_python
 
 
 def storm(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run a short storm (2 processes x 15 threads, max_connections=20) on its own server."""
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    return subprocess.run(  # noqa: S603 - our own interpreter and module
-        [
-            sys.executable, "-m", "examples.bank.storm",
-            "--duration", "2", "--processes", "2", "--threads", "15",
-            "--max-connections", "20", "--accounts", "40", "--out", str(tmp_path), *args,
-        ],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    return run_python(
+        "-m", "examples.bank.storm",
+        "--duration", "2", "--processes", "2", "--threads", "15",
+        "--max-connections", "20", "--accounts", "40", "--out", str(tmp_path), *args,
+        drop=("DATABASE_URL",), timeout=300,
     )  # fmt: skip
 
 

@@ -1,8 +1,9 @@
-"""Fixtures of the fault suite: a throwaway server per module and the per-test watch.
+"""Fixtures of the fault suite: a throwaway server per module, the per-test watch, the driver.
 
 Each module gets its own EmbeddedPostgres (scenarios restart or kill it) with a low
 ``max_connections``, so a connection leak shows up as ``too many clients`` instead of
 hiding in a big budget. Nothing is skipped: a server that cannot start fails the module.
+A scenario that takes ``driver`` runs twice: with the sync and with the async unit of work.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.faults.driver import Driver
 from tests.faults.helpers import FaultWatch
 from tests.models import Base
 from uow import Database, Settings
@@ -46,3 +48,14 @@ def fault(server: EmbeddedPostgres, request: pytest.FixtureRequest) -> Iterator[
         watch.assert_clean()
     finally:
         watch.close()
+
+
+@pytest.fixture(params=[False, True], ids=["sync", "async"])
+def driver(request: pytest.FixtureRequest, fault: FaultWatch) -> Iterator[Driver]:
+    """The scenario's workers with UnitOfWork in threads, or AsyncUnitOfWork in tasks."""
+    driver = Driver(asynchronous=request.param)
+    try:
+        yield driver
+        fault.assert_clean()  # before the asyncio pools close, which would hide a leak
+    finally:
+        driver.close(fault.databases)

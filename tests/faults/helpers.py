@@ -11,28 +11,18 @@ so a scenario cannot forget it.
 
 from __future__ import annotations
 
-import sys
 import threading
-import time
-import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 
-from uow import Database, PoolStatus, Settings
+from uow import Database, PoolStats, Settings
 from uow.testing import EmbeddedPostgres
 
-__all__ = [
-    "FaultWatch",
-    "Sampler",
-    "causes",
-    "kind",
-    "run_threads",
-    "wait_for",
-]
+__all__ = ["FaultWatch", "Sampler", "causes", "kind"]
 
 SIDE_APPLICATION = "uow-fault-side"  # the suite's own side connections; never counted
 
@@ -61,53 +51,6 @@ def causes(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> float:
-    """Poll ``condition`` every 10 ms; return the seconds it took, fail after ``timeout``."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
-    return time.monotonic() - started
-
-
-def run_threads(count: int, target: Callable[[int], object], *, timeout: float) -> None:
-    """Run ``target(i)`` in ``count`` threads and wait for all of them.
-
-    Fails if a thread raises, or is still running after ``timeout`` seconds (a deadlock
-    or a leak that makes callers wait for ever); the message then shows where it hangs.
-    """
-    errors: list[tuple[int, BaseException]] = []
-
-    def run(i: int) -> None:
-        try:
-            target(i)
-        except BaseException as exc:
-            errors.append((i, exc))
-
-    threads = [
-        threading.Thread(target=run, args=(i,), name=f"fault-{i}", daemon=True)
-        for i in range(count)
-    ]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    if hung := [thread for thread in threads if thread.is_alive()]:
-        frame = sys._current_frames().get(hung[0].ident or 0)
-        stack = "".join(traceback.format_stack(frame)) if frame is not None else "(gone)"
-        raise AssertionError(
-            f"{len(hung)} of {count} threads still running after {timeout}s; "
-            f"{hung[0].name} is at:\n{stack}"
-        )
-    if errors:
-        i, first = errors[0]
-        raise AssertionError(
-            f"{len(errors)} of {count} threads raised; thread {i}: {first!r}"
-        ) from first
-
-
 class Sampler:
     """Polls the pools and ``pg_stat_activity`` in a background thread, keeping the peaks.
 
@@ -129,9 +72,11 @@ class Sampler:
     def _run(self) -> None:
         conn: psycopg.Connection[Any] | None = None
         while not self._stop.wait(self._interval):
-            statuses = self._watch.statuses()
-            self.peak_checked_out = max(self.peak_checked_out, sum(s.checked_out for s in statuses))
-            self.peak_waiting = max(self.peak_waiting, sum(s.waiting for s in statuses))
+            stats = self._watch.stats()
+            self.peak_checked_out = max(
+                self.peak_checked_out, sum(s.pool_checked_out for s in stats)
+            )
+            self.peak_waiting = max(self.peak_waiting, sum(s.requests_waiting for s in stats))
             try:
                 if conn is None or conn.closed or conn.broken:
                     conn = self._watch.connect_side(connect_timeout=2)
@@ -208,8 +153,9 @@ class FaultWatch:
 
     # -- looking --------------------------------------------------------------------------
 
-    def statuses(self) -> list[PoolStatus]:
-        return [database.status() for database in self.databases]
+    def stats(self) -> list[PoolStats]:
+        """Each database's pool statistics (its asyncio pool added in, once built)."""
+        return [database.stats() for database in self.databases]
 
     def count_sessions(self, conn: psycopg.Connection[Any] | None = None) -> int:
         """How many server sessions the application holds right now."""
@@ -257,7 +203,7 @@ class FaultWatch:
 
     def assert_clean(self) -> str:
         """No connection checked out, no session idle in transaction; returns what it saw."""
-        statuses = self.statuses()
+        stats = self.stats()
         with self.connect_side() as conn:
             rows = conn.execute(
                 "SELECT pid, coalesce(state, ''), left(query, 80) FROM pg_stat_activity"
@@ -265,16 +211,16 @@ class FaultWatch:
                 (self.app_name,),
             ).fetchall()
         leaked = [
-            (db, status)
-            for db, status in zip(self.databases, statuses, strict=True)
-            if status.checked_out
+            (db, found.pool_checked_out)
+            for db, found in zip(self.databases, stats, strict=True)
+            if found.pool_checked_out
         ]
         assert not leaked, f"connections still checked out: {leaked}"
         stuck = [row for row in rows if str(row[1]).startswith("idle in transaction")]
         assert not stuck, f"sessions left idle in transaction (pid, state, query): {stuck}"
         states = Counter(str(state) or "?" for _, state, _ in rows)
         return (
-            f"end: checked_out=0, pool idle={sum(s.idle for s in statuses)}, "
+            f"end: checked_out=0, pool idle={sum(s.pool_available for s in stats)}, "
             f"server sessions {dict(states) or 0}"
         )
 

@@ -18,10 +18,12 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import func, select
 
-from examples.bank import services
+from examples.bank import async_services, services
+from examples.bank.async_services import AsyncBankUnitOfWork
 from examples.bank.models import Account, LedgerEntry
 from examples.bank.unit_of_work import BankUnitOfWork
-from tests.faults.helpers import FaultWatch, run_threads
+from tests.faults.driver import Driver
+from tests.faults.helpers import FaultWatch
 from tests.models import Base
 from uow import (
     CommitOutcomeUnknown,
@@ -52,12 +54,25 @@ def server() -> Iterator[EmbeddedPostgres]:
         postgres.cleanup()
 
 
-def test_bank_invariant_holds_through_terminations_and_a_restart(fault: FaultWatch) -> None:
+def transfer(
+    driver: Driver, db: Database, source: int, target: int, amount: int, *, key: str
+) -> None:
+    """The example bank's transfer service: services.py, or async_services.py."""
+    driver.call(
+        lambda: services.transfer(BankUnitOfWork(db), source, target, amount, key=key),
+        lambda: async_services.transfer(AsyncBankUnitOfWork(db), source, target, amount, key=key),
+    )
+
+
+def test_bank_invariant_holds_through_terminations_and_a_restart(
+    fault: FaultWatch, driver: Driver
+) -> None:
     """Transfers and reads under faults 3 and 4: totals exact, nothing negative, no duplicates."""
     fault.side.execute("TRUNCATE accounts, ledger RESTART IDENTITY CASCADE")
     database = fault.database(pool_size=6, pool_timeout=5)
     for _ in range(ACCOUNTS):
         services.open_account(BankUnitOfWork(database), "storm", OPENING)
+    database.dispose()  # the async driver's pool holds every session the budget allows
     total = ACCOUNTS * OPENING
     committed: list[str] = []
     outcomes: Counter[str] = Counter()
@@ -73,16 +88,14 @@ def test_bank_invariant_holds_through_terminations_and_a_restart(fault: FaultWat
             key = uuid.uuid4().hex
             for _attempt in range(60):  # the client retries with the same key, for ~6 s
                 try:
-                    services.transfer(
-                        BankUnitOfWork(database), source, target, rng.randint(1, 500), key=key
-                    )
+                    transfer(driver, database, source, target, rng.randint(1, 500), key=key)
                     outcome = "committed"
                 except services.InsufficientFunds:
                     outcome = "declined"
                 except RETRYABLE as exc:
                     with lock:
                         outcomes[f"retried after {type(exc).__name__}"] += 1
-                    time.sleep(0.1)
+                    driver.sleep(0.1)
                     continue
                 with lock:
                     outcomes[outcome] += 1
@@ -97,34 +110,33 @@ def test_bank_invariant_holds_through_terminations_and_a_restart(fault: FaultWat
         nonlocal negative_seen
         while not stop.is_set():
             try:
-                with BankUnitOfWork(database, readonly=True, isolation="REPEATABLE READ") as u:
-                    row = u.session.execute(
+                with driver.unit(database, readonly=True, isolation="REPEATABLE READ") as u:
+                    row = u.execute(
                         select(func.sum(Account.balance), func.min(Account.balance))
                     ).one()
             except RETRYABLE:
-                time.sleep(0.05)
+                driver.sleep(0.05)
                 continue
             with lock:
                 reads.append(int(row[0]))
                 negative_seen += int(row[1]) < 0
+            driver.sleep(0.005)
 
-    def inject(i: int) -> None:
+    def run(i: int) -> None:
+        (reader if i < 2 else transfers)(i)
+
+    started = time.monotonic()
+    with fault.sampling(interval=0.02) as sampler:
+        clients = driver.start(10, run, timeout=120)  # 2 readers, 8 transfer clients
         try:
-            time.sleep(1.5)
-            with lock:
-                outcomes["backends terminated"] += len(fault.terminate_sessions())
-            time.sleep(1.5)
+            time.sleep(1.0)  # transfers and reads under way
+            outcomes["backends terminated"] += len(fault.terminate_sessions())
+            time.sleep(1.0)
             fault.server.restart(down_for=1.0)
             time.sleep(2.5)
         finally:
             stop.set()  # even if a fault could not be injected, the clients must stop
-
-    def run(i: int) -> None:
-        (inject if i == 0 else reader if i <= 2 else transfers)(i)
-
-    started = time.monotonic()
-    with fault.sampling(interval=0.02) as sampler:
-        run_threads(11, run, timeout=120)  # 1 injector, 2 readers, 8 transfer clients
+        clients.join()
     elapsed = time.monotonic() - started
     with BankUnitOfWork(database) as unit:
         audit = unit.ledger.audit()
@@ -136,7 +148,7 @@ def test_bank_invariant_holds_through_terminations_and_a_restart(fault: FaultWat
             ).all()
         )
     print(
-        f"\nscenario 8: {elapsed:.1f}s, {len(committed)} transfers committed, "
+        f"\nscenario 8, {driver}: {elapsed:.1f}s, {len(committed)} transfers committed, "
         f"{len(reads)} full reads, outcomes {dict(outcomes)}, audit ok={audit.ok}; "
         f"{fault.assert_clean()}"
     )
@@ -147,4 +159,5 @@ def test_bank_invariant_holds_through_terminations_and_a_restart(fault: FaultWat
     assert len(counts) == len(set(committed)) == len(committed)
     assert set(counts.values()) == {1}  # applied exactly once, even after retries
     assert outcomes["gave up"] == 0
+    assert outcomes["backends terminated"] >= 1
     assert sampler.peak_connections <= 6

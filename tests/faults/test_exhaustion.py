@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 
-from sqlalchemy import text
-
 from tests.faults.conftest import MAX_CONNECTIONS
-from tests.faults.helpers import FaultWatch, kind, run_threads
-from uow import PoolExhausted, UnitOfWork
+from tests.faults.driver import Driver
+from tests.faults.helpers import FaultWatch, kind
 
 POOL_SIZE = 4
 CALLERS = 40
@@ -18,28 +15,28 @@ POOL_TIMEOUT = 1.0
 HOLD = 0.3  # seconds each unit holds its connection
 
 
-def test_overload_fails_fast_with_pool_exhausted_within_budget(fault: FaultWatch) -> None:
+def test_overload_fails_fast_with_pool_exhausted_within_budget(
+    fault: FaultWatch, driver: Driver
+) -> None:
     """40 callers on pool_size=4: <=4 server sessions, the unserved get PoolExhausted at ~1 s."""
     db = fault.database(pool_size=POOL_SIZE, max_overflow=0, pool_timeout=POOL_TIMEOUT)
     log_start = fault.server.log_path.stat().st_size
-    start = threading.Barrier(CALLERS)
+    start = driver.barrier(CALLERS)
     outcomes: list[tuple[str, float]] = []
 
     def caller(i: int) -> None:
-        start.wait()
+        start()
         began = time.monotonic()
         try:
-            with UnitOfWork(db) as unit:
-                unit.session.execute(text("SELECT pg_sleep(:s)"), {"s": HOLD})
-        except PoolExhausted:
-            outcomes.append(("PoolExhausted", time.monotonic() - began))
+            with driver.unit(db) as unit:
+                unit.execute("SELECT pg_sleep(:s)", {"s": HOLD})
         except Exception as exc:
             outcomes.append((kind(exc), time.monotonic() - began))
         else:
             outcomes.append(("ok", time.monotonic() - began))
 
     with fault.sampling() as sampler:
-        run_threads(CALLERS, caller, timeout=30)
+        driver.run(CALLERS, caller, timeout=60)
 
     by_kind = Counter(name for name, _ in outcomes)
     waits = sorted(waited for name, waited in outcomes if name == "PoolExhausted")
@@ -47,7 +44,7 @@ def test_overload_fails_fast_with_pool_exhausted_within_budget(fault: FaultWatch
     log = fault.server.log_path.read_bytes()[log_start:].decode(errors="replace")
     end = fault.assert_clean()
     print(
-        f"\n[exhaustion] {CALLERS} callers holding {HOLD}s on pool_size={POOL_SIZE}, "
+        f"\n[exhaustion, {driver}] {CALLERS} callers holding {HOLD}s on pool_size={POOL_SIZE}, "
         f"pool_timeout={POOL_TIMEOUT:g}s, max_connections={MAX_CONNECTIONS}: {dict(by_kind)}; "
         f"PoolExhausted after {waits[0]:.2f}-{waits[-1]:.2f}s; successes took "
         f"{ok_times[0]:.2f}-{ok_times[-1]:.2f}s; {sampler}; "
@@ -61,4 +58,4 @@ def test_overload_fails_fast_with_pool_exhausted_within_budget(fault: FaultWatch
     assert 1 <= sampler.peak_connections <= POOL_SIZE
     assert sampler.peak_checked_out <= POOL_SIZE
     assert "too many clients" not in log
-    assert db.status().waiting == 0
+    assert db.stats().requests_waiting == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -13,6 +14,7 @@ from typing import Any
 from sqlalchemy import text
 
 from tests.faults.helpers import FaultWatch, kind
+from tests.helpers import wait_for
 from tests.models import Item, ShopUnitOfWork
 from uow import Database
 
@@ -77,6 +79,31 @@ def parent_units_while(alive: Any, db: Database, parent_backend: int) -> Counter
     return outcomes
 
 
+def check_parent_after(
+    fault: FaultWatch,
+    db: Database,
+    how: str,
+    parent_backend: int,
+    *,
+    parent: Counter[str],
+    codes: list[int | None],
+) -> None:
+    """Once the children exited: each exited OK, and the parent kept its connection and rows."""
+    after = backend_pid(db)
+    alive = parent_backend in dict(fault.sessions())
+    rows = fault.query("SELECT count(*) FROM uow_test_items")[0][0]
+    end = fault.assert_clean()
+    print(
+        f"\n[fork/{how}] {CHILDREN} children x {UNITS_PER_CHILD} units: exit codes "
+        f"{codes}; parent meanwhile {dict(parent)}; parent backend {parent_backend} -> "
+        f"{after} (alive: {alive}); {rows} rows; {end}"
+    )
+    assert sorted(codes, key=str) == [OK] * CHILDREN
+    assert set(parent) == {"ok"}, parent
+    assert after == parent_backend and alive
+    assert rows == CHILDREN * UNITS_PER_CHILD + parent["ok"]
+
+
 def test_pool_survives_multiprocessing_fork(fault: FaultWatch) -> None:
     """3 forked multiprocessing children and the parent run units at once, with no errors."""
     db = fault.database(pool_size=2, max_overflow=0)
@@ -99,21 +126,8 @@ def test_pool_survives_multiprocessing_fork(fault: FaultWatch) -> None:
             child.kill()
             child.join(5)
     codes = [child.exitcode for child in children]
-    after = backend_pid(db)
-    alive = parent_backend in dict(fault.sessions())
-    rows = fault.query("SELECT count(*) FROM uow_test_items")[0][0]
-    end = fault.assert_clean()
-    print(
-        f"\n[fork/multiprocessing] {CHILDREN} children x {UNITS_PER_CHILD} units: exit codes "
-        f"{codes}, reports (index, pid, code, backends, errors) {sorted(reports)}; parent "
-        f"meanwhile {dict(parent)}; parent backend {parent_backend} -> {after} "
-        f"(alive: {alive}); {rows} rows; {end}"
-    )
-    assert codes == [OK] * CHILDREN
-    assert all(code == OK and not errors for _, _, code, _, errors in reports)
-    assert set(parent) == {"ok"}, parent
-    assert after == parent_backend and alive
-    assert rows == CHILDREN * UNITS_PER_CHILD + parent["ok"]
+    assert all(code == OK and not errors for _, _, code, _, errors in reports), sorted(reports)
+    check_parent_after(fault, db, "multiprocessing", parent_backend, parent=parent, codes=codes)
 
 
 def test_pool_survives_os_fork(fault: FaultWatch) -> None:
@@ -141,23 +155,13 @@ def test_pool_survives_os_fork(fault: FaultWatch) -> None:
         return len(codes) < len(pids)
 
     parent = parent_units_while(children_alive, db, parent_backend)
-    deadline = time.monotonic() + 10
-    while children_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    with contextlib.suppress(AssertionError):  # reported below, with the pids
+        wait_for(lambda: not children_alive(), timeout=10, what="the children to exit")
     hung = [pid for pid in pids if pid not in codes]
     for pid in hung:  # fail, but leave no process behind
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     assert not hung, f"children {hung} still running after {BUDGET + 10}s"
-    after = backend_pid(db)
-    rows = fault.query("SELECT count(*) FROM uow_test_items")[0][0]
-    end = fault.assert_clean()
-    print(
-        f"\n[fork/os.fork] {CHILDREN} children x {UNITS_PER_CHILD} units: exit codes "
-        f"{sorted(codes.values())}; parent meanwhile {dict(parent)}; parent backend "
-        f"{parent_backend} -> {after}; {rows} rows; {end}"
+    check_parent_after(
+        fault, db, "os.fork", parent_backend, parent=parent, codes=list(codes.values())
     )
-    assert sorted(codes.values()) == [OK] * CHILDREN
-    assert set(parent) == {"ok"}, parent
-    assert after == parent_backend
-    assert rows == CHILDREN * UNITS_PER_CHILD + parent["ok"]

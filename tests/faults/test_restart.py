@@ -1,4 +1,4 @@
-"""Server restart under load: 8 threads looping short units while the cluster goes down for 1 s."""
+"""Server restart under load: 8 workers looping short units while the cluster goes down for 1 s."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import psycopg
 from sqlalchemy import event
 
-from tests.faults.helpers import FaultWatch, kind, run_threads
-from tests.models import Item, ShopUnitOfWork
+from tests.faults.driver import Driver
+from tests.faults.helpers import FaultWatch, kind
+from tests.models import Item
 
-THREADS = 8
+WORKERS = 8
 DOWN_FOR = 1.0
 RECOVERY_LIMIT = 3.0  # seconds from "server accepts connections" to the first unit committed
 
@@ -57,12 +58,13 @@ class ReadyProbe:
         self._thread.join(10)
 
 
-def test_units_recover_within_seconds_after_a_restart(fault: FaultWatch) -> None:
-    """A 1 s restart under 8 looping threads: units succeed again <= 3 s after, and stay ok."""
+def test_units_recover_within_seconds_after_a_restart(fault: FaultWatch, driver: Driver) -> None:
+    """A 1 s restart under 8 looping workers: units succeed again <= 3 s after, and stay ok."""
     db = fault.database(pool_size=4, max_overflow=0, pool_timeout=2, connect_timeout=2)
     attempts: list[Attempt] = []
     connected: list[float] = []
-    event.listen(db.engine, "connect", lambda *args: connected.append(time.monotonic()))
+    engine = db.async_engine.sync_engine if driver.asynchronous else db.engine
+    event.listen(engine, "connect", lambda *args: connected.append(time.monotonic()))
     stop = threading.Event()
     deadline = time.monotonic() + 20  # a hard bound on the loops, whatever happens
 
@@ -72,18 +74,17 @@ def test_units_recover_within_seconds_after_a_restart(fault: FaultWatch) -> None
             name, k = f"r{t}-{k}", k + 1
             began = time.monotonic()
             try:
-                with ShopUnitOfWork(db) as unit:
-                    unit.items.add(Item(name=name))
+                with driver.unit(db) as unit:
+                    unit.add(Item(name=name))
             except Exception as exc:
                 attempts.append(Attempt(began, time.monotonic(), kind(exc), name))
-                time.sleep(0.02)  # a client pausing after an error
+                driver.sleep(0.02)  # a client pausing after an error
             else:
                 attempts.append(Attempt(began, time.monotonic(), "ok", name))
-                time.sleep(0.005)
+                driver.sleep(0.005)
 
-    workers = threading.Thread(target=run_threads, args=(THREADS, loop), kwargs={"timeout": 30})
     with fault.sampling(interval=0.02) as sampler:
-        workers.start()
+        workers = driver.start(WORKERS, loop, timeout=30)
         time.sleep(1.0)
         with ReadyProbe(fault.server.dsn) as probe:
             restart_began = time.monotonic()
@@ -91,8 +92,7 @@ def test_units_recover_within_seconds_after_a_restart(fault: FaultWatch) -> None
             back = time.monotonic()  # pg_ctl start -w has seen the server accept connections
             time.sleep(2.5)
         stop.set()
-        workers.join(30)
-    assert not workers.is_alive()
+        workers.join()
 
     assert probe.went_down is not None and probe.ready is not None, "the probe missed the restart"
     ready = probe.ready
@@ -112,7 +112,7 @@ def test_units_recover_within_seconds_after_a_restart(fault: FaultWatch) -> None
     end = fault.assert_clean()
     last_refusal = max((a.ended - ready for a in backing_off), default=0.0)
     print(
-        f"\n[restart] {THREADS} threads, server down {ready - probe.went_down:.2f}s "
+        f"\n[restart, {driver}] {WORKERS} workers, server down {ready - probe.went_down:.2f}s "
         f"(restart() took {back - restart_began:.2f}s): before {len(before)} ok; during "
         f"{sum(a.outcome == 'ok' for a in during)} ok, errors {dict(errors)}; started after "
         f"restart() returned {dict(Counter(a.outcome for a in after))} (backoff refusals up to "

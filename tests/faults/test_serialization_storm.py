@@ -6,28 +6,48 @@ import threading
 import time
 from collections import Counter
 
-from sqlalchemy import text
+from sqlalchemy.util import greenlet_spawn
 
-from tests.faults.helpers import FaultWatch, run_threads
+from tests.faults.driver import Driver, Unit
+from tests.faults.helpers import FaultWatch
 from tests.models import Item
-from uow import SerializationFailure, UnitOfWork, transactional
+from uow import (
+    AsyncUnitOfWork,
+    SerializationFailure,
+    UnitOfWork,
+    run_transaction_async,
+    transactional,
+)
+
+RETRIES = {"retries": 8, "isolation": "SERIALIZABLE", "max_backoff": 0.2}
+
+
+def increment(unit: Unit) -> None:
+    """Read the hot row's count, then write it plus one: a read-modify-write that conflicts."""
+    current = unit.execute("SELECT qty FROM uow_test_items WHERE name = 'hot'").scalar_one()
+    unit.execute("UPDATE uow_test_items SET qty = :q WHERE name = 'hot'", {"q": current + 1})
 
 
 def test_serialization_storm_commits_or_fails_typed_without_pool_deadlock(
-    fault: FaultWatch,
+    fault: FaultWatch, driver: Driver
 ) -> None:
-    """16 threads increment one row under SERIALIZABLE: each call commits or ends typed."""
+    """16 workers increment one row under SERIALIZABLE: each call commits or ends typed."""
     database = fault.database(pool_size=4, pool_timeout=10)
     with UnitOfWork(database) as unit:
         unit.repository(Item).add(Item(name="hot", qty=0))
+    database.dispose()  # the async driver's pool holds every session the budget allows
 
-    @transactional(retries=8, isolation="SERIALIZABLE", database=database, max_backoff=0.2)
-    def increment(unit: UnitOfWork) -> None:
-        current = unit.session.execute(
-            text("SELECT qty FROM uow_test_items WHERE name = 'hot'")
-        ).scalar_one()
-        unit.session.execute(
-            text("UPDATE uow_test_items SET qty = :q WHERE name = 'hot'"), {"q": current + 1}
+    @transactional(database=database, **RETRIES)
+    def sync_increment(unit: UnitOfWork) -> None:
+        increment(Unit(unit))
+
+    async def async_increment(unit: AsyncUnitOfWork) -> None:
+        await greenlet_spawn(increment, Unit(unit))
+
+    def retried() -> None:
+        driver.call(
+            sync_increment,
+            lambda: run_transaction_async(async_increment, database=database, **RETRIES),
         )
 
     outcomes: Counter[str] = Counter()
@@ -37,7 +57,7 @@ def test_serialization_storm_commits_or_fails_typed_without_pool_deadlock(
     def client(i: int) -> None:
         for _ in range(25):
             try:
-                increment()
+                retried()
                 outcome = "committed"
             except SerializationFailure:
                 outcome = "gave up (SerializationFailure)"
@@ -45,13 +65,14 @@ def test_serialization_storm_commits_or_fails_typed_without_pool_deadlock(
                 outcomes[outcome] += 1
 
     with fault.sampling() as sampler:
-        run_threads(16, client, timeout=120)
+        driver.run(16, client, timeout=240)
     elapsed = time.monotonic() - started
     with UnitOfWork(database) as unit:
         final = unit.repository(Item).list(name="hot")[0].qty
     retries = database.counters()["retries"]
     print(
-        f"\nscenario 7: 16 threads x 25 SERIALIZABLE increments of one row in {elapsed:.1f}s: "
+        f"\nscenario 7, {driver}: 16 workers x 25 SERIALIZABLE increments of one row in "
+        f"{elapsed:.1f}s: "
         f"{dict(outcomes)}, {retries} retries, final value {final}, "
         f"peak {sampler.peak_connections} connections of pool 4; {fault.assert_clean()}"
     )

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +16,7 @@ from psycopg import sql
 from sqlalchemy import make_url
 
 from tests.conftest import libpq_dsn
+from tests.helpers import run_python
 from uow import Settings
 from uow.__main__ import main
 from uow._ops.doctor import diagnose, run
@@ -44,15 +44,14 @@ def doctor(
     postgres_url: str, app_name: str, *args: str, **env: str
 ) -> subprocess.CompletedProcess[str]:
     """Run `python -m uow doctor` as a subprocess with DATABASE_URL and the given UOW_* env."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("UOW_", "DATABASE_"))}
-    environ.update(DATABASE_URL=postgres_url, UOW_APPLICATION_NAME=app_name, **env)
-    return subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "uow", "doctor", *args],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    return run_python(
+        "-m",
+        "uow",
+        "doctor",
+        *args,
+        DATABASE_URL=postgres_url,
+        UOW_APPLICATION_NAME=app_name,
+        **env,
     )
 
 

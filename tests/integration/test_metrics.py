@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import MakeDatabase, connections
+from tests.helpers import wait_for
 from tests.protocol_trace import Trace
 from uow import (
     AsyncUnitOfWork,
@@ -29,13 +30,6 @@ def unit(database: Database, sql: str = "SELECT 1") -> None:
     """One unit of work running one statement."""
     with UnitOfWork(database) as uow:
         uow.session.execute(text(sql))
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 class Holder:
@@ -108,7 +102,7 @@ def test_a_held_connection_makes_the_next_caller_wait(make_database: MakeDatabas
     with Holder(database) as holder:
         waiter = threading.Thread(target=unit, args=(database,))
         waiter.start()
-        wait_for(lambda: database.stats().requests_waiting == 1, "the waiter to queue")
+        wait_for(lambda: database.stats().requests_waiting == 1, what="the waiter to queue")
         time.sleep(0.3)
         holder.release.set()
         waiter.join(10)
@@ -141,7 +135,7 @@ def test_a_terminated_connection_is_counted_lost_and_replaced(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
         (app_name,),
     )
-    wait_for(lambda: connections(admin, app_name) == 0, "the backend to exit")
+    wait_for(lambda: connections(admin, app_name) == 0, what="the backend to exit")
     unit(database)
     stats = database.stats()
     assert (stats.connections_lost, stats.invalidations) == (1, 1)

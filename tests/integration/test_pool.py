@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.conftest import MakeDatabase, connections
-from uow import PoolExhausted, UnitOfWork
+from uow import Database, PoolExhausted, UnitOfWork
 
 
 class PeakConnections:
@@ -46,6 +46,18 @@ def run_threads(count: int, target: Any) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+
+
+def open_all(database: Database, count: int) -> None:
+    """Open ``count`` pooled connections at once: units that meet at a barrier, then end."""
+    barrier = threading.Barrier(count)
+
+    def hold(i: int) -> None:
+        with UnitOfWork(database) as unit:
+            unit.session.execute(text("SELECT 1"))
+            barrier.wait(30)
+
+    run_threads(count, hold)
 
 
 def test_connections_never_exceed_pool_size(
@@ -134,14 +146,7 @@ def test_pool_recovers_after_backends_are_terminated(
 ) -> None:
     """After pg_terminate_backend on every pooled connection, the next units succeed (pre-ping)."""
     database = make_database(pool_size=3)
-    barrier = threading.Barrier(3)
-
-    def warm(i: int) -> None:
-        with UnitOfWork(database) as unit:
-            unit.session.execute(text("SELECT 1"))
-            barrier.wait()
-
-    run_threads(3, warm)
+    open_all(database, 3)
     assert database.status().idle == 3
     killed = admin.execute(
         "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
@@ -179,14 +184,7 @@ def test_pool_survives_fork(make_database: MakeDatabase) -> None:
 def test_connections_are_recycled_with_jitter(make_database: MakeDatabase) -> None:
     """Each connection gets its own recycle deadline, between 90% and 100% of pool_recycle."""
     database = make_database(pool_size=5, pool_recycle=100)
-    barrier = threading.Barrier(5)
-
-    def warm(i: int) -> None:
-        with UnitOfWork(database) as unit:
-            unit.session.execute(text("SELECT 1"))
-            barrier.wait()
-
-    run_threads(5, warm)
+    open_all(database, 5)
     now = time.monotonic()
     records = list(database.engine.pool._pool.queue)  # type: ignore[attr-defined]
     left = [record.info["uow_recycle_at"] - now for record in records]

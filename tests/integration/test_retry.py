@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
+from tests.helpers import ctrl_c_raises
 from tests.models import Item, ShopUnitOfWork
 from uow import (
     CommitOutcomeUnknown,
@@ -294,13 +295,14 @@ def test_ctrl_c_during_a_statement_stays_keyboard_interrupt(database: Database) 
         unit.session.execute(text("SELECT pg_sleep(3)"))
 
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
     started = time.monotonic()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run_transaction(slow)
-    finally:
-        timer.cancel()
+    with ctrl_c_raises():
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                run_transaction(slow)
+        finally:
+            timer.cancel()
     assert calls == 1
     assert time.monotonic() - started < 2
     assert database.status().checked_out == 0

@@ -7,7 +7,7 @@ the server's ReadyForQuery message.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import psycopg
@@ -19,7 +19,7 @@ import uow
 from tests.conftest import MakeDatabase
 from tests.models import Item
 from tests.protocol_trace import Trace
-from uow import UnitOfWork
+from uow import Database, UnitOfWork
 
 
 @pytest.fixture
@@ -47,18 +47,30 @@ def test_no_more_round_trips_than_a_plain_session(
     assert traced.take() == (3, ["BEGIN", "SELECT 1", "COMMIT"])
 
 
+def select_1(database: Database, **options: Any) -> None:
+    """One unit of work that runs SELECT 1."""
+    with UnitOfWork(database, **options) as unit:
+        unit.session.execute(text("SELECT 1"))
+
+
+def traced_database(
+    make_database: MakeDatabase, trace: Callable[[Engine], Trace], **settings: Any
+) -> tuple[Database, Trace]:
+    """A one-connection Database, traced, whose connection is open already (not counted)."""
+    database = make_database(pool_size=1, **settings)
+    traced = trace(database.engine)
+    select_1(database)
+    traced.take()
+    return database, traced
+
+
 def test_a_connection_idle_past_the_window_is_pinged(
     make_database: MakeDatabase, trace: Callable[[Engine], Trace]
 ) -> None:
     """After pool_pre_ping_idle seconds in the pool, a connection is pinged before use."""
-    database = make_database(pool_size=1, pool_pre_ping_idle=0.2)
-    traced = trace(database.engine)
-    with UnitOfWork(database) as unit:
-        unit.session.execute(text("SELECT 1"))
-    traced.take()
+    database, traced = traced_database(make_database, trace, pool_pre_ping_idle=0.2)
     time.sleep(0.3)
-    with UnitOfWork(database) as unit:
-        unit.session.execute(text("SELECT 1"))
+    select_1(database)
     assert traced.take()[1] == [";", "BEGIN", "SELECT 1", "COMMIT"]
 
 
@@ -66,14 +78,11 @@ def test_pre_ping_off_never_pings(
     make_database: MakeDatabase, trace: Callable[[Engine], Trace]
 ) -> None:
     """With pool_pre_ping=False, no ping is sent however long the connection idled."""
-    database = make_database(pool_size=1, pool_pre_ping=False, pool_pre_ping_idle=0.1)
-    traced = trace(database.engine)
-    with UnitOfWork(database) as unit:
-        unit.session.execute(text("SELECT 1"))
-    traced.take()
+    database, traced = traced_database(
+        make_database, trace, pool_pre_ping=False, pool_pre_ping_idle=0.1
+    )
     time.sleep(0.2)
-    with UnitOfWork(database) as unit:
-        unit.session.execute(text("SELECT 1"))
+    select_1(database)
     assert traced.take()[1] == ["BEGIN", "SELECT 1", "COMMIT"]
 
 
@@ -81,13 +90,8 @@ def test_options_cost_no_round_trip(
     make_database: MakeDatabase, trace: Callable[[Engine], Trace]
 ) -> None:
     """readonly and isolation ride on BEGIN; an empty unit never touches the server."""
-    database = make_database(pool_size=1)
-    traced = trace(database.engine)
-    with UnitOfWork(database) as unit:
-        unit.session.execute(text("SELECT 1"))
-    traced.take()
-    with UnitOfWork(database, readonly=True, isolation="SERIALIZABLE") as unit:
-        unit.session.execute(text("SELECT 1"))
+    database, traced = traced_database(make_database, trace)
+    select_1(database, readonly=True, isolation="SERIALIZABLE")
     assert traced.take() == (
         3,
         ["BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", "SELECT 1", "ROLLBACK"],
@@ -101,56 +105,62 @@ def test_timeout_costs_exactly_one_round_trip(
     make_database: MakeDatabase, trace: Callable[[Engine], Trace]
 ) -> None:
     """timeout= adds one statement (set_config, with a bound value) per transaction."""
-    database = make_database(pool_size=1)
-    traced = trace(database.engine)
-    with UnitOfWork(database) as unit:
-        unit.session.execute(text("SELECT 1"))
-    traced.take()
-    with UnitOfWork(database, timeout=2) as unit:
-        unit.session.execute(text("SELECT 1"))
+    database, traced = traced_database(make_database, trace)
+    select_1(database, timeout=2)
     round_trips, _ = traced.take()
     assert round_trips == 4
 
 
-def test_insert_many_uses_copy_with_defaults_filled(
-    make_database: MakeDatabase, trace: Callable[[Engine], Trace], admin: psycopg.Connection[Any]
-) -> None:
-    """Rows of the same shape go through one COPY, with the Python default for omitted columns."""
+@pytest.fixture
+def items(admin: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+    """The side connection, with the items table empty before and after the test."""
     admin.execute("TRUNCATE uow_test_items RESTART IDENTITY")
+    yield admin
+    admin.execute("TRUNCATE uow_test_items RESTART IDENTITY")
+
+
+def insert_many(
+    make_database: MakeDatabase, trace: Callable[[Engine], Trace], rows: Iterable[dict[str, Any]]
+) -> tuple[int, list[str], list[str]]:
+    """Run insert_many in a unit; return its count, and the COPY and INSERT statements sent."""
     database = make_database(pool_size=1)
     traced = trace(database.engine)
     with UnitOfWork(database) as unit:
-        assert unit.repository(Item).insert_many({"name": f"n{i}"} for i in range(3000)) == 3000
+        count = unit.repository(Item).insert_many(rows)
     _, queries = traced.take()
-    assert [q for q in queries if q.startswith("COPY")] == [
-        'COPY "uow_test_items" ("name", "qty") FROM STDIN'
-    ]
-    assert not [q for q in queries if q.startswith("INSERT")]
-    row = admin.execute(
-        "SELECT count(*), min(qty), max(qty), max(id) FROM uow_test_items"
-    ).fetchone()
-    assert row == (3000, 0, 0, 3000)
-    admin.execute("TRUNCATE uow_test_items RESTART IDENTITY")
+    return (
+        count,
+        [q for q in queries if q.startswith("COPY")],
+        [q for q in queries if q.startswith("INSERT")],
+    )
+
+
+def test_insert_many_uses_copy_with_defaults_filled(
+    make_database: MakeDatabase, trace: Callable[[Engine], Trace], items: psycopg.Connection[Any]
+) -> None:
+    """Rows of the same shape go through one COPY, with the Python default for omitted columns."""
+    rows = ({"name": f"n{i}"} for i in range(3000))
+    count, copies, inserts = insert_many(make_database, trace, rows)
+    assert count == 3000
+    assert copies == ['COPY "uow_test_items" ("name", "qty") FROM STDIN']
+    assert not inserts
+    row = items.execute("SELECT count(*), min(qty), max(qty), max(id) FROM uow_test_items")
+    assert row.fetchone() == (3000, 0, 0, 3000)
 
 
 def test_insert_many_falls_back_to_insert_for_mixed_rows(
-    make_database: MakeDatabase, trace: Callable[[Engine], Trace], admin: psycopg.Connection[Any]
+    make_database: MakeDatabase, trace: Callable[[Engine], Trace], items: psycopg.Connection[Any]
 ) -> None:
     """Rows with different keys are inserted with multi-row INSERTs instead of COPY."""
-    admin.execute("TRUNCATE uow_test_items RESTART IDENTITY")
-    database = make_database(pool_size=1)
-    traced = trace(database.engine)
-    with UnitOfWork(database) as unit:
-        rows = [{"name": "a", "qty": 1}, {"name": "b"}]
-        assert unit.repository(Item).insert_many(rows) == 2
-    _, queries = traced.take()
-    assert not [q for q in queries if q.startswith("COPY")]
-    assert [q for q in queries if q.startswith("INSERT")]
-    assert admin.execute("SELECT name, qty FROM uow_test_items ORDER BY name").fetchall() == [
+    rows = [{"name": "a", "qty": 1}, {"name": "b"}]
+    count, copies, inserts = insert_many(make_database, trace, rows)
+    assert count == 2
+    assert not copies
+    assert inserts
+    assert items.execute("SELECT name, qty FROM uow_test_items ORDER BY name").fetchall() == [
         ("a", 1),
         ("b", 0),
     ]
-    admin.execute("TRUNCATE uow_test_items RESTART IDENTITY")
 
 
 def test_update_where_is_one_plain_statement_when_nothing_is_loaded(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +10,7 @@ import psycopg
 import pytest
 
 from tests.conftest import libpq_dsn
+from tests.helpers import run_python
 from uow._ops.terminal import printable
 
 ATTACK = "\x1b]0;pwned\x07\x1b[2J"
@@ -19,15 +18,7 @@ ATTACK = "\x1b]0;pwned\x07\x1b[2J"
 
 def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run `python -m uow ARGS` with DATABASE_URL=url and no other uow setting."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("UOW_", "DATABASE_"))}
-    return subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "uow", *args],
-        env={**env, "DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_python("-m", "uow", *args, DATABASE_URL=url)
 
 
 @pytest.fixture

@@ -26,6 +26,17 @@ def bouncer(postgres_url: str) -> Iterator[PgBouncer]:
 
 
 @pytest.fixture(scope="module")
+def session_bouncer(postgres_url: str) -> Iterator[PgBouncer]:
+    """PgBouncer in session mode in front of the test server, with its password."""
+    server = make_url(postgres_url)
+    assert server.host and server.port, f"the test server needs a TCP host and port: {server!r}"
+    with PgBouncer(
+        server.port, server_host=server.host, pool_mode="session", password=server.password
+    ) as pgbouncer:
+        yield pgbouncer
+
+
+@pytest.fixture(scope="module")
 def bouncer_url(bouncer: PgBouncer, postgres_url: str) -> str:
     """URL of the test database through PgBouncer."""
     database = make_url(postgres_url).database

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -13,27 +12,18 @@ from uow import ConfigurationError
 from uow.testing import PgBouncer
 
 
-@pytest.fixture(scope="module")
-def bouncer(postgres_url: str) -> Iterator[PgBouncer]:
-    """PgBouncer in session mode in front of the test server, with its password."""
-    server = make_url(postgres_url)
-    assert server.port
-    with PgBouncer(
-        server.port, server_host=server.host or "", pool_mode="session", password=server.password
-    ) as pgbouncer:
-        yield pgbouncer
-
-
-def test_clients_without_the_password_are_refused(bouncer: PgBouncer) -> None:
+def test_clients_without_the_password_are_refused(session_bouncer: PgBouncer) -> None:
     """A local client without the password gets nothing, the console included; the URL and
     admin_dsn, which carry it, work."""
     for dbname in ("postgres", "pgbouncer"):
         with pytest.raises(psycopg.OperationalError, match="password"):
-            psycopg.connect(host=bouncer.host, port=bouncer.port, user="postgres", dbname=dbname)
-    url = make_url(bouncer.url).set(drivername="postgresql")
+            psycopg.connect(
+                host=session_bouncer.host, port=session_bouncer.port, user="postgres", dbname=dbname
+            )
+    url = make_url(session_bouncer.url).set(drivername="postgresql")
     with psycopg.connect(url.render_as_string(hide_password=False)) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
-    with psycopg.connect(bouncer.admin_dsn, autocommit=True) as console:
+    with psycopg.connect(session_bouncer.admin_dsn, autocommit=True) as console:
         assert console.execute("SHOW VERSION", prepare=False).fetchone()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -171,17 +171,6 @@ def test_the_connection_budget_is_not_checked_against_the_server(
     behind = make_database(url=bouncer_url, pgbouncer="transaction", **huge)
     with UnitOfWork(behind) as unit:
         assert unit.session.execute(text("SELECT 1")).scalar_one() == 1
-
-
-@pytest.fixture(scope="module")
-def session_bouncer(postgres_url: str) -> Iterator[PgBouncer]:
-    """PgBouncer in session mode in front of the test server."""
-    server = make_url(postgres_url)
-    assert server.port
-    with PgBouncer(
-        server.port, server_host=server.host or "", pool_mode="session", password=server.password
-    ) as pgbouncer:
-        yield pgbouncer
 
 
 def test_session_mode_sets_timeouts_once_per_connection(

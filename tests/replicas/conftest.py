@@ -8,7 +8,6 @@ server that cannot start fails the tests.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import psycopg
 import pytest
 
 from tests.conftest import database_factory
+from tests.helpers import wait_for
 from uow import Database
 from uow.testing import EmbeddedPostgres
 
@@ -26,18 +26,6 @@ T = TypeVar("T")
 MAX_CONNECTIONS = 30
 TABLE = "replica_items"
 PASSWORD = "s3cret-pw"  # the cluster's superuser password: tests check it never shows
-
-
-def wait_for(check: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.01)
 
 
 @dataclass
@@ -60,6 +48,16 @@ class Cluster:
             replica, "SELECT pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn()) <= 0", lsn
         )
         return bool(rows[0][0])
+
+    def pause_replay(self, replica: EmbeddedPostgres) -> None:
+        """Pause ``replica``'s replay, and wait until it has paused (the fixture resumes it)."""
+        self.execute(replica, "SELECT pg_wal_replay_pause()")
+        wait_for(
+            lambda: (
+                self.execute(replica, "SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused"
+            ),
+            what="replay to pause",
+        )
 
     def caught_up(self) -> None:
         """Wait until every standby has replayed the primary's writes so far."""
@@ -128,4 +126,4 @@ def db(make_db: MakeDatabase) -> Database:
     return make_db()
 
 
-__all__ = ["TABLE", "Cluster", "MakeDatabase", "wait_for"]
+__all__ = ["TABLE", "Cluster", "MakeDatabase"]

@@ -11,7 +11,8 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from tests.replicas.conftest import PASSWORD, TABLE, Cluster, MakeDatabase, wait_for
+from tests.helpers import wait_for
+from tests.replicas.conftest import PASSWORD, TABLE, Cluster, MakeDatabase
 from uow import AsyncUnitOfWork, ConfigurationError, Database, UnitOfWork
 
 WHERE = text("SELECT pg_is_in_recovery(), inet_server_port()")
@@ -128,10 +129,7 @@ def test_a_replica_over_replica_max_lag_is_skipped_until_it_catches_up(
     """With replica_max_lag, a replica whose replay is paused behind a write is skipped."""
     behind, current = cluster.replicas
     db = make_db(replica_max_lag=0.2)
-    cluster.execute(behind, "SELECT pg_wal_replay_pause()")
-    wait_for(
-        lambda: cluster.execute(behind, "SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused"
-    )
+    cluster.pause_replay(behind)
     cluster.execute(cluster.primary, f"INSERT INTO {TABLE} (name) VALUES ('later')")
     time.sleep(0.3)
     caplog.set_level(logging.WARNING, logger="uow")

@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from tests.helpers import wait_for
 from tests.protocol_trace import Trace
-from tests.replicas.conftest import TABLE, Cluster, MakeDatabase, wait_for
+from tests.replicas.conftest import TABLE, Cluster, MakeDatabase
 from uow import Database, UnitOfWork, run_transaction
 from uow.testing import EmbeddedPostgres, rolled_back
 
@@ -208,13 +209,21 @@ def test_a_forked_child_opens_its_own_replica_connections(
             code = 0 if on_replica() != parent_backend else 1
         finally:
             os._exit(code)
-    deadline = time.monotonic() + 10
-    while not (done := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if not done[0]:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    assert done[0] and os.waitstatus_to_exitcode(done[1]) == 0, "the child failed or hung"
+    statuses: list[int] = []
+
+    def exited() -> bool:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            statuses.append(status)
+        return bool(done)
+
+    try:
+        wait_for(exited, what="the child to exit")
+    finally:
+        if not statuses:  # fail, but leave no process behind
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(statuses[0]) == 0, "the child failed"
     assert on_replica() == parent_backend
 
 

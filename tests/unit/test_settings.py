@@ -14,6 +14,7 @@ import pytest
 from hypothesis import strategies as st
 
 import uow
+from tests.helpers import any_value
 from uow import ConfigurationError, Settings
 
 URL = "postgresql://app:hunter2@db.example:5432/shop"
@@ -396,15 +397,7 @@ def test_web_concurrency_that_is_not_a_number_is_ignored(monkeypatch: pytest.Mon
     assert Settings(url=URL).processes == 1
 
 
-_ANY_VALUE = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    st.integers(min_value=10**300, max_value=10**500),
-    st.floats(),
-    st.decimals(),
-    st.fractions(),
-    st.text(),
+_ANY_VALUE = any_value(
     st.binary(),
     st.builds(_Name, st.text()),
     st.sampled_from(_BAD_NUMBERS),

@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -83,32 +84,25 @@ def batch_rows() -> list[Any]:
         return list(check.session.execute(text("SELECT * FROM cosmicpython.batches")))
 
 
-def test_uow_can_retrieve_a_batch_and_allocate_to_it(allocation_db: Database) -> None:
-    """Chapter 6: a batch fetched by its reference (get_by) is allocated to, and committed."""
+@pytest.mark.parametrize(
+    "fetch",
+    [
+        lambda unit: unit.batches.get_by(reference="batch1"),  # chapter 6: a Batch
+        lambda unit: unit.products.get("HIPSTER-WORKBENCH"),  # chapter 7: the Product aggregate
+    ],
+    ids=["batch", "product"],
+)
+def test_uow_can_retrieve_a_batch_and_allocate_to_it(
+    allocation_db: Database, fetch: Callable[[AllocationUnitOfWork], Any]
+) -> None:
+    """Chapters 6 and 7: a batch (or its product) fetched in a unit is allocated to, committed."""
     with AllocationUnitOfWork() as setup:
         insert_batch(setup.session, "batch1", "HIPSTER-WORKBENCH", 100, None)
 
     with AllocationUnitOfWork() as unit:
-        batch = unit.batches.get_by(reference="batch1")
-        assert batch is not None
-        line = OrderLine("o1", "HIPSTER-WORKBENCH", 10)
-        batch.allocate(line)
-        unit.commit()
-
-    with UnitOfWork(readonly=True) as check:
-        assert get_allocated_batch_ref(check.session, "o1", "HIPSTER-WORKBENCH") == "batch1"
-
-
-def test_uow_can_retrieve_a_product_and_allocate_to_it(allocation_db: Database) -> None:
-    """Chapter 7: the Product aggregate, fetched by its sku, allocates to its batch."""
-    with AllocationUnitOfWork() as setup:
-        insert_batch(setup.session, "batch1", "HIPSTER-WORKBENCH", 100, None)
-
-    with AllocationUnitOfWork() as unit:
-        product = unit.products.get("HIPSTER-WORKBENCH")
-        assert product is not None
-        line = OrderLine("o1", "HIPSTER-WORKBENCH", 10)
-        product.allocate(line)
+        aggregate = fetch(unit)
+        assert aggregate is not None
+        aggregate.allocate(OrderLine("o1", "HIPSTER-WORKBENCH", 10))
         unit.commit()
 
     with UnitOfWork(readonly=True) as check:

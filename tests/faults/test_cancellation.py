@@ -11,11 +11,11 @@ COMMIT was sent: the end of a unit runs to completion once started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +23,9 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from tests.async_.conftest import idle_in_transaction, run
-from tests.conftest import MakeDatabase, connections
+from tests.conftest import MakeDatabase, connections, idle_in_transaction, run
 from tests.faults.helpers import kind
+from tests.helpers import wait_for
 from tests.models import Item
 from uow import AsyncRepository, AsyncUnitOfWork, Database
 
@@ -34,8 +34,7 @@ Admin = psycopg.Connection[Any]
 POOL_SIZE = 4
 TASKS = 2000
 IN_FLIGHT = 100  # tasks alive at once: about 96 of them queue for the 4 connections
-BUDGET = 12.0  # seconds in which tasks are started; on a slow machine fewer than TASKS run
-AT_LEAST = 1000  # ... but never fewer than this
+LIMIT = 240.0  # seconds for all the tasks: a bound on a hang, not a speed test
 # A statement cancelled costs most (a cancel request, then a new connection): fewer of them.
 POINTS = {"none": 1, "checkout": 3, "statement": 2, "commit": 3, "rollback": 3}
 BY_TIMEOUT = 0.3  # the share of cancellations made by asyncio.timeout() instead of cancel()
@@ -59,16 +58,6 @@ class Boom(Exception):
 
 def rows(admin: Admin) -> set[str]:
     return {name for (name,) in admin.execute("SELECT name FROM uow_test_items")}
-
-
-async def until(condition: Callable[[], bool], *, timeout: float, what: str) -> float:
-    """Poll ``condition`` every 10 ms without blocking the loop; fail after ``timeout``."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - started
 
 
 def running_sleeps(admin: Admin, app_name: str) -> int:
@@ -118,7 +107,9 @@ def test_cancel_while_waiting_for_a_connection(make_adb: MakeDatabase) -> None:
                 await unit.session.execute(SELECT_1)
 
         holders = [asyncio.create_task(hold()) for _ in range(POOL_SIZE)]
-        await until(lambda: db.async_engine.pool.checkedout() == POOL_SIZE, timeout=5, what="hold")
+        await asyncio.to_thread(
+            wait_for, lambda: db.async_engine.pool.checkedout() == POOL_SIZE, what="hold"
+        )
         waiters = [asyncio.create_task(wait()) for _ in range(50)]
         await asyncio.sleep(0.05)
         for waiter in waiters:
@@ -145,7 +136,9 @@ def test_cancel_during_a_statement(make_adb: MakeDatabase, admin: Admin, app_nam
                 await unit.session.execute(text("SELECT pg_sleep(5)"))
 
         task = asyncio.create_task(body())
-        await until(lambda: running_sleeps(admin, app_name) == 1, timeout=5, what="pg_sleep")
+        await asyncio.to_thread(
+            wait_for, lambda: running_sleeps(admin, app_name) == 1, what="pg_sleep"
+        )
         started = time.monotonic()
         task.cancel()
         error = None
@@ -154,7 +147,9 @@ def test_cancel_during_a_statement(make_adb: MakeDatabase, admin: Admin, app_nam
         except BaseException as exc:
             error = exc
         took = time.monotonic() - started
-        await until(lambda: running_sleeps(admin, app_name) == 0, timeout=1, what="server cancel")
+        await asyncio.to_thread(
+            wait_for, lambda: running_sleeps(admin, app_name) == 0, what="server cancel"
+        )
         return task.cancelled(), error, took
 
     cancelled, error, took = run(scenario())
@@ -337,16 +332,13 @@ def test_thousands_of_tasks_cancelled_at_random_points(
     async def storm() -> tuple[int, set[int]]:
         slots = asyncio.Semaphore(IN_FLIGHT)
         tasks: list[asyncio.Task[None]] = []
-        deadline = time.monotonic() + BUDGET
-        for unit in units:
-            if time.monotonic() > deadline:
-                break
-            await slots.acquire()
-            task = asyncio.create_task(attempt(db, unit, random.Random(seed + unit.n)))
-            task.add_done_callback(lambda _: slots.release())
-            tasks.append(task)
-        _, pending = await asyncio.wait(tasks, timeout=20)
-        assert not pending, f"{len(pending)} tasks still running 20 s after the last started"
+        async with asyncio.timeout(LIMIT):
+            for unit in units:
+                await slots.acquire()
+                task = asyncio.create_task(attempt(db, unit, random.Random(seed + unit.n)))
+                task.add_done_callback(lambda _: slots.release())
+                tasks.append(task)
+            await asyncio.wait(tasks)
         checked_out = db.async_engine.pool.checkedout()
         return checked_out, await full_round(db, 40)
 
@@ -357,9 +349,9 @@ def test_thousands_of_tasks_cancelled_at_random_points(
         logging.getLogger("uow").removeHandler(logged)
     elapsed = time.monotonic() - started
     stuck = idle_in_transaction(admin, app_name)
-    deadline = time.monotonic() + 2
-    while connections(admin, app_name) > POOL_SIZE and time.monotonic() < deadline:
-        time.sleep(0.02)  # discarded connections' server processes exit a moment later
+    with contextlib.suppress(AssertionError):  # the check below says how many stayed
+        # Discarded connections' server processes exit a moment later.
+        wait_for(lambda: connections(admin, app_name) <= POOL_SIZE, timeout=5, what="exits")
     sessions = connections(admin, app_name)
     stored = rows(admin)
 
@@ -392,7 +384,7 @@ def test_thousands_of_tasks_cancelled_at_random_points(
         f"round of 40 units on {len(pids)} backends, {sessions} server sessions, "
         f"{len(stuck)} idle in transaction; uow warnings {dict(logged.messages) or 0}"
     )
-    assert len(ran) >= AT_LEAST, f"only {len(ran)} tasks started within {BUDGET}s"
+    assert len(ran) == TASKS, f"only {len(ran)} of {TASKS} tasks ran"
     assert checked_out == 0
     assert len(pids) == POOL_SIZE  # every slot free again, no more connections than the pool
     assert sessions <= POOL_SIZE

@@ -1,4 +1,4 @@
-"""SQLAlchemy's pool contract for AsyncUnitOfWork on PostgreSQL (tests/integration pins sync).
+"""SQLAlchemy's pool contract for AsyncUnitOfWork on PostgreSQL (sync: test_sqlalchemy_contract).
 
 A pool timeout is ``sqlalchemy.exc.TimeoutError`` and not ``asyncio.TimeoutError``, and
 the asyncio pool logs under ``sqlalchemy.pool``.
@@ -12,8 +12,7 @@ import pytest
 import sqlalchemy.exc
 from sqlalchemy import text
 
-from tests.async_.conftest import run
-from tests.conftest import CapturedLog, MakeDatabase
+from tests.conftest import CapturedLog, MakeDatabase, run
 from uow import AsyncUnitOfWork, PoolExhausted
 
 

@@ -1,7 +1,7 @@
 """The unit-of-work contract for AsyncUnitOfWork on PostgreSQL, pinned rule by rule.
 
-The same rules as tests/contract pin for the sync UnitOfWork, with the task in place of
-the thread. Each test runs one scenario in a fresh event loop; what a unit committed is
+The same rules as test_unit_of_work.py pins for the sync UnitOfWork, with the task in
+place of the thread. Each test runs one scenario in a fresh event loop; what a unit committed is
 read from the ``admin`` side connection, outside every pool. The ``adb`` fixture checks
 at teardown that nothing is left checked out on the asyncio pool.
 """
@@ -20,8 +20,7 @@ from sqlalchemy import event, text, true
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 import uow
-from tests.async_.conftest import run
-from tests.conftest import MakeDatabase
+from tests.conftest import MakeDatabase, run
 from tests.models import Item
 from uow import AsyncRepository, AsyncUnitOfWork, Database, UsageError
 

@@ -1,1 +1,0 @@
-"""AsyncUnitOfWork held to the sync unit of work's rules, under cancellation and faults."""
