@@ -17,7 +17,14 @@ lock on a busy table fails fast instead of making every request queue behind it.
 ``statement_timeout`` is left to the server: rewriting a large table may legitimately
 take minutes. The URL's own parameters (``application_name``, ``options=-c ...``) are
 kept and win over these defaults, as for the application's connections. Offline mode (``--sql``)
-needs no database and reads no URL. The URL is never logged: alembic prints it only
+needs no database and reads no URL.
+
+Two roles: when the migrations run as another role than the application's, each step
+grants the application's role its rights (rows of the tables and sequences, by default
+also on those created later) and a downgrade to base revokes them
+(:func:`uow.migrations.on_version_apply`). The role is ``UOW_MIGRATIONS_GRANT_TO`` (names
+separated by commas, empty for none) or else, with ``UOW_MIGRATIONS_URL`` set, the user
+of ``DATABASE_URL``. The URL is never logged: alembic prints it only
 through its password-masking helper, and this script never prints it.
 """
 
@@ -96,6 +103,7 @@ def run_migrations_online() -> None:
                 target_metadata=target_metadata,
                 compare_type=True,
                 transaction_per_migration=True,
+                on_version_apply=uow.migrations.on_version_apply,
             )
             with context.begin_transaction():
                 context.run_migrations()

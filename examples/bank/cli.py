@@ -9,6 +9,7 @@ bad usage.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -96,7 +97,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _migrate(args: argparse.Namespace) -> int:
     from uow import migrations  # noqa: PLC0415 - alembic is needed by this command only
 
-    migrations.upgrade(get_database(), "head")
+    # The schema's owner when UOW_MIGRATIONS_URL names it; the application's role gets its
+    # rights from the migrations (docs/operations/migrations.md).
+    owner = os.environ.get("UOW_MIGRATIONS_URL")
+    migrations.upgrade(owner or get_database(), "head")
     print("database is at the latest revision")
     return 0
 
@@ -144,5 +148,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--host", default="127.0.0.1")
     sub.add_argument("--port", type=int, default=8000)
 
-    command("migrate", _migrate, "upgrade the database schema to the latest revision")
+    command(
+        "migrate",
+        _migrate,
+        "upgrade the database schema to the latest revision, as UOW_MIGRATIONS_URL's role "
+        "if set (it grants DATABASE_URL's role its rights)",
+    )
     return parser

@@ -36,7 +36,12 @@ MakeDatabase = Callable[[], str]
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No migration setting leaks in from the developer's shell."""
-    for variable in ("DATABASE_URL", "UOW_MIGRATIONS_URL", "UOW_MIGRATIONS_LOCK_TIMEOUT"):
+    for variable in (
+        "DATABASE_URL",
+        "UOW_MIGRATIONS_URL",
+        "UOW_MIGRATIONS_LOCK_TIMEOUT",
+        "UOW_MIGRATIONS_GRANT_TO",
+    ):
         monkeypatch.delenv(variable, raising=False)
 
 

@@ -67,10 +67,14 @@ def test_submodule_namespaces_are_pinned() -> None:
     """uow.migrations, uow.prometheus and uow.testing export exactly these names, sorted."""
     assert uow.migrations.__all__ == [
         "DEFAULT_LOCK_TIMEOUT",
+        "PermissionDenied",
         "check",
         "current",
         "downgrade",
         "engine",
+        "grant",
+        "on_version_apply",
+        "revoke",
         "upgrade",
     ]
     assert uow.prometheus.__all__ == ["UowCollector", "register"]

@@ -16,7 +16,7 @@ from .._settings import Settings
 from . import top
 from .doctor import run
 from .doctor_replicas import DEFAULT_MAX_REPLICA_LAG
-from .report import EXIT_ACTION, EXIT_OK, EXIT_UNREACHABLE
+from .report import EXIT_ACTION, EXIT_OK, EXIT_PERMISSION, EXIT_UNREACHABLE
 from .terminal import describe_failure
 
 
@@ -114,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Alembic's commands on the project's migrations, through uow.migrations. "
         "The URL is --url, else UOW_MIGRATIONS_URL, else DATABASE_URL. Exit 0: done; "
         "1: alembic refused (not at head, models and migrations differ); 2: bad settings "
-        "or the server cannot be reached.",
+        "or the server cannot be reached; 3: permission denied (the role may not change "
+        "the schema: use its owner's URL in UOW_MIGRATIONS_URL).",
     )
     migrate.add_argument(
         "--url", help="PostgreSQL URL (default: UOW_MIGRATIONS_URL, else DATABASE_URL)"
@@ -163,6 +164,10 @@ def _migrate(settings: Settings, action: str, revision: str | None, config: str 
         elif action == "check":
             migrations.check(settings, config=config)
         after = migrations.current(settings, config=config)
+    except migrations.PermissionDenied as exc:
+        # The server's reason and the role's name; never the URL's password.
+        print(f"{prefix}: {settings.masked_url}: {exc}", file=sys.stderr)
+        return EXIT_PERMISSION
     except ConfigurationError as exc:
         print(f"{prefix}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE

@@ -10,11 +10,19 @@ from typing import Any
 
 from .activity import ServerSession
 
-__all__ = ["EXIT_ACTION", "EXIT_OK", "EXIT_UNREACHABLE", "Finding", "Report"]
+__all__ = [
+    "EXIT_ACTION",
+    "EXIT_OK",
+    "EXIT_PERMISSION",
+    "EXIT_UNREACHABLE",
+    "Finding",
+    "Report",
+]
 
 EXIT_OK = 0
 EXIT_ACTION = 1
 EXIT_UNREACHABLE = 2
+EXIT_PERMISSION = 3  # uow migrate: the role lacks a privilege the migrations need
 
 
 @dataclass(frozen=True)
