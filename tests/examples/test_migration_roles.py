@@ -196,3 +196,18 @@ def test_a_named_role_that_does_not_exist_stops_the_migration(
     with psycopg.connect(libpq_dsn(roles.superuser_url)) as conn:
         tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         assert {row[0] for row in tables} <= {"alembic_version"}
+
+
+def test_a_database_url_user_missing_on_the_server_is_skipped_with_a_warning(
+    roles: Roles, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DATABASE_URL user that is no role here (a pooler's alias) does not stop the
+    migration: it is skipped, and the warning says to set UOW_MIGRATIONS_GRANT_TO."""
+    alias = make_url(roles.app_url).set(username="uow_pooler_alias")
+    monkeypatch.setenv("DATABASE_URL", alias.render_as_string(hide_password=False))
+    monkeypatch.setenv("UOW_MIGRATIONS_URL", roles.owner_url)
+
+    assert main(["migrate", "--config", INI, "upgrade"]) == 0
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "uow.migrations"]
+    assert any("'uow_pooler_alias'" in w and "UOW_MIGRATIONS_GRANT_TO" in w for w in warnings)
