@@ -13,9 +13,13 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 
+from psycopg import errors as pg_errors
+from sqlalchemy.exc import DBAPIError
+
 from uow import UnitOfWorkError, get_database
 
 from . import services
+from .health import MIGRATE_HINT
 from .services import BankError
 from .unit_of_work import BankUnitOfWork
 
@@ -28,10 +32,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Callable[[argparse.Namespace], int] = args.command
     try:
         return command(args)
-    except (BankError, UnitOfWorkError) as exc:
-        message = str(exc).strip().splitlines()
-        print(f"error: {message[0] if message else type(exc).__name__}", file=sys.stderr)
+    except (BankError, UnitOfWorkError, DBAPIError) as exc:
+        print(f"error: {_explain(exc)}", file=sys.stderr)
         return 1
+
+
+def _explain(exc: Exception) -> str:
+    """One line that says what went wrong and, where it is known, what to do."""
+    # uow's own errors already say it in their first line (unreachable, login refused...).
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(cause, pg_errors.UndefinedTable | pg_errors.InvalidSchemaName):
+        return f"the database has no bank tables; {MIGRATE_HINT}"
+    lines = str(cause).strip().splitlines()
+    first = lines[0] if lines else type(cause).__name__
+    if isinstance(cause, pg_errors.InsufficientPrivilege):
+        return (
+            f"{first}; the schema's owner must grant this role its rights"
+            " (see docs/operations/migrations.md)"
+        )
+    return first
 
 
 def _open(args: argparse.Namespace) -> int:

@@ -12,7 +12,6 @@ import threading
 from pathlib import Path
 from typing import Literal
 
-from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -50,6 +49,9 @@ class SchemaCheck:
         """The revisions this code expects, read from ``migrations/`` on first use."""
         with self._lock:
             if self._heads is None:
+                # Imported here: the CLI takes MIGRATE_HINT from this module, alembic unneeded.
+                from alembic.script import ScriptDirectory  # noqa: PLC0415
+
                 self._heads = frozenset(ScriptDirectory(str(self._location)).get_heads())
             return self._heads
 
