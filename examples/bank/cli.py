@@ -9,6 +9,7 @@ bad usage.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -106,9 +107,21 @@ def _serve(args: argparse.Namespace) -> int:
     # Imported here: the HTTP server is an optional extra the other commands do not need.
     import uvicorn  # noqa: PLC0415
 
-    from .api import create_app  # noqa: PLC0415
+    from .logs import logging_config  # noqa: PLC0415
 
-    uvicorn.run(create_app(), host=args.host, port=args.port)
+    # Each worker is a process with its own pool: uow's budget check must count them all.
+    # An explicit UOW_PROCESSES wins (it may count workers on other hosts too).
+    os.environ.setdefault("UOW_PROCESSES", str(args.workers))
+    uvicorn.run(
+        # An import string, so that each worker process builds its own app and pool.
+        "examples.bank.api:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=logging_config(args.log_level),
+        access_log=args.access_log,
+    )
     return 0
 
 
@@ -118,6 +131,13 @@ def _migrate(args: argparse.Namespace) -> int:
     migrations.upgrade(get_database(), "head")
     print("database is at the latest revision")
     return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _new_key() -> str:
@@ -162,6 +182,18 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("serve", _serve, "run the HTTP API with uvicorn")
     sub.add_argument("--host", default="127.0.0.1")
     sub.add_argument("--port", type=int, default=8000)
+    sub.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="worker processes (1); sets UOW_PROCESSES",
+    )
+    sub.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="(info)"
+    )
+    sub.add_argument(
+        "--no-access-log", dest="access_log", action="store_false", help="no line per request"
+    )
 
     command("migrate", _migrate, "upgrade the database schema to the latest revision")
     return parser
