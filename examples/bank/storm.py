@@ -59,7 +59,14 @@ from examples.bank import async_services, services
 from examples.bank.async_services import AsyncBankUnitOfWork
 from examples.bank.models import Account
 from examples.bank.storm_chart import chart
-from examples.bank.storm_report import ModeResult, print_table, verdict
+from examples.bank.storm_report import (
+    POOL_EXHAUSTED,
+    ModeResult,
+    clip,
+    print_table,
+    verdict,
+    written,
+)
 from examples.bank.unit_of_work import BankUnitOfWork
 from uow._ops.doctor import diagnose, render
 from uow.testing import EmbeddedPostgres, PgBouncer
@@ -139,18 +146,17 @@ def server_limits(admin_url: str) -> tuple[int, int]:
 def classify(exc: BaseException) -> tuple[str, bool]:
     """Name an error for the report; the flag says whether it is a connection error."""
     if isinstance(exc, uow.PoolExhausted):
-        return "pool exhausted (waited pool_timeout)", False
+        return POOL_EXHAUSTED, False
     if isinstance(exc, uow.DatabaseUnavailable | psycopg.OperationalError) and not getattr(
         exc, "sqlstate", None
     ):
         # psycopg reports no SQLSTATE for a refused connection: show the server's words.
-        text = str(exc).rsplit("FATAL:", 1)[-1].strip().splitlines()[0]
-        return f"connect failed: {text[:70]}", True
+        return f"connect failed: {clip(str(exc).rsplit('FATAL:', 1)[-1])}", True
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
     state = getattr(orig, "sqlstate", None)
     if state:
         return f"SQLSTATE {state} ({type(orig).__name__})", state.startswith(("08", "53", "57P"))
-    return f"{type(exc).__name__}: {str(exc)[:60]}", False
+    return f"{type(exc).__name__}: {clip(str(exc))}", False
 
 
 def naive_transfer(dsn: str, source: int, target: int, amount: int, work: float) -> bool:
@@ -524,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results, max_connections)
     lines = verdict(results)
     print()
+    print("verdict:")
     print("\n".join(lines))
     summary = {
         "max_connections": max_connections,
@@ -536,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     chart(summary["modes"], args.out / "storm.png", max_connections)
-    print(f"wrote {args.out / 'summary.json'} and {args.out / 'storm.png'}")
+    doctors = [f"doctor-{mode}.txt" for mode in args.modes]
+    print(written(args.out, ["summary.json", "storm.png", *doctors]))
     return 1 if any(line.startswith("FAIL") for line in lines) else 0
 
 

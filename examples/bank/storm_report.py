@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
+from pathlib import Path
 
-__all__ = ["ModeResult", "print_table", "verdict"]
+__all__ = ["ModeResult", "clip", "print_table", "verdict", "written"]
+
+POOL_EXHAUSTED = "pool exhausted (waited pool_timeout)"
+
+
+def clip(text: str, width: int = 160) -> str:
+    """The first line of ``text``, whole if it fits in ``width``, else cut after a word."""
+    lines = text.strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    if len(first) <= width:
+        return first
+    cut = textwrap.shorten(first, width, placeholder="...")
+    # One word longer than the width leaves only the placeholder: cut that word then.
+    return cut if cut != "..." else first[: width - 3] + "..."
 
 
 @dataclass
@@ -54,20 +69,44 @@ def print_table(results: list[ModeResult], max_connections: int) -> None:
 
 
 def verdict(results: list[ModeResult]) -> list[str]:
-    """Plain statements of what happened; a line starting with FAIL is a broken guarantee."""
+    """One line per mode; a uow line says what it checks, FAIL if a guarantee broke.
+
+    A uow mode is ok when the server refused none of its connections, its peak of server
+    connections stayed within its budget and the bank invariant holds. Requests that gave
+    up waiting for the pool are not connection errors, so the line counts them apart.
+    """
     lines = []
     for r in results:
+        refused = (
+            f"the server refused {r.connection_errors} connections"
+            if r.connection_errors
+            else "the server refused no connection"
+        )
+        invariant = f"invariant {'holds' if r.invariant_holds else 'BROKEN'}"
         if r.mode == "naive":
             lines.append(
-                f"naive: {r.connection_errors} connection errors, peak {r.peak_connections} server"
-                f" connections for {r.clients} clients."
+                f"naive: {refused}; peak {r.peak_connections} server connections"
+                f" for {r.clients} clients; {invariant}."
             )
             continue
         ok = r.connection_errors == 0 and r.budget is not None and r.peak_connections <= r.budget
         ok = ok and r.invariant_holds
-        lines.append(
-            f"{'ok' if ok else 'FAIL'} {r.mode}: {r.connection_errors} connection errors, peak"
-            f" {r.peak_connections} connections within budget {r.budget}, invariant"
-            f" {'holds' if r.invariant_holds else 'BROKEN'}."
+        within = "within" if r.budget is not None and r.peak_connections <= r.budget else "OVER"
+        line = (
+            f"{'ok' if ok else 'FAIL'} {r.mode}: {refused}; peak {r.peak_connections} server"
+            f" connections, {within} budget {r.budget}; {invariant}"
         )
+        waited = r.errors.get(POOL_EXHAUSTED, 0)
+        others = sum(r.errors.values()) - waited - r.connection_errors
+        if waited:
+            line += f"; {waited} requests gave up waiting for the pool (pool exhausted)"
+        if others:
+            line += f"; {others} other errors (listed above)"
+        lines.append(line + ".")
     return lines
+
+
+def written(out: Path, names: list[str]) -> str:
+    """The closing line: every file the storm wrote into ``out``, doctor reports included."""
+    present = [name for name in names if (out / name).exists()]
+    return f"wrote {', '.join(present)} in {out}"
