@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import FastAPI, Path, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
-from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 import uow.prometheus
@@ -27,12 +27,13 @@ from uow import (
     DatabaseUnavailable,
     PoolExhausted,
     StatementTimeout,
-    UnitOfWork,
     get_database,
 )
 
 from . import async_services, services
 from .async_services import AsyncBankUnitOfWork
+from .guards import BodyLimit, Text, validation_error
+from .health import SchemaCheck, State, probe
 from .services import (
     MAX_AMOUNT,
     MAX_KEY_LENGTH,
@@ -54,7 +55,7 @@ MAX_ID = 2**63 - 1  # BIGINT: a larger id could never exist, and would overflow 
 AccountId = Annotated[int, Path(ge=1, le=MAX_ID)]
 Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 Amount = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT, description="cents")]
-Key = Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH)]
+Key = Annotated[Text, Field(min_length=1, max_length=MAX_KEY_LENGTH)]
 
 
 class _In(BaseModel):
@@ -64,7 +65,7 @@ class _In(BaseModel):
 class NewAccount(_In):
     """``POST /accounts``."""
 
-    owner: Annotated[str, Field(min_length=1, max_length=MAX_OWNER_LENGTH)]
+    owner: Annotated[Text, Field(min_length=1, max_length=MAX_OWNER_LENGTH)]
     initial: Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT, description="cents")] = 0
 
 
@@ -142,9 +143,10 @@ class PoolOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    """Whether the database answers, and how busy the pool is."""
+    """Whether the database answers with the schema this code needs; how busy the pool is."""
 
-    status: Literal["ok", "overloaded", "unavailable"]
+    status: State
+    reason: str | None = None  # when "not migrated": what to run
     pool: PoolOut
 
 
@@ -183,7 +185,10 @@ def create_app(database: Database | None = None) -> FastAPI:
     """
 
     app = FastAPI(title="uow example bank", version="1", lifespan=_closing_async_pool(database))
+    app.add_middleware(BodyLimit)
     _add_error_handlers(app)
+    # Replaces FastAPI's own, which echoes the whole input and cannot encode NaN.
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     def snapshot() -> BankUnitOfWork:
         # A statement reads the balance and the ledger in two queries; one snapshot
@@ -252,26 +257,21 @@ def create_app(database: Database | None = None) -> FastAPI:
             ],
         )
 
+    schema = SchemaCheck()
+
     @app.get("/health")
     def health(response: Response) -> HealthOut:
-        """200 if the database answers ``SELECT 1``, else 503; with the pool's status."""
+        """200 if the database answers and its schema is migrated, else 503 with a reason."""
         db = database if database is not None else get_database()
         pool = db.status()  # before the check, which takes a connection itself
-        state: Literal["ok", "overloaded", "unavailable"] = "ok"
-        try:
-            with UnitOfWork(db, readonly=True) as unit:
-                unit.session.execute(select(1))
-        except PoolExhausted as exc:
-            logger.warning("health check: %s", exc)
-            state = "overloaded"
+        state, reason = probe(db, schema)
+        if state == "overloaded":
             response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-        except (DatabaseUnavailable, StatementTimeout, OperationalError) as exc:
-            logger.warning("health check: %s", exc)
-            state = "unavailable"
         if state != "ok":
             response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return HealthOut(
             status=state,
+            reason=reason,
             pool=PoolOut(
                 size=pool.size,
                 max_overflow=pool.max_overflow,

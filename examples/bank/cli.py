@@ -14,9 +14,13 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 
+from psycopg import errors as pg_errors
+from sqlalchemy.exc import DBAPIError
+
 from uow import UnitOfWorkError, get_database
 
 from . import services
+from .health import MIGRATE_HINT
 from .services import BankError
 from .unit_of_work import BankUnitOfWork
 
@@ -29,10 +33,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Callable[[argparse.Namespace], int] = args.command
     try:
         return command(args)
-    except (BankError, UnitOfWorkError) as exc:
-        message = str(exc).strip().splitlines()
-        print(f"error: {message[0] if message else type(exc).__name__}", file=sys.stderr)
+    except (BankError, UnitOfWorkError, DBAPIError) as exc:
+        print(f"error: {_explain(exc)}", file=sys.stderr)
         return 1
+
+
+def _explain(exc: Exception) -> str:
+    """One line that says what went wrong and, where it is known, what to do."""
+    # uow's own errors already say it in their first line (unreachable, login refused...).
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(cause, pg_errors.UndefinedTable | pg_errors.InvalidSchemaName):
+        return f"the database has no bank tables; {MIGRATE_HINT}"
+    lines = str(cause).strip().splitlines()
+    first = lines[0] if lines else type(cause).__name__
+    if isinstance(cause, pg_errors.InsufficientPrivilege):
+        return (
+            f"{first}; the schema's owner must grant this role its rights"
+            " (see docs/operations/migrations.md)"
+        )
+    return first
 
 
 def _open(args: argparse.Namespace) -> int:
@@ -88,9 +107,21 @@ def _serve(args: argparse.Namespace) -> int:
     # Imported here: the HTTP server is an optional extra the other commands do not need.
     import uvicorn  # noqa: PLC0415
 
-    from .api import create_app  # noqa: PLC0415
+    from .logs import logging_config  # noqa: PLC0415
 
-    uvicorn.run(create_app(), host=args.host, port=args.port)
+    # Each worker is a process with its own pool: uow's budget check must count them all.
+    # An explicit UOW_PROCESSES wins (it may count workers on other hosts too).
+    os.environ.setdefault("UOW_PROCESSES", str(args.workers))
+    uvicorn.run(
+        # An import string, so that each worker process builds its own app and pool.
+        "examples.bank.api:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=logging_config(args.log_level),
+        access_log=args.access_log,
+    )
     return 0
 
 
@@ -103,6 +134,13 @@ def _migrate(args: argparse.Namespace) -> int:
     migrations.upgrade(owner or get_database(), "head")
     print("database is at the latest revision")
     return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _new_key() -> str:
@@ -147,6 +185,18 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("serve", _serve, "run the HTTP API with uvicorn")
     sub.add_argument("--host", default="127.0.0.1")
     sub.add_argument("--port", type=int, default=8000)
+    sub.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="worker processes (1); sets UOW_PROCESSES",
+    )
+    sub.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="(info)"
+    )
+    sub.add_argument(
+        "--no-access-log", dest="access_log", action="store_false", help="no line per request"
+    )
 
     command(
         "migrate",

@@ -48,6 +48,7 @@ __all__ = [
     "StatementLine",
     "Transfer",
     "audit",
+    "check_text",
     "deposit",
     "get_account",
     "open_account",
@@ -405,11 +406,26 @@ def _check_amount(amount: int, *, allow_zero: bool = False) -> None:
         raise InvalidAmount(f"amount must be from {low} to {MAX_AMOUNT} cents, not {amount}")
 
 
+def check_text(value: str) -> str:
+    """Return ``value`` if PostgreSQL can store it as ``text``; else raise ``ValueError``."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
 def _check_key(key: str) -> None:
     if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY_LENGTH:
         raise InvalidRequest(
             f"the idempotency key must be a non-blank string of at most {MAX_KEY_LENGTH} characters"
         )
+    try:
+        check_text(key)
+    except ValueError as exc:
+        raise InvalidRequest(f"the idempotency key {exc}") from None
 
 
 def _checked_owner(owner: str) -> str:
@@ -417,4 +433,7 @@ def _checked_owner(owner: str) -> str:
         raise InvalidRequest(
             f"the owner must be a non-blank name of at most {MAX_OWNER_LENGTH} characters"
         )
-    return owner.strip()
+    try:
+        return check_text(owner.strip())
+    except ValueError as exc:
+        raise InvalidRequest(f"the owner {exc}") from None

@@ -44,7 +44,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,14 @@ from examples.bank import async_services, services
 from examples.bank.async_services import AsyncBankUnitOfWork
 from examples.bank.models import Account
 from examples.bank.storm_chart import chart
+from examples.bank.storm_report import (
+    POOL_EXHAUSTED,
+    ModeResult,
+    clip,
+    print_table,
+    verdict,
+    written,
+)
 from examples.bank.unit_of_work import BankUnitOfWork
 from uow._ops.doctor import diagnose, render
 from uow.testing import EmbeddedPostgres, PgBouncer
@@ -67,29 +75,6 @@ MODES = ("naive", "uow", "uow-short-tx", "uow-async")
 EXTRA_MODES = ("uow-pgbouncer",)
 APP_ROLE = "bank_app"
 INITIAL_BALANCE = 10_000
-
-
-@dataclass
-class ModeResult:
-    mode: str
-    clients: int
-    duration: float
-    committed: int = 0
-    declined: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    connection_errors: int = 0
-    peak_connections: int = 0
-    budget: int | None = None
-    p50_ms: float = 0.0
-    p99_ms: float = 0.0
-    invariant_holds: bool = False
-    invariant_detail: str = ""
-    connections_timeline: list[tuple[float, int]] = field(default_factory=list)
-    throughput_timeline: list[tuple[float, float]] = field(default_factory=list)
-
-    @property
-    def per_second(self) -> float:
-        return self.committed / self.duration
 
 
 # -- the server ---------------------------------------------------------------------------
@@ -161,18 +146,17 @@ def server_limits(admin_url: str) -> tuple[int, int]:
 def classify(exc: BaseException) -> tuple[str, bool]:
     """Name an error for the report; the flag says whether it is a connection error."""
     if isinstance(exc, uow.PoolExhausted):
-        return "pool exhausted (waited pool_timeout)", False
+        return POOL_EXHAUSTED, False
     if isinstance(exc, uow.DatabaseUnavailable | psycopg.OperationalError) and not getattr(
         exc, "sqlstate", None
     ):
         # psycopg reports no SQLSTATE for a refused connection: show the server's words.
-        text = str(exc).rsplit("FATAL:", 1)[-1].strip().splitlines()[0]
-        return f"connect failed: {text[:70]}", True
+        return f"connect failed: {clip(str(exc).rsplit('FATAL:', 1)[-1])}", True
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
     state = getattr(orig, "sqlstate", None)
     if state:
         return f"SQLSTATE {state} ({type(orig).__name__})", state.startswith(("08", "53", "57P"))
-    return f"{type(exc).__name__}: {str(exc)[:60]}", False
+    return f"{type(exc).__name__}: {clip(str(exc))}", False
 
 
 def naive_transfer(dsn: str, source: int, target: int, amount: int, work: float) -> bool:
@@ -479,49 +463,6 @@ def throughput(
 # -- the report ---------------------------------------------------------------------------
 
 
-def print_table(results: list[ModeResult], max_connections: int) -> None:
-    header = (
-        f"{'mode':<13} {'clients':>7} {'committed':>9} {'tx/s':>7} {'errors':>7} {'conn err':>8}"
-        f" {'peak conns':>10} {'budget':>6} {'p50 ms':>7} {'p99 ms':>8}  invariant"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        budget = "-" if r.budget is None else str(r.budget)
-        print(
-            f"{r.mode:<13} {r.clients:>7} {r.committed:>9} {r.per_second:>7.0f}"
-            f" {sum(r.errors.values()):>7} {r.connection_errors:>8} {r.peak_connections:>10}"
-            f" {budget:>6} {r.p50_ms:>7.1f} {r.p99_ms:>8.1f}"
-            f"  {'holds' if r.invariant_holds else 'BROKEN'}"
-        )
-    print(f"(server max_connections={max_connections})")
-    for r in results:
-        if r.errors:
-            print(f"errors in {r.mode}:")
-            for kind, count in r.errors.items():
-                print(f"  {count:>7}  {kind}")
-
-
-def verdict(results: list[ModeResult]) -> list[str]:
-    """Plain statements of what happened; a line starting with FAIL is a broken guarantee."""
-    lines = []
-    for r in results:
-        if r.mode == "naive":
-            lines.append(
-                f"naive: {r.connection_errors} connection errors, peak {r.peak_connections} server"
-                f" connections for {r.clients} clients."
-            )
-            continue
-        ok = r.connection_errors == 0 and r.budget is not None and r.peak_connections <= r.budget
-        ok = ok and r.invariant_holds
-        lines.append(
-            f"{'ok' if ok else 'FAIL'} {r.mode}: {r.connection_errors} connection errors, peak"
-            f" {r.peak_connections} connections within budget {r.budget}, invariant"
-            f" {'holds' if r.invariant_holds else 'BROKEN'}."
-        )
-    return lines
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per mode (10)")
@@ -589,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results, max_connections)
     lines = verdict(results)
     print()
+    print("verdict:")
     print("\n".join(lines))
     summary = {
         "max_connections": max_connections,
@@ -601,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     chart(summary["modes"], args.out / "storm.png", max_connections)
-    print(f"wrote {args.out / 'summary.json'} and {args.out / 'storm.png'}")
+    doctors = [f"doctor-{mode}.txt" for mode in args.modes]
+    print(written(args.out, ["summary.json", "storm.png", *doctors]))
     return 1 if any(line.startswith("FAIL") for line in lines) else 0
 
 

@@ -34,6 +34,21 @@ def bank_url(postgres_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def empty_url(postgres_url: str) -> Iterator[str]:
+    """A database nobody migrated."""
+    name = f"empty_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(libpq_dsn(postgres_url), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(libpq_dsn(postgres_url), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
 def bank_admin(bank_url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit side connection to the bank database."""
     with psycopg.connect(libpq_dsn(bank_url), autocommit=True) as conn:

@@ -114,9 +114,9 @@ def test_transfer_to_the_same_account_is_rejected(bank: BankUnitOfWork) -> None:
     assert balance(bank, ann) == 100
 
 
-@pytest.mark.parametrize("owner", ["", "   ", "x" * 201])
+@pytest.mark.parametrize("owner", ["", "   ", "x" * 201, "a\x00b", "a\ud800b"])
 def test_bad_owner_is_rejected(bank: BankUnitOfWork, owner: str) -> None:
-    """An empty, blank or over-long owner raises InvalidRequest."""
+    """An empty, blank, over-long owner, or one PostgreSQL cannot store, raises InvalidRequest."""
     with pytest.raises(InvalidRequest):
         services.open_account(bank, owner)
 
@@ -129,9 +129,9 @@ def test_negative_opening_balance_is_rejected(bank: BankUnitOfWork) -> None:
         assert bank.accounts.count() == 0
 
 
-@pytest.mark.parametrize("key", ["", "  ", "k" * 101])
+@pytest.mark.parametrize("key", ["", "  ", "k" * 101, "k\x00", "\udfff"])
 def test_bad_key_is_rejected(bank: BankUnitOfWork, key: str) -> None:
-    """An empty, blank or over-long idempotency key raises InvalidRequest."""
+    """An empty, blank, over-long idempotency key, or one with NUL or a lone surrogate: invalid."""
     ann = services.open_account(bank, "ann", 100)
 
     with pytest.raises(InvalidRequest):

@@ -37,7 +37,8 @@ def test_short_storm_uow_has_no_connection_errors_and_stays_in_budget(tmp_path: 
     assert modes["naive"]["connection_errors"] > 0  # the contrast the demo exists to show
     assert modes["naive"]["invariant_holds"]  # failed requests still leave no half-transfer
     assert (tmp_path / "storm.png").stat().st_size > 10_000
-    assert "ok uow:" in done.stdout
+    assert "ok uow: the server refused no connection;" in done.stdout
+    assert "doctor-uow-async.txt" in done.stdout.splitlines()[-1]  # the closing line
     # uow doctor looked at the server halfway through each mode, as the app connects.
     report = (tmp_path / "doctor-uow.txt").read_text()
     assert "storm-uow" in report

@@ -1,0 +1,91 @@
+"""The bank CLI's failures: one line on stderr that says what to do, exit 1, no traceback."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy import make_url
+
+from tests.helpers import run_python
+from uow import Database
+
+
+def failure(url: str, *args: str) -> str:
+    """Run a CLI command that must fail; returns its single stderr line."""
+    done = run_python("-m", "examples.bank", *args, DATABASE_URL=url, UOW_CONNECT_TIMEOUT="2")
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    return done.stderr.strip()
+
+
+@pytest.fixture
+def rightless_url(
+    bank_db: Database, bank_url: str, bank_admin: psycopg.Connection[Any]
+) -> Iterator[str]:
+    """The bank database as a role that may log in and nothing more."""
+    role, password = f"nobody_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    bank_admin.execute(
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)
+        )
+    )
+    try:
+        url = make_url(bank_url).set(username=role, password=password)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        bank_admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,)
+        )
+        bank_admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.mark.parametrize("args", [["open", "ann"], ["statement", "1"], ["audit"]])
+def test_schema_missing_says_run_migrate(empty_url: str, args: list[str]) -> None:
+    """On a database without the bank's tables, every command says to run migrate first."""
+    line = failure(empty_url, *args)
+
+    assert line == (
+        "error: the database has no bank tables; run `python -m examples.bank migrate` first"
+    )
+
+
+@pytest.mark.parametrize("args", [["open", "ann"], ["statement", "1"], ["deposit", "1", "5"]])
+def test_permission_denied_says_so(rightless_url: str, args: list[str]) -> None:
+    """A role without rights on the tables gets "permission denied", not "cannot reach"."""
+    line = failure(rightless_url, *args)
+
+    assert line.startswith("error: permission denied for table "), line
+    assert "grant" in line
+    assert "cannot reach" not in line
+
+
+def test_unreachable_server_says_so_without_the_password(bank_url: str) -> None:
+    """A server nobody listens on: one line naming the host and port, never the password."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    url = make_url(bank_url).set(host="127.0.0.1", port=port)
+
+    line = failure(url.render_as_string(hide_password=False), "audit")
+
+    assert line.startswith("error: could not connect to "), line
+    assert f"port {port} failed: Connection refused" in line
+    assert not url.password or url.password not in line
+
+
+def test_wrong_password_says_so(bank_url: str) -> None:
+    """A refused login says the password failed, in one line."""
+    url = make_url(bank_url).set(password="not-the-password")
+
+    line = failure(url.render_as_string(hide_password=False), "audit")
+
+    assert line.startswith("error: could not connect to "), line
+    assert "password authentication failed" in line
