@@ -168,9 +168,9 @@ def run_transaction(
     Never retried: any other error, including :class:`~uow.CommitOutcomeUnknown`
     (COMMIT was in flight), :class:`~uow.PoolExhausted` (it already waited
     ``pool_timeout``) and any other :class:`~uow.DatabaseUnavailable` (retrying would
-    only add load to a server that is down). Between attempts it sleeps with full-jitter exponential backoff: a random
-    time up to ``min(max_backoff, backoff * 2**attempt)`` seconds, so retries from many
-    callers spread out instead of colliding again.
+    only add load to a server that is down). Between attempts it sleeps with full-jitter
+    exponential backoff: a random time up to ``min(max_backoff, backoff * 2**attempt)``
+    seconds, so retries from many callers spread out instead of colliding again.
 
     ``fn`` runs once per attempt, so it must not have effects outside the transaction
     (send mail with ``uow.on_commit``). Inside an open unit of work on the same database
