@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 import uow
 from tests.conftest import run
+from tests.tls import tls_bin_dir
 from uow import (
     AsyncUnitOfWork,
     Database,
@@ -54,11 +55,13 @@ class Server:
         return Database(Settings(url=self.url, pool_timeout=2, **settings))
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[EmbeddedPostgres]:
+@pytest.fixture(scope="module", params=["wheel", "system"])
+def postgres(request: pytest.FixtureRequest) -> Iterator[EmbeddedPostgres]:
+    """The embedded wheel's PostgreSQL (18) and the system's (15 here): their texts differ."""
     with EmbeddedPostgres(
         max_connections=MAX_CONNECTIONS,
         settings={"superuser_reserved_connections": RESERVED},
+        bin_dir=tls_bin_dir() if request.param == "system" else None,
     ) as server:
         yield server
 
