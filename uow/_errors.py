@@ -5,6 +5,8 @@ Every exception uow raises derives from :class:`UnitOfWorkError`::
     UnitOfWorkError
     ├── ConfigurationError        bad URL or setting (also a ValueError)
     ├── DatabaseUnavailable       the server could not be reached or refused the login
+    │   └── ServerFull            SQLSTATE 53300: the server is up but has no connection slot
+    │                             left (also a TransientError: retried)
     ├── PoolExhausted             no connection freed up within pool_timeout
     │                             (also sqlalchemy.exc.TimeoutError, like QueuePool's)
     ├── StatementTimeout          the server cancelled a statement (statement_timeout)
@@ -26,6 +28,14 @@ SQLAlchemy keeps catching it. It is deliberately not the builtin ``TimeoutError`
 is ``asyncio.TimeoutError`` since Python 3.11, which asyncio code (and SQLAlchemy's
 connection handling) treats as a cancelled wait rather than a full pool.
 
+:class:`ServerFull` is a :class:`DatabaseUnavailable`, because that is what it is: no
+new connection could be opened, and handlers written for it (a 503, a fallback from a
+replica to the primary) are right for a full server too. It is also a
+:class:`TransientError`, because unlike an outage it passes as soon as another client
+disconnects: :func:`uow.run_transaction` retries it, with its backoff, the way a caller
+waits for a pooled connection; and it never trips the outage backoff, which would
+refuse a server that is answering.
+
 Errors that PostgreSQL reports about the data itself (unique violations, a write in
 a read-only transaction, ...) propagate as SQLAlchemy raises them, with psycopg's
 exception as ``orig``, so code that already handles them keeps working.
@@ -44,6 +54,7 @@ __all__ = [
     "MultipleRowsFound",
     "PoolExhausted",
     "SerializationFailure",
+    "ServerFull",
     "StatementTimeout",
     "TransactionRolledBack",
     "TransientError",
@@ -89,6 +100,16 @@ class SerializationFailure(TransientError):
 
 class DeadlockDetected(TransientError):
     """SQLSTATE 40P01: the server aborted this transaction to break a deadlock."""
+
+
+class ServerFull(DatabaseUnavailable, TransientError):
+    """SQLSTATE 53300: the server is running but refused the connection for lack of a slot
+    (``too many clients already``, ``remaining connection slots are reserved``).
+
+    The message gives the server's ``max_connections`` and reserved slots when uow has
+    read them, and this process's pool budget. Retried by :func:`uow.run_transaction`
+    and :func:`uow.transactional`; never treated as an outage.
+    """
 
 
 class ConnectionLost(TransientError):

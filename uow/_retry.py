@@ -162,13 +162,15 @@ def run_transaction(
     """Call ``fn(uow)`` in a new unit of work, and again in a fresh one if it fails transiently.
 
     Retried: :class:`~uow.SerializationFailure` (40001), :class:`~uow.DeadlockDetected`
-    (40P01) and :class:`~uow.ConnectionLost` (the connection died before COMMIT was
-    sent, so nothing was kept). Never retried: any other error, including
-    :class:`~uow.CommitOutcomeUnknown` (COMMIT was in flight) and
-    :class:`~uow.DatabaseUnavailable` (retrying would only add load to a server that is
-    down). Between attempts it sleeps with full-jitter exponential backoff: a random
-    time up to ``min(max_backoff, backoff * 2**attempt)`` seconds, so retries from many
-    callers spread out instead of colliding again.
+    (40P01), :class:`~uow.ConnectionLost` (the connection died before COMMIT was
+    sent, so nothing was kept) and :class:`~uow.ServerFull` (53300: no slot on the
+    server; the retries wait for one, as a checkout waits for a pooled connection).
+    Never retried: any other error, including :class:`~uow.CommitOutcomeUnknown`
+    (COMMIT was in flight), :class:`~uow.PoolExhausted` (it already waited
+    ``pool_timeout``) and any other :class:`~uow.DatabaseUnavailable` (retrying would
+    only add load to a server that is down). Between attempts it sleeps with full-jitter
+    exponential backoff: a random time up to ``min(max_backoff, backoff * 2**attempt)``
+    seconds, so retries from many callers spread out instead of colliding again.
 
     ``fn`` runs once per attempt, so it must not have effects outside the transaction
     (send mail with ``uow.on_commit``). Inside an open unit of work on the same database

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from uow import ConnectionLost, Settings
+from uow import ConnectionLost, DatabaseUnavailable, ServerFull, Settings
 from uow._engine.classify import translate
 
 
@@ -56,3 +56,27 @@ def test_other_errors_underneath_do_not_make_a_lost_connection(inner: BaseExcept
     context = Context(original)
     assert translate(context, SETTINGS) is None  # type: ignore[arg-type]
     assert not context.is_disconnect
+
+
+@pytest.mark.parametrize(
+    "fatal",
+    [
+        "sorry, too many clients already",
+        "remaining connection slots are reserved for non-replication superuser connections",
+        "remaining connection slots are reserved for roles with the SUPERUSER attribute",
+        'too many connections for role "app"',
+    ],
+)
+def test_a_login_refused_for_lack_of_a_slot_is_server_full(fatal: str) -> None:
+    """libpq gives no SQLSTATE at login: PostgreSQL's 53300 texts (9.6-18) make ServerFull."""
+    refused = psycopg.OperationalError(
+        f'connection to server at "h", port 1 failed: FATAL:  {fatal}'
+    )
+    assert isinstance(translate(Context(refused, connection=None), SETTINGS), ServerFull)  # type: ignore[arg-type]
+
+
+def test_other_login_failures_stay_database_unavailable() -> None:
+    """A refused TCP connection or a failed login is DatabaseUnavailable, not ServerFull."""
+    for text in ("Connection refused", 'FATAL:  password authentication failed for user "u"'):
+        error = translate(Context(psycopg.OperationalError(text), connection=None), SETTINGS)  # type: ignore[arg-type]
+        assert type(error) is DatabaseUnavailable

@@ -18,8 +18,8 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from .._errors import ConfigurationError
 from .._settings import Settings
-from .budget import read_budget
-from .classify import translate
+from .budget import Budget, read_budget
+from .classify import server_full, translate
 from .liveness import install_checkout_checks
 from .metrics import install_metrics
 from .outage import ConnectGate
@@ -102,6 +102,7 @@ def _install_events(engine: Engine, settings: Settings, count: Callable[[str], N
         install_session_state_warnings(engine)
     # Behind PgBouncer the pool sizes count client connections to PgBouncer, not server
     # connections: PgBouncer's own pool bounds those, so max_connections says nothing here.
+    known: list[Budget] = []  # the server's numbers once read, for a full server's message
     if settings.check_budget and settings.pgbouncer == "off":
         checked = threading.Event()
 
@@ -110,7 +111,9 @@ def _install_events(engine: Engine, settings: Settings, count: Callable[[str], N
             # Once per engine, on its first connection: one query, then never again.
             if checked.is_set():
                 return
-            read_budget(dbapi_connection, settings).check()
+            budget = read_budget(dbapi_connection, settings)
+            known[:] = [budget]
+            budget.check()
             checked.set()
 
     metrics = install_metrics(engine)  # after the liveness check: see install_metrics
@@ -124,7 +127,12 @@ def _install_events(engine: Engine, settings: Settings, count: Callable[[str], N
             connection = dialect.connect(*cargs, **cparams)
         except Exception as exc:
             metrics.connect_done(started, ok=False)
-            gate.failed(exc)
+            if server_full(exc):
+                # The server answered: it is up, only full. Backing off would refuse it
+                # for up to a second after a slot frees; callers retry instead.
+                gate.succeeded()
+            else:
+                gate.failed(exc)
             raise
         metrics.connect_done(started, ok=True)
         gate.succeeded()
@@ -132,7 +140,7 @@ def _install_events(engine: Engine, settings: Settings, count: Callable[[str], N
 
     @event.listens_for(engine, "handle_error")
     def _translate(context: ExceptionContext) -> BaseException | None:
-        return translate(context, settings)
+        return translate(context, settings, known[0] if known else None)
 
 
 def transaction_options(readonly: bool, isolation: str | None) -> dict[str, Any]:

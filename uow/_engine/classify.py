@@ -12,11 +12,27 @@ from .._errors import (
     DatabaseUnavailable,
     DeadlockDetected,
     SerializationFailure,
+    ServerFull,
     StatementTimeout,
 )
 from .._settings import Settings, secret_parameters
+from .budget import Budget
 
-__all__ = ["first_line", "hide_secrets", "translate"]
+__all__ = ["first_line", "hide_secrets", "server_full", "translate"]
+
+# A login refused for lack of a slot is SQLSTATE 53300, but libpq does not expose the
+# SQLSTATE of an error received while logging in (psycopg's ``sqlstate`` is None there;
+# checked with PostgreSQL 15 and 18), so at login it is known only by the server's text:
+# libpq's "FATAL:  " and PostgreSQL's messages for 53300 since 9.6 ("reserved for
+# non-replication superuser connections" until 15, "for roles with the SUPERUSER
+# attribute" or "with privileges of pg_use_reserved_connections" since 16). A server
+# whose lc_messages is not English reports a full server as DatabaseUnavailable, as before.
+_SERVER_FULL = (
+    "FATAL:  sorry, too many clients already",
+    "FATAL:  remaining connection slots are reserved",
+    "FATAL:  too many connections for role",
+    "FATAL:  too many connections for database",
+)
 
 # Errors after which the session is gone: connection exceptions (class 08), the
 # server shutting down or the backend terminated (57P01-57P03), a session ended by
@@ -50,6 +66,36 @@ def _sqlstate(exc: BaseException) -> str | None:
     return None
 
 
+def server_full(exc: BaseException) -> bool:
+    """Tell whether the server refused a connection for lack of a slot (SQLSTATE 53300)."""
+    if getattr(exc, "sqlstate", None) == "53300":
+        return True
+    text = str(exc)
+    return isinstance(exc, psycopg.OperationalError) and any(t in text for t in _SERVER_FULL)
+
+
+def _server_full_error(
+    original: BaseException, settings: Settings, budget: Budget | None
+) -> ServerFull:
+    per_process = settings.pool_size + settings.max_overflow
+    if budget is None:
+        server = "its max_connections"
+    else:
+        server = (
+            f"max_connections={budget.max_connections} with {budget.reserved} reserved for "
+            "superusers"
+        )
+    return ServerFull(
+        f"{settings.masked_url} is full: {hide_secrets(first_line(original), settings)} "
+        f"(SQLSTATE 53300). The server is up but all of {server} are in use; this process "
+        f"may open pool_size + max_overflow = {settings.pool_size} + {settings.max_overflow}"
+        f" = {per_process} connections, x UOW_PROCESSES={settings.processes} = "
+        f"{per_process * settings.processes}. Retried by run_transaction; to fix, lower "
+        "UOW_POOL_SIZE or UOW_MAX_OVERFLOW, run fewer processes, put PgBouncer in front, or "
+        "raise max_connections, and check which other clients hold connections."
+    )
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (psycopg's carry DETAIL/HINT lines)."""
     text = str(exc).strip()
@@ -57,12 +103,13 @@ def first_line(exc: BaseException) -> str:
 
 
 def translate(  # noqa: PLR0911 - one return per kind of error reads best
-    context: ExceptionContext, settings: Settings
+    context: ExceptionContext, settings: Settings, budget: Budget | None = None
 ) -> BaseException | None:
     """Map a driver error to the most specific uow exception, or None to keep SQLAlchemy's.
 
-    Also marks errors that ended the session as disconnects, so SQLAlchemy discards
-    the connection instead of returning it to the pool.
+    ``budget`` is the server's numbers when uow has read them (for a full server's message:
+    no query is sent on that path). Also marks errors that ended the session as
+    disconnects, so SQLAlchemy discards the connection instead of returning it to the pool.
     """
     original = context.original_exception
     if context.is_pre_ping or not isinstance(original, Exception):
@@ -73,6 +120,8 @@ def translate(  # noqa: PLR0911 - one return per kind of error reads best
     sqlstate = _sqlstate(original)
     if ends_session(sqlstate):
         context.is_disconnect = True
+    if context.connection is None and server_full(original):
+        return _server_full_error(original, settings, budget)
     if context.connection is None and isinstance(original, psycopg.OperationalError):
         return DatabaseUnavailable(
             f"could not connect to {settings.masked_url} "
