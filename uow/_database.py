@@ -347,6 +347,9 @@ class Database:
                 with connectable.connect() as connection:
                     dbapi_connection = connection.connection.dbapi_connection
                     budgets.append(read_budget(dbapi_connection, settings))
+                    if budgets[-1].needed > budgets[-1].available:
+                        # Not kept in the pool for units to use: the budget says no.
+                        connection.invalidate()
             except BaseException:
                 if gate is not None:
                     gate.record(None)
