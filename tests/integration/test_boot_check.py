@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,10 +159,9 @@ def test_check_counts_the_processes_of_the_application_it_sees(
     assert budget.needed == 6
 
 
-def test_ten_workers_without_web_concurrency_never_overflow_the_server() -> None:
-    """10 workers x pool 5 against 47 slots: those that do not fit refuse to boot, loudly."""
-    env = {k: v for k, v in os.environ.items() if k not in ("WEB_CONCURRENCY", "UOW_PROCESSES")}
-    app = f"uow:boot-{uuid.uuid4().hex[:8]}"
+@pytest.fixture
+def web_url() -> Iterator[str]:
+    """A throwaway server with 47 slots for the role ``web`` (no superuser), and its URL."""
     # 50 - 3 superuser_reserved_connections = 47 slots, for a role that is no superuser
     # (a superuser may take the reserved ones too).
     with EmbeddedPostgres(max_connections=50) as server:
@@ -169,31 +169,36 @@ def test_ten_workers_without_web_concurrency_never_overflow_the_server() -> None
         with psycopg.connect(server.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE ROLE web LOGIN PASSWORD {}").format(password))
         url = make_url(server.url).set(username="web", password=password)
-        workers = [
-            subprocess.Popen(  # noqa: S603 - this interpreter, this repository's module
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.budget_worker",
-                    url.render_as_string(hide_password=False),
-                    app,
-                    "3",
-                ],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(10)
-        ]
-        booted = [w for w in workers if w.stdout and w.stdout.readline() == "booted\n"]
-        for worker in booted:
-            assert worker.stdin
-            worker.stdin.write("go\n")
-            worker.stdin.flush()
-        outcomes = [(w, *w.communicate(timeout=120)) for w in workers]
+        yield url.render_as_string(hide_password=False)
+
+
+def _environ() -> dict[str, str]:
+    """This process's environment without WEB_CONCURRENCY, DATABASE_URL and UOW_*."""
+    unset = ("WEB_CONCURRENCY", "DATABASE_URL")
+    return {k: v for k, v in os.environ.items() if k not in unset and not k.startswith("UOW_")}
+
+
+def test_ten_workers_without_web_concurrency_never_overflow_the_server(web_url: str) -> None:
+    """10 workers x pool 5 against 47 slots: those that do not fit refuse to boot, loudly."""
+    app = f"uow:boot-{uuid.uuid4().hex[:8]}"
+    workers = [
+        subprocess.Popen(  # noqa: S603 - this interpreter, this repository's module
+            [sys.executable, "-m", "tests.budget_worker", web_url, app, "3"],
+            cwd=ROOT,
+            env=_environ(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(10)
+    ]
+    booted = [w for w in workers if w.stdout and w.stdout.readline() == "booted\n"]
+    for worker in booted:
+        assert worker.stdin
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    outcomes = [(w, *w.communicate(timeout=120)) for w in workers]
     for _, out, err in outcomes:
         assert not any(words in out + err for words in REFUSED), out + err
     assert all(w.returncode == 0 for w in booted), outcomes
@@ -204,3 +209,45 @@ def test_ten_workers_without_web_concurrency_never_overflow_the_server() -> None
         assert w.returncode != 0
         assert "connection budget exceeded" in err
         assert "processes of this application are connected" in err
+
+
+@pytest.mark.parametrize("server", ["gunicorn", "uvicorn"])
+def test_web_server_whose_workers_do_not_fit_stops_with_the_message(
+    web_url: str, server: str
+) -> None:
+    """gunicorn -w 10 / uvicorn --workers 10, pool 5, 47 slots: the server stops, saying why."""
+    bin_dir = Path(sys.executable).parent
+    command = {
+        "gunicorn": [
+            bin_dir / "gunicorn",
+            *("-w", "10", "-c", "tests/budget_gunicorn.py", "-b", "127.0.0.1:0"),
+            "tests.budget_app:wsgi",
+        ],
+        "uvicorn": [
+            bin_dir / "uvicorn",
+            *("--workers", "10", "--port", "0", "tests.budget_app:app"),
+        ],
+    }[server]
+    variables = {
+        "DATABASE_URL": web_url,
+        "UOW_POOL_SIZE": "5",
+        "UOW_MAX_OVERFLOW": "0",
+        "UOW_APPLICATION_NAME": f"uow:{server}",
+    }
+    result = subprocess.run(  # noqa: S603 - the servers installed with this interpreter
+        command,
+        cwd=ROOT,
+        env={**_environ(), **variables},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert "connection budget exceeded" in result.stderr
+    assert "x (pool_size + max_overflow = 5)" in result.stderr
+    assert not any(words in result.stderr for words in REFUSED), result.stderr
+    if server == "gunicorn":
+        assert result.returncode == 3, result.stderr  # gunicorn's "Worker failed to boot."
+    else:
+        # uvicorn stops every worker when one fails to start, but its parent exits 0.
+        assert "failed to start, stopping the parent process" in result.stderr
