@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, sessionmaker
 
 from ._conninfo import connect_args as libpq_connect_args
-from ._engine.budget import Budget, budget_gate, read_budget
+from ._engine.budget import Budget, budget_gate, measure_budget
 from ._engine.build import build_engine, transaction_options
 from ._engine.fork import at_fork_in_child
 from ._engine.metrics import PoolStats, PoolStatus, read_stats
@@ -338,24 +338,11 @@ class Database:
                     self._replicas.engines, self._replicas.settings, strict=True
                 )
             )
-        budgets = []
-        for engine, connectable, settings in servers:
-            gate = budget_gate(engine)
-            if gate is not None:
-                gate.begin()  # one query: the new connection need not check too
-            try:
-                with connectable.connect() as connection:
-                    dbapi_connection = connection.connection.dbapi_connection
-                    budgets.append(read_budget(dbapi_connection, settings))
-                    if budgets[-1].needed > budgets[-1].available:
-                        # Not kept in the pool for units to use: the budget says no.
-                        connection.invalidate()
-            except BaseException:
-                if gate is not None:
-                    gate.record(None)
-                raise
-            if gate is not None:
-                gate.record(budgets[-1])
+        budgets = [measure_budget(*server) for server in servers]
+        async_engine: AsyncEngine | None = self._built.get(_ASYNC_ENGINE)
+        gate = budget_gate(async_engine.sync_engine) if async_engine is not None else None
+        if gate is not None:
+            gate.record(budgets[0])  # the same server and process: one answer for both
         for budget in budgets:
             budget.check()
         return budgets[0]

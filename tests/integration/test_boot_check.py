@@ -16,8 +16,8 @@ from psycopg import sql
 from sqlalchemy import event, make_url, text
 
 import uow
-from tests.conftest import MakeDatabase, libpq_dsn
-from uow import ConfigurationError, Database, Settings, UnitOfWork
+from tests.conftest import MakeDatabase, libpq_dsn, run
+from uow import AsyncUnitOfWork, ConfigurationError, Database, Settings, UnitOfWork
 from uow._default import _swap_default
 from uow.testing import EmbeddedPostgres
 
@@ -50,6 +50,26 @@ def test_failed_check_is_kept_not_repeated_on_every_connection(
             unit.session.execute(text("SELECT 1"))
     assert counts == [1]  # and so one budget query: one per new connection at most
     assert database.status().checked_out == 0
+
+
+def test_async_units_keep_the_failure_too(make_adb: MakeDatabase) -> None:
+    """Async units after a failed check: one connection opened on the asyncio pool."""
+    database = make_adb(pool_size=5, processes=10_000)
+    counts = [0]
+
+    def opened(*args: Any) -> None:
+        counts[0] += 1
+
+    event.listen(database.async_engine.sync_engine, "connect", opened, insert=True)
+
+    async def scenario() -> None:
+        for _ in range(5):
+            with pytest.raises(ConfigurationError, match="connection budget exceeded"):
+                async with AsyncUnitOfWork(database) as unit:
+                    await unit.session.execute(text("SELECT 1"))
+
+    run(scenario())
+    assert counts == [1]
 
 
 def test_check_and_dispose_forget_a_kept_failure(make_database: MakeDatabase) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "budget_gate",
     "install_budget_gate",
     "is_marked",
+    "measure_budget",
     "process_name",
     "read_budget",
 ]
@@ -220,3 +221,26 @@ def install_budget_gate(engine: Engine, settings: Settings) -> BudgetGate:
 def budget_gate(engine: Engine) -> BudgetGate | None:
     """The budget gate installed on ``engine``, if its budget is checked."""
     return _gates.get(engine)
+
+
+def measure_budget(engine: Engine, connectable: Engine, settings: Settings) -> Budget:
+    """Read ``engine``'s budget through ``connectable`` (it or a view of it) and keep it.
+
+    The outcome is recorded in the engine's gate, so new connections neither check again
+    nor, after a failure, connect at all; the checking connection is not pooled then.
+    """
+    gate = budget_gate(engine)
+    if gate is not None:
+        gate.begin()  # one query: the new connection need not check too
+    try:
+        with connectable.connect() as connection:
+            budget = read_budget(connection.connection.dbapi_connection, settings)
+            if budget.needed > budget.available:
+                connection.invalidate()  # not left in the pool for units to use
+    except BaseException:
+        if gate is not None:
+            gate.record(None)
+        raise
+    if gate is not None:
+        gate.record(budget)
+    return budget
