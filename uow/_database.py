@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, sessionmaker
 
 from ._conninfo import connect_args as libpq_connect_args
-from ._engine.budget import Budget, read_budget
+from ._engine.budget import Budget, budget_gate, measure_budget
 from ._engine.build import build_engine, transaction_options
 from ._engine.fork import at_fork_in_child
 from ._engine.metrics import PoolStats, PoolStatus, read_stats
@@ -312,8 +312,12 @@ class Database:
     # -- checks and lifecycle ----------------------------------------------------------
 
     def check(self) -> Budget:
-        """Check the connection budget now (uow also does on its first connection).
+        """Check the connection budget now: call it when a worker boots.
 
+        uow also checks on each engine's first connection, but a worker that checks at
+        boot fails to start, with the message, instead of answering every request with
+        an error. The outcome is kept: after a failure every unit of work raises the same
+        error at once, without connecting, until ``check()`` passes or the pool is disposed.
         Each read replica's pool is checked too, against that replica's server.
 
         Returns:
@@ -323,22 +327,22 @@ class Database:
             ConfigurationError: ``processes x (pool_size + max_overflow)`` does not fit
                 in what a server allows; the message names the server and gives the numbers.
         """
-        servers: list[tuple[Engine, Settings]] = [(self.engine, self.settings)]
+        servers: list[tuple[Engine, Engine, Settings]] = [(self.engine, self.engine, self.settings)]
         if self._replicas is not None:
             # READ ONLY, as readonly units run there: SQLAlchemy resets a pooled
             # connection's read_only to False after one, and psycopg would then send
             # BEGIN READ WRITE, which a standby refuses.
             servers += (
-                (engine.execution_options(postgresql_readonly=True), settings)
+                (engine, engine.execution_options(postgresql_readonly=True), settings)
                 for engine, settings in zip(
                     self._replicas.engines, self._replicas.settings, strict=True
                 )
             )
-        budgets = []
-        for engine, settings in servers:
-            with engine.connect() as connection:
-                dbapi_connection = connection.connection.dbapi_connection
-                budgets.append(read_budget(dbapi_connection, settings))
+        budgets = [measure_budget(*server) for server in servers]
+        async_engine: AsyncEngine | None = self._built.get(_ASYNC_ENGINE)
+        gate = budget_gate(async_engine.sync_engine) if async_engine is not None else None
+        if gate is not None:
+            gate.record(budgets[0])  # the same server and process: one answer for both
         for budget in budgets:
             budget.check()
         return budgets[0]

@@ -15,7 +15,7 @@ _lock = threading.Lock()
 _default: Database | None = None
 
 
-def configure(url: str | None = None, **settings: Any) -> Database:
+def configure(url: str | None = None, *, check: bool = False, **settings: Any) -> Database:
     """Set the process-wide default database used by ``UnitOfWork()``.
 
     Settings not given here are read from the environment (``DATABASE_URL``,
@@ -23,13 +23,29 @@ def configure(url: str | None = None, **settings: Any) -> Database:
     A previous default is disposed: its idle connections are closed now and the
     ones in use when they are returned.
 
+    Args:
+        url: the database URL; else ``DATABASE_URL``.
+        check: check the connection budget now (:meth:`Database.check`): the call to
+            make when a worker boots, so a worker whose pool does not fit fails to start.
+        **settings: :class:`Settings` fields.
+
     Returns:
         The new default :class:`Database`.
+
+    Raises:
+        ConfigurationError: a setting is invalid, or with ``check=True`` the budget does
+            not fit; the previous default is then kept.
     """
     global _default
     if url is not None:
         settings["url"] = url
     database = Database(Settings.from_env(**settings))
+    if check:
+        try:
+            database.check()
+        except BaseException:
+            database.dispose()
+            raise
     with _lock:
         previous, _default = _default, database
     if previous is not None:

@@ -227,7 +227,8 @@ class Settings:
         _default_processes,
         "UOW_PROCESSES",
         "count",
-        "How many processes share the connection budget, each with its own pool.",
+        "How many processes share the connection budget, each with its own pool; the "
+        "check also counts the processes of the same application it sees connected.",
         "`WEB_CONCURRENCY` is gunicorn's and uvicorn's count of worker processes",
         unit="processes",
         low=1,
@@ -238,8 +239,9 @@ class Settings:
         True,
         "UOW_CHECK_BUDGET",
         "flag",
-        "On the first connection, check that `processes x (pool_size + max_overflow)` "
-        "fits in the server's `max_connections`; `db.check()` runs it on demand.",
+        "Check that `processes x (pool_size + max_overflow)` fits in the server's "
+        "`max_connections`: at boot with `db.check()` or `configure(check=True)`, else on "
+        "the first connection; a failure is kept, not re-checked on every connection.",
         "a budget that does not fit fails at start-up with the numbers and what to "
         "change, not under load with `too many clients`",
     )

@@ -6,7 +6,6 @@ built here, the same way, so each gets the same checks and the same error transl
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, overload
@@ -14,11 +13,10 @@ from typing import Any, Literal, overload
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
 
 from .._errors import ConfigurationError
 from .._settings import Settings
-from .budget import Budget, read_budget
+from .budget import install_budget_gate, is_marked, process_name
 from .classify import server_full, translate
 from .liveness import install_checkout_checks
 from .metrics import install_metrics
@@ -85,12 +83,18 @@ def build_engine(
             f"sqlalchemy.create_engine: {exc}"
         ) from None
     _install_events(
-        engine.sync_engine if isinstance(engine, AsyncEngine) else engine, settings, count
+        engine.sync_engine if isinstance(engine, AsyncEngine) else engine,
+        settings,
+        count,
+        # Only a name uow supplies gets the pid, never one written in the URL.
+        marked=str(connect_args.get("application_name", "")),
     )
     return engine
 
 
-def _install_events(engine: Engine, settings: Settings, count: Callable[[str], None]) -> None:
+def _install_events(
+    engine: Engine, settings: Settings, count: Callable[[str], None], *, marked: str
+) -> None:
     install_checkout_checks(
         engine,
         pre_ping=settings.pool_pre_ping,
@@ -102,26 +106,20 @@ def _install_events(engine: Engine, settings: Settings, count: Callable[[str], N
         install_session_state_warnings(engine)
     # Behind PgBouncer the pool sizes count client connections to PgBouncer, not server
     # connections: PgBouncer's own pool bounds those, so max_connections says nothing here.
-    known: list[Budget] = []  # the server's numbers once read, for a full server's message
+    budget = None
     if settings.check_budget and settings.pgbouncer == "off":
-        checked = threading.Event()
-
-        @event.listens_for(engine, "connect")
-        def _check_budget(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-            # Once per engine, on its first connection: one query, then never again.
-            if checked.is_set():
-                return
-            budget = read_budget(dbapi_connection, settings)
-            known[:] = [budget]
-            budget.check()
-            checked.set()
-
+        budget = install_budget_gate(engine, settings)
     metrics = install_metrics(engine)  # after the liveness check: see install_metrics
-    gate = ConnectGate(settings.masked_url, count)
+    outage = ConnectGate(settings.masked_url, count)
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
-        gate.before_connect()  # a fast failure is not an attempt: not timed
+        if budget is not None:
+            budget.before_connect()  # a budget known not to fit: no backend started
+            if marked and cparams.get("application_name") == marked and is_marked(marked):
+                # At connect time, not build time: a forked worker is another process.
+                cparams["application_name"] = process_name(marked)
+        outage.before_connect()  # a fast failure is not an attempt: not timed
         started = time.monotonic()
         try:
             connection = dialect.connect(*cargs, **cparams)
@@ -130,17 +128,17 @@ def _install_events(engine: Engine, settings: Settings, count: Callable[[str], N
             if server_full(exc):
                 # The server answered: it is up, only full. Backing off would refuse it
                 # for up to a second after a slot frees; callers retry instead.
-                gate.succeeded()
+                outage.succeeded()
             else:
-                gate.failed(exc)
+                outage.failed(exc)
             raise
         metrics.connect_done(started, ok=True)
-        gate.succeeded()
+        outage.succeeded()
         return connection
 
     @event.listens_for(engine, "handle_error")
     def _translate(context: ExceptionContext) -> BaseException | None:
-        return translate(context, settings, known[0] if known else None)
+        return translate(context, settings, budget.known if budget is not None else None)
 
 
 def transaction_options(readonly: bool, isolation: str | None) -> dict[str, Any]:
