@@ -83,6 +83,8 @@ logger = logging.getLogger("uow.fastapi")
 RETRY_AFTER = 1
 """Default ``Retry-After`` seconds: a pool frees up, and a restarted server is back, within one."""
 
+_STATE = "uow_database"  # the attribute of app.state that holds the lifespan's database
+
 U = TypeVar("U", bound=UnitOfWork | AsyncUnitOfWork)
 
 # What each error answers: (status, body, Retry-After?, log level). Starlette picks the
@@ -90,7 +92,7 @@ U = TypeVar("U", bound=UnitOfWork | AsyncUnitOfWork)
 # TransientError. A new error class gets its line here.
 _ANSWERS: dict[type[Exception], tuple[int, str, bool, int]] = {
     PoolExhausted: (503, "the service is overloaded; retry shortly", True, logging.WARNING),
-    DatabaseUnavailable: (503, "the database is unavailable; retry shortly", True, logging.ERROR),
+    DatabaseUnavailable: (503, "the database is unavailable; retry later", True, logging.ERROR),
     TransientError: (
         503,
         "the request conflicted with another and was rolled back; retry it",
@@ -112,7 +114,7 @@ _ANSWERS: dict[type[Exception], tuple[int, str, bool, int]] = {
     ),
     # A connection error uow did not classify (lock_timeout, a server shutting down...):
     # the server's trouble, not the client's, and worth a retry.
-    OperationalError: (503, "the database is unavailable; retry shortly", True, logging.ERROR),
+    OperationalError: (503, "the database is unavailable; retry later", True, logging.ERROR),
     StatementTimeout: (504, "the database took too long to answer", False, logging.WARNING),
     ConfigurationError: (500, "the service is misconfigured", False, logging.ERROR),
 }
@@ -170,13 +172,15 @@ def lifespan(
     ``async with uow.fastapi.lifespan(db)(app): yield``.
 
     Args:
-        database: the database to check and close; defaults to ``uow.get_database()``,
-            looked up at startup.
+        database: the database to check and close, and the one :func:`unit_of_work`
+            dependencies use unless given their own; defaults to ``uow.get_database()``.
         check: False skips the startup check.
     """
 
     @contextlib.asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
+        # unit_of_work() dependencies without a database= of their own use this one.
+        setattr(app.state, _STATE, database)
         db = database if database is not None else get_database()
         if check:
             try:
@@ -198,18 +202,18 @@ def lifespan(
 @overload
 def unit_of_work(
     *, database: Database | None = None, **options: Any
-) -> Callable[[], Awaitable[UnitOfWork]]: ...
+) -> Callable[[Request], Awaitable[UnitOfWork]]: ...
 @overload
 def unit_of_work(
     factory: Callable[..., U], /, *, database: Database | None = None, **options: Any
-) -> Callable[[], Awaitable[U]]: ...
+) -> Callable[[Request], Awaitable[U]]: ...
 def unit_of_work(
     factory: Callable[..., Any] = UnitOfWork,
     /,
     *,
     database: Database | None = None,
     **options: Any,
-) -> Callable[[], Awaitable[Any]]:
+) -> Callable[[Request], Awaitable[Any]]:
     """A dependency that gives each request a new unit of work, for the endpoint to enter.
 
     Use ``Depends(unit_of_work())`` in a sync endpoint (``with unit:``) and
@@ -221,7 +225,9 @@ def unit_of_work(
 
     Args:
         factory: the unit's class (``UnitOfWork``, ``AsyncUnitOfWork`` or a subclass).
-        database: passed to the unit; defaults to ``uow.get_database()`` when entered.
+        database: the unit's database; defaults to the one given to the app's
+            :func:`lifespan`, else ``uow.get_database()`` when the unit is entered. So a
+            module-level dependency serves an app built by a ``create_app(database)``.
         **options: the unit's options (``readonly``, ``isolation``, ``timeout``, ``replica``).
 
     Returns:
@@ -229,7 +235,8 @@ def unit_of_work(
     """
     factory(database, **options)  # a wrong option fails here, at import, not per request
 
-    async def new_unit() -> Any:
-        return factory(database, **options)
+    async def new_unit(request: Request) -> Any:
+        db = database if database is not None else getattr(request.app.state, _STATE, None)
+        return factory(db, **options)
 
     return new_unit

@@ -29,11 +29,10 @@ from uow import AsyncUnitOfWork, Database, UnitOfWork
 CLIENTS = 400  # concurrent requests, as in fastapi/fastapi#3205's reports
 THREADS = 40  # anyio's default threadpool, which runs FastAPI's sync endpoints
 
-# At module level: FastAPI resolves string annotations in the module's namespace.
-new_unit = uow.fastapi.unit_of_work()
-new_async_unit = uow.fastapi.unit_of_work(AsyncUnitOfWork)
-Unit = Annotated[UnitOfWork, Depends(new_unit)]
-AsyncUnit = Annotated[AsyncUnitOfWork, Depends(new_async_unit)]
+# At module level, where FastAPI resolves string annotations; the units run on the
+# database given to the app's lifespan.
+Unit = Annotated[UnitOfWork, Depends(uow.fastapi.unit_of_work())]
+AsyncUnit = Annotated[AsyncUnitOfWork, Depends(uow.fastapi.unit_of_work(AsyncUnitOfWork))]
 
 
 def app_on(
@@ -42,12 +41,6 @@ def app_on(
     """An app with uow.fastapi's lifespan and handlers, and endpoints that hold a connection."""
     app = FastAPI(lifespan=uow.fastapi.lifespan(database, check=check))
     uow.fastapi.install_exception_handlers(app, retry_after=retry_after)
-    # The database comes from the app (tests swap it); an app with a fixed one passes
-    # database= to unit_of_work() instead.
-    app.dependency_overrides[new_unit] = uow.fastapi.unit_of_work(database=database)
-    app.dependency_overrides[new_async_unit] = uow.fastapi.unit_of_work(
-        AsyncUnitOfWork, database=database
-    )
 
     @app.get("/sync")
     def sync_endpoint(unit: Unit) -> int:
@@ -188,7 +181,7 @@ def test_an_unreachable_server_answers_503(make_database: MakeDatabase) -> None:
     with serving(app_on(database, check=False)) as url:
         status, headers, body = call("GET", f"{url}/sync")
     assert (status, headers["retry-after"]) == (503, "1")
-    assert body == {"detail": "the database is unavailable; retry shortly"}
+    assert body == {"detail": "the database is unavailable; retry later"}
 
 
 def test_a_configuration_error_answers_500_and_logs_the_fix(
