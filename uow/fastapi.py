@@ -158,7 +158,7 @@ def install_exception_handlers(app: FastAPI, *, retry_after: int = RETRY_AFTER) 
 
 
 def lifespan(
-    database: Database | None = None, *, check: bool = True
+    database: Database | None = None, *, check: bool | None = None
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     """A lifespan for ``FastAPI(lifespan=...)``: check the budget at startup, close at shutdown.
 
@@ -174,7 +174,9 @@ def lifespan(
     Args:
         database: the database to check and close, and the one :func:`unit_of_work`
             dependencies use unless given their own; defaults to ``uow.get_database()``.
-        check: False skips the startup check.
+        check: True checks, False does not; by default it checks when uow's own check
+            is on (``check_budget``, and ``pgbouncer`` off, as PgBouncer's pool is what
+            the server sees).
     """
 
     @contextlib.asynccontextmanager
@@ -182,7 +184,9 @@ def lifespan(
         # unit_of_work() dependencies without a database= of their own use this one.
         setattr(app.state, _STATE, database)
         db = database if database is not None else get_database()
-        if check:
+        # The condition of uow's check on the first connection (uow/_engine/build.py).
+        settings = db.settings
+        if check if check is not None else settings.check_budget and settings.pgbouncer == "off":
             try:
                 await anyio.to_thread.run_sync(db.check)
             except ConfigurationError as exc:

@@ -36,7 +36,7 @@ AsyncUnit = Annotated[AsyncUnitOfWork, Depends(uow.fastapi.unit_of_work(AsyncUni
 
 
 def app_on(
-    database: Database, *, retry_after: int = uow.fastapi.RETRY_AFTER, check: bool = True
+    database: Database, *, retry_after: int = uow.fastapi.RETRY_AFTER, check: bool | None = None
 ) -> FastAPI:
     """An app with uow.fastapi's lifespan and handlers, and endpoints that hold a connection."""
     app = FastAPI(lifespan=uow.fastapi.lifespan(database, check=check))
@@ -222,6 +222,13 @@ def test_a_budget_that_does_not_fit_stops_the_server_at_startup(
     assert exits == [3]  # uvicorn's STARTUP_FAILURE
     logged = [r.getMessage() for r in caplog.records if r.name == "uow.fastapi"]
     assert any(m.startswith("refusing to start: connection budget exceeded") for m in logged)
+
+
+def test_the_startup_check_follows_check_budget(make_database: MakeDatabase) -> None:
+    """With check_budget=False (as behind PgBouncer) the lifespan does not check: it serves."""
+    database = make_database(processes=10_000, check_budget=False)
+    with serving(app_on(database, check=None)) as url:
+        assert call("GET", f"{url}/sync")[0] == 200
 
 
 def test_bad_options_fail_when_the_dependency_is_declared() -> None:
