@@ -1,32 +1,29 @@
 """The bank's HTTP API (FastAPI): one unit of work per request.
 
 Endpoints are plain ``def`` functions: uow is synchronous, and FastAPI runs them in
-its thread pool, where each request opens its own unit of work. Errors map to
-status codes without leaking internals: pool exhaustion and database outages are
-503 (with ``Retry-After`` when retrying soon is the right move), domain errors
-404/409/422. ``GET /metrics`` exposes the pool's metrics to Prometheus.
+its thread pool; ``/async/...`` endpoints run on AsyncUnitOfWork. Each request gets its
+own unit of work from :func:`uow.fastapi.unit_of_work`, which the service enters in the
+endpoint's thread (or task). :mod:`uow.fastapi` also checks the connection budget at
+startup, closes the pools at shutdown and maps uow's errors to 503/504 answers without
+leaking internals; domain errors are 404/409/422. ``GET /metrics`` exposes the pool's
+metrics to Prometheus.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
-from fastapi import FastAPI, Path, Request, Response, status
+from fastapi import Depends, FastAPI, Path, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
-from sqlalchemy.exc import OperationalError
 
+import uow.fastapi
 import uow.prometheus
 from uow import (
     Database,
-    DatabaseUnavailable,
-    PoolExhausted,
-    StatementTimeout,
     get_database,
 )
 
@@ -51,6 +48,22 @@ logger = logging.getLogger("examples.bank.api")
 
 RETRY_AFTER_SECONDS = 1  # a pool frees up within milliseconds once a burst passes
 MAX_ID = 2**63 - 1  # BIGINT: a larger id could never exist, and would overflow in SQL
+
+# Each request's unit of work, on the database given to create_app() (see uow.fastapi).
+Bank = Annotated[BankUnitOfWork, Depends(uow.fastapi.unit_of_work(BankUnitOfWork))]
+ReadBank = Annotated[
+    BankUnitOfWork, Depends(uow.fastapi.unit_of_work(BankUnitOfWork, readonly=True))
+]
+# A statement reads the balance and the ledger in two queries; one snapshot keeps them
+# consistent while transfers run.
+Snapshot = Annotated[
+    BankUnitOfWork,
+    Depends(uow.fastapi.unit_of_work(BankUnitOfWork, readonly=True, isolation="REPEATABLE READ")),
+]
+AsyncBank = Annotated[AsyncBankUnitOfWork, Depends(uow.fastapi.unit_of_work(AsyncBankUnitOfWork))]
+AsyncReadBank = Annotated[
+    AsyncBankUnitOfWork, Depends(uow.fastapi.unit_of_work(AsyncBankUnitOfWork, readonly=True))
+]
 
 AccountId = Annotated[int, Path(ge=1, le=MAX_ID)]
 Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
@@ -164,82 +177,65 @@ def _transfer_out(result: services.Transfer, response: Response) -> TransferOut:
     )
 
 
-def _closing_async_pool(
-    database: Database | None,
-) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        # The async endpoints' connections belong to this event loop: close them in it.
-        await (database or get_database()).dispose_async()
-
-    return lifespan
-
-
 def create_app(database: Database | None = None) -> FastAPI:
     """Build the API.
 
     Args:
         database: where the bank lives; defaults to ``uow.get_database()`` (from
-            ``DATABASE_URL``), looked up on the first request, not here.
+            ``DATABASE_URL``), looked up at startup, not here.
     """
 
-    app = FastAPI(title="uow example bank", version="1", lifespan=_closing_async_pool(database))
+    # The lifespan checks the connection budget at startup (a worker whose budget does
+    # not fit refuses to start) and closes both pools at shutdown.
+    app = FastAPI(title="uow example bank", version="1", lifespan=uow.fastapi.lifespan(database))
     app.add_middleware(BodyLimit)
+    uow.fastapi.install_exception_handlers(app, retry_after=RETRY_AFTER_SECONDS)
     _add_error_handlers(app)
     # Replaces FastAPI's own, which echoes the whole input and cannot encode NaN.
     app.add_exception_handler(RequestValidationError, validation_error)
 
-    def snapshot() -> BankUnitOfWork:
-        # A statement reads the balance and the ledger in two queries; one snapshot
-        # keeps them consistent while transfers run.
-        return BankUnitOfWork(database, readonly=True, isolation="REPEATABLE READ")
-
     @app.post("/accounts", status_code=status.HTTP_201_CREATED)
-    def open_account(body: NewAccount) -> AccountOut:
+    def open_account(body: NewAccount, unit: Bank) -> AccountOut:
         """Open an account, with an optional opening deposit."""
-        account_id = services.open_account(BankUnitOfWork(database), body.owner, body.initial)
+        account_id = services.open_account(unit, body.owner, body.initial)
         return AccountOut(id=account_id, owner=body.owner.strip(), balance=body.initial)
 
     @app.get("/accounts/{account_id}")
-    def get_account(account_id: AccountId) -> AccountOut:
+    def get_account(account_id: AccountId, unit: ReadBank) -> AccountOut:
         """An account's owner and balance."""
-        found = services.get_account(BankUnitOfWork(database, readonly=True), account_id)
+        found = services.get_account(unit, account_id)
         return AccountOut(id=found.id, owner=found.owner, balance=found.balance)
 
     @app.post("/accounts/{account_id}/deposits")
-    def deposit(account_id: AccountId, body: NewDeposit) -> DepositOut:
+    def deposit(account_id: AccountId, body: NewDeposit, unit: Bank) -> DepositOut:
         """Deposit money; repeating a request with its key changes nothing."""
-        balance = services.deposit(BankUnitOfWork(database), account_id, body.amount, key=body.key)
+        balance = services.deposit(unit, account_id, body.amount, key=body.key)
         return DepositOut(account_id=account_id, balance=balance, key=body.key)
 
     @app.post("/transfers", status_code=status.HTTP_201_CREATED)
-    def transfer(body: NewTransfer, response: Response) -> TransferOut:
+    def transfer(body: NewTransfer, response: Response, unit: Bank) -> TransferOut:
         """Transfer money: 201 when made now, 200 when an earlier request made it."""
-        result = services.transfer(
-            BankUnitOfWork(database), body.source_id, body.target_id, body.amount, key=body.key
-        )
+        result = services.transfer(unit, body.source_id, body.target_id, body.amount, key=body.key)
         return _transfer_out(result, response)
 
     @app.post("/async/transfers", status_code=status.HTTP_201_CREATED)
-    async def transfer_async(body: NewTransfer, response: Response) -> TransferOut:
+    async def transfer_async(body: NewTransfer, response: Response, unit: AsyncBank) -> TransferOut:
         """The same transfer on AsyncUnitOfWork: the event loop is never blocked."""
         result = await async_services.transfer(
-            AsyncBankUnitOfWork(database), body.source_id, body.target_id, body.amount, key=body.key
+            unit, body.source_id, body.target_id, body.amount, key=body.key
         )
         return _transfer_out(result, response)
 
     @app.get("/async/accounts/{account_id}")
-    async def get_account_async(account_id: AccountId) -> AccountOut:
+    async def get_account_async(account_id: AccountId, unit: AsyncReadBank) -> AccountOut:
         """An account's owner and balance, read on AsyncUnitOfWork."""
-        unit = AsyncBankUnitOfWork(database, readonly=True)
         found = await async_services.get_account(unit, account_id)
         return AccountOut(id=found.id, owner=found.owner, balance=found.balance)
 
     @app.get("/accounts/{account_id}/statement")
-    def statement(account_id: AccountId) -> StatementOut:
+    def statement(account_id: AccountId, unit: Snapshot) -> StatementOut:
         """An account's balance and every movement, oldest first."""
-        found = services.statement(snapshot(), account_id)
+        found = services.statement(unit, account_id)
         return StatementOut(
             account_id=found.account_id,
             owner=found.owner,
@@ -295,20 +291,10 @@ def create_app(database: Database | None = None) -> FastAPI:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    """Map errors to responses that say what to do, never how the service is built."""
+    """Map the bank's errors to responses that say what to do (uow's are uow.fastapi's)."""
 
-    def detail(code: int, text: str, *, retry: bool = False) -> JSONResponse:
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if retry else None
-        return JSONResponse({"detail": text}, status_code=code, headers=headers)
-
-    async def overloaded(request: Request, exc: Exception) -> JSONResponse:
-        # The message names pool sizes and settings: for the operator's log, not the client.
-        logger.warning("%s %s: %s", request.method, request.url.path, exc)
-        return detail(503, "the service is overloaded; retry shortly", retry=True)
-
-    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("%s %s: %s", request.method, request.url.path, exc)
-        return detail(503, "the database is unavailable; retry later", retry=True)
+    def detail(code: int, text: str) -> JSONResponse:
+        return JSONResponse({"detail": text}, status_code=code)
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
         return detail(404, str(exc))
@@ -319,11 +305,6 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def invalid(request: Request, exc: Exception) -> JSONResponse:
         return detail(422, str(exc))
 
-    app.add_exception_handler(PoolExhausted, overloaded)
-    # A statement cancelled by statement_timeout, a lock_timeout, or a connection lost
-    # mid-request (OperationalError) are all worth retrying, and none is the client's fault.
-    for kind in (DatabaseUnavailable, StatementTimeout, OperationalError):
-        app.add_exception_handler(kind, unavailable)
     app.add_exception_handler(AccountNotFound, not_found)
     app.add_exception_handler(InsufficientFunds, conflict)
     app.add_exception_handler(IdempotencyConflict, conflict)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import uow
+import uow.fastapi
 import uow.migrations
 import uow.prometheus
 import uow.testing
@@ -64,8 +65,28 @@ def test_import_opens_no_engine() -> None:
     assert done.stdout.strip() == "ok", done.stderr
 
 
+def test_import_loads_no_optional_dependency() -> None:
+    """`import uow` (and uow.testing, uow.migrations) loads no FastAPI, no prometheus_client."""
+    optional = ("fastapi", "starlette", "prometheus_client")
+    code = (
+        "import sys, uow, uow.testing, uow.migrations; "
+        f"print(sorted(m for m in {optional!r} if m in sys.modules))"
+    )
+    done = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
 def test_submodule_namespaces_are_pinned() -> None:
-    """uow.migrations, uow.prometheus and uow.testing export exactly these names, sorted."""
+    """uow.fastapi, uow.migrations, uow.prometheus and uow.testing export exactly these names."""
+    assert uow.fastapi.__all__ == [
+        "RETRY_AFTER",
+        "exception_handlers",
+        "install_exception_handlers",
+        "lifespan",
+        "unit_of_work",
+    ]
     assert uow.migrations.__all__ == [
         "DEFAULT_LOCK_TIMEOUT",
         "PermissionDenied",
