@@ -12,6 +12,7 @@ so a scenario cannot forget it.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -229,3 +230,34 @@ class FaultWatch:
             database.dispose()
         if self._side is not None:
             self._side.close()
+
+
+class ReadyProbe:
+    """Connects every 10 ms from the side; records when the server, once down, accepts again."""
+
+    def __init__(self, dsn: str) -> None:
+        self.went_down: float | None = None
+        self.ready: float | None = None
+        self._dsn = dsn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fault-probe", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            try:
+                psycopg.connect(self._dsn, connect_timeout=2).close()
+            except psycopg.OperationalError:
+                if self.went_down is None:
+                    self.went_down = time.monotonic()
+                continue
+            if self.went_down is not None:
+                self.ready = time.monotonic()
+                return
+
+    def __enter__(self) -> ReadyProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
