@@ -205,7 +205,8 @@ class OverBudget(AssertionError):
             "mixed",
             # Until one budget per process lands (issue 13), the sync and async pools of a
             # worker are two budgets: a worker holds up to 2 x pool_size. Remove at merge.
-            marks=pytest.mark.xfail(raises=OverBudget, strict=True, reason="two pools"),
+            # Not strict: a slow run may stay in budget. Any other failure still fails.
+            marks=pytest.mark.xfail(raises=OverBudget, strict=False, reason="two pools"),
         ),
         "sync",
     ],
