@@ -3,8 +3,9 @@
 ``python -m examples.bank serve --workers 4`` against a throwaway server with a tight
 ``max_connections``, the app connecting as a password role (so the superuser's reserved
 slots apply to it), 32 client threads sending real HTTP (80% transfers, half of them on
-the async endpoint, 15% reads, 5% deposits, all with idempotency keys), and a
-``pg_ctl stop -m fast`` + start in the middle.
+the async endpoint, 15% reads, 5% deposits, all with idempotency keys; a second variant
+sends everything to the sync endpoints), and a ``pg_ctl stop -m fast`` + start in the
+middle. The figures (statuses, connection peaks, recovery) are printed with ``-s``.
 """
 
 from __future__ import annotations
