@@ -12,13 +12,18 @@ so a scenario cannot forget it.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from sqlalchemy import func, select
 
+from examples.bank.models import LedgerEntry
+from examples.bank.repositories import Audit
+from examples.bank.unit_of_work import BankUnitOfWork
 from uow import Database, PoolStats, Settings
 from uow.testing import EmbeddedPostgres
 
@@ -229,3 +234,57 @@ class FaultWatch:
             database.dispose()
         if self._side is not None:
             self._side.close()
+
+
+class ReadyProbe:
+    """Connects every 10 ms from the side; records when the server, once down, accepts again."""
+
+    def __init__(self, dsn: str) -> None:
+        self.went_down: float | None = None
+        self.ready: float | None = None
+        self._dsn = dsn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fault-probe", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            try:
+                psycopg.connect(self._dsn, connect_timeout=2).close()
+            except psycopg.OperationalError:
+                if self.went_down is None:
+                    self.went_down = time.monotonic()
+                continue
+            if self.went_down is not None:
+                self.ready = time.monotonic()
+                return
+
+    def __enter__(self) -> ReadyProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def check_bank_invariant(database: Database, *, total: int, committed: Sequence[str]) -> Audit:
+    """Assert the example bank's invariant; returns the audit.
+
+    Every balance matches the ledger and none is negative, balances sum to ``total``, and
+    every transfer a client saw acknowledged (by its idempotency key) is in the ledger
+    exactly once, even if the client sent it again after an error.
+    """
+    with BankUnitOfWork(database, readonly=True) as unit:
+        audit = unit.ledger.audit()
+        counts = dict(
+            unit.session.execute(
+                select(LedgerEntry.idempotency_key, func.count())
+                .where(LedgerEntry.idempotency_key.in_(committed))
+                .group_by(LedgerEntry.idempotency_key)
+            ).all()
+        )
+    assert audit.ok and audit.negative == 0, audit
+    assert audit.total_balance == total, (audit.total_balance, total)
+    assert len(counts) == len(set(committed)) == len(committed), "lost or duplicated keys"
+    assert all(count == 1 for count in counts.values())  # exactly once, even after retries
+    return audit

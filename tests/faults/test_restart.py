@@ -7,11 +7,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-import psycopg
 from sqlalchemy import event
 
 from tests.faults.driver import Driver
-from tests.faults.helpers import FaultWatch, kind
+from tests.faults.helpers import FaultWatch, ReadyProbe, kind
 from tests.models import Item
 
 WORKERS = 8
@@ -25,37 +24,6 @@ class Attempt:
     ended: float
     outcome: str  # "ok" or the error's kind
     name: str
-
-
-class ReadyProbe:
-    """Connects every 10 ms from the side; records when the server, once down, accepts again."""
-
-    def __init__(self, dsn: str) -> None:
-        self.went_down: float | None = None
-        self.ready: float | None = None
-        self._dsn = dsn
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fault-probe", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            try:
-                psycopg.connect(self._dsn, connect_timeout=2).close()
-            except psycopg.OperationalError:
-                if self.went_down is None:
-                    self.went_down = time.monotonic()
-                continue
-            if self.went_down is not None:
-                self.ready = time.monotonic()
-                return
-
-    def __enter__(self) -> ReadyProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 def test_units_recover_within_seconds_after_a_restart(fault: FaultWatch, driver: Driver) -> None:
