@@ -31,10 +31,9 @@ connections, and uow/tutorial ratios.
 from __future__ import annotations
 
 import argparse
-import http.client
+import contextlib
 import json
 import os
-import random
 import signal
 import socket
 import statistics
@@ -44,7 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +54,12 @@ from sqlalchemy import make_url
 from uow import migrations
 from uow.testing import EmbeddedPostgres
 
+from .web_load import ACCOUNTS, REQUEST_TIMEOUT, Tally, client, stuck_probes, wait_ready
+
 ROOT = Path(__file__).resolve().parent.parent
-ACCOUNTS = 1000
 APPS = ("uow", "tutorial")
 # The server's refusals as the apps' logs print them (tracebacks), counted per round.
 SERVER_FULL = ("remaining connection slots are reserved", "too many clients already")
-REQUEST_TIMEOUT = 10.0  # seconds a client waits for an answer before counting a timeout
 
 
 @dataclass(frozen=True)
@@ -74,24 +73,6 @@ class Scenario:
 
 
 SCENARIOS = (Scenario("normal", 4, 100, 64), Scenario("overload", 8, 50, 400))
-
-
-@dataclass
-class Tally:
-    """What the clients saw in one measured window, appended from many threads."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    latencies: list[float] = field(default_factory=list)
-    statuses: dict[str, int] = field(default_factory=dict)
-    served: set[int] = field(default_factory=set)
-
-    def record(self, client: int, outcome: str, seconds: float | None) -> None:
-        with self.lock:
-            self.statuses[outcome] = self.statuses.get(outcome, 0) + 1
-            if seconds is not None:
-                self.latencies.append(seconds)
-                if outcome.startswith("2"):
-                    self.served.add(client)
 
 
 def free_port() -> int:
@@ -130,90 +111,16 @@ def command(app: str, workers: int, port: int) -> list[str]:
     return [*start, "--workers", str(workers), *options]
 
 
-def request(conn: http.client.HTTPConnection, rng: random.Random) -> int:
-    """Send one request of the mix on ``conn``; return the status."""
-    roll = rng.random()
-    a, b = rng.sample(range(1, ACCOUNTS + 1), 2)
-    key = uuid.uuid4().hex
-    if roll < 0.80:
-        body = {"source_id": a, "target_id": b, "amount": rng.randint(1, 100), "key": key}
-        method, path = "POST", "/transfers"
-    elif roll < 0.95:
-        method, path, body = "GET", f"/accounts/{a}", None
-    else:
-        method, path, body = "POST", f"/accounts/{a}/deposits", {"amount": 100, "key": key}
-    payload = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"} if payload else {}
-    conn.request(method, path, body=payload, headers=headers)
-    response = conn.getresponse()
-    response.read()
-    return response.status
-
-
-def client(
-    number: int, port: int, tally: list[Tally | None], stop: threading.Event, seed: int
-) -> None:
-    """Loop requests until ``stop``; record into ``tally[0]`` when a window is open."""
-    rng = random.Random(seed * 100_000 + number)  # noqa: S311 - a load mix, not a secret
-    conn: http.client.HTTPConnection | None = None
-    while not stop.is_set():
-        if conn is None:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
-        started = time.monotonic()
-        seconds: float | None
-        try:
-            outcome = str(request(conn, rng))
-            seconds = time.monotonic() - started
-        except TimeoutError:
-            outcome, seconds = "timeout", None
-        except (OSError, http.client.HTTPException):
-            outcome, seconds = "connection error", None
-        if seconds is None:
-            conn.close()
-            conn = None
-            stop.wait(0.05)  # as a browser or a retrying client would, before reconnecting
-        window = tally[0]
-        if window is not None:
-            window.record(number, outcome, seconds)
-    if conn is not None:
-        conn.close()
-
-
-def wait_ready(port: int, process: subprocess.Popen[bytes], limit: float = 120.0) -> None:
+def wait_disconnected(dsn: str, limit: float = 60.0) -> None:
+    """Wait until the role ``web`` has no backend left."""
     deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode} before answering")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/accounts/1")
-            if conn.getresponse().status == 200:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'web'")
+            if int(row.fetchone()[0]) == 0:  # type: ignore[index]
                 return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the server did not answer within {limit:g} s")
-
-
-def stuck_probes(port: int, count: int) -> int:
-    """Fresh-connection requests left unanswered for 5 s, sent all at once."""
-    results: list[bool] = []
-
-    def probe() -> None:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/accounts/1")
-            conn.getresponse().read()
-            results.append(True)
-        except OSError:
-            results.append(False)
-
-    threads = [threading.Thread(target=probe) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results.count(False)
+            time.sleep(0.2)
+    raise RuntimeError(f"the app's connections were still open {limit:g} s after it stopped")
 
 
 def sample_connections(dsn: str, stop: threading.Event, peaks: list[int]) -> None:
@@ -237,13 +144,18 @@ def run_round(
     # The server's output, counted, not printed; closed in the finally clause below.
     log = tempfile.TemporaryFile()  # noqa: SIM115
     process = subprocess.Popen(  # noqa: S603 - this interpreter, this repository's apps
-        command(app, scenario.workers, port), cwd=ROOT, env=env, stdout=log, stderr=log
+        command(app, scenario.workers, port),
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,  # a group of its own: a stuck worker is killed with it
     )
     tally: list[Tally | None] = [None]
     stop, sampling = threading.Event(), threading.Event()
     peaks = [0]
     try:
-        wait_ready(port, process)
+        wait_ready(port, process, log)
         sampler = threading.Thread(target=sample_connections, args=(server.dsn, sampling, peaks))
         sampler.start()
         clients = [
@@ -273,6 +185,10 @@ def run_round(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # workers the master left behind
+        # The next round's boot check counts connected backends: let these go first.
+        wait_disconnected(server.dsn)
         log.seek(0)
         output = log.read().decode(errors="replace")
         log.close()
