@@ -6,35 +6,11 @@ import os
 import re
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-
-import psycopg
-import pytest
-from psycopg import sql
-from sqlalchemy import make_url
-
-from tests.conftest import libpq_dsn
 
 README = Path(__file__).parents[2] / "README.md"
 BLOCK = re.compile(r"<!-- quickstart -->\n```python\n(.*?)```\n<!-- /quickstart -->", re.S)
 OUTPUT = re.compile(r"It prints:\n\n```text\n(.*?)```", re.S)
-
-
-@pytest.fixture
-def empty_url(postgres_url: str) -> Iterator[str]:
-    """A new, empty database on the test server, dropped afterwards."""
-    name = f"readme_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(libpq_dsn(postgres_url), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(libpq_dsn(postgres_url), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 def test_quick_start_runs_as_written(empty_url: str, tmp_path: Path) -> None:
