@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -189,5 +189,3 @@ def test_idle_connections_of_one_kind_do_not_starve_the_other(
             stop.set()
             close_async(loop, database)
     assert max(seen) <= 5, seen
-
-
