@@ -106,6 +106,8 @@ class ConnectionLimit:
     def others_waiting(self, kind: type) -> bool:
         """Whether a pool of another kind waits for a slot (read without the lock: a hint)."""
         waiting = self._waiting
+        if not waiting:  # nobody ever waited: the common case, one dict test per return
+            return False
         return any(n for k, n in list(waiting.items()) if k != id(kind))
 
     def _after_fork_in_child(self) -> None:

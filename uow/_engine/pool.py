@@ -223,6 +223,7 @@ class _LimitedPool(QueuePool):
                 try:
                     return self._pool.get(True, step)
                 except sqla_queue.Empty:
+                    self._check_cancelled()
                     continue
         finally:
             if waiting and limit is not None:
@@ -231,6 +232,9 @@ class _LimitedPool(QueuePool):
                 self.metrics.leave_queue()
 
     metrics: PoolMetrics
+
+    def _check_cancelled(self) -> None:
+        """Threads cannot be cancelled; see AsyncQueuePool's."""
 
     def _exhausted(self, waited: float) -> PoolExhausted:
         return _exhausted(self, waited, None)
@@ -357,6 +361,14 @@ class AsyncQueuePool(_LimitedPool, AsyncAdaptedQueuePool):
             raise
         metrics.request_done(started)
         return record
+
+    def _check_cancelled(self) -> None:
+        # asyncio.wait_for may swallow a cancellation that arrives as its own timeout
+        # expires (Python < 3.12): waiting in short steps must not turn a cancelled or
+        # timed-out task into one that keeps waiting for pool_timeout.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
 
     def _create_connection(self) -> Any:
         with contextlib.suppress(RuntimeError):  # SQLAlchemy connects on a loop anyway
