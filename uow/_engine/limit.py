@@ -47,6 +47,9 @@ __all__ = ["ConnectionLimit", "SharedPool"]
 class SharedPool(Protocol):
     """A pool drawing from a :class:`ConnectionLimit`."""
 
+    slots: int  # the limit's slots this pool holds; changed under the limit's lock
+    generation: int  # the limit's generation when the pool joined it
+
     def close_idle_for_limit(self) -> None:
         """Close one idle connection (soon, from the pool's own context) to free a slot."""
 
@@ -71,21 +74,33 @@ class ConnectionLimit:
     def join(self, pool: SharedPool) -> None:
         """Register ``pool`` so that waiters of the other kind can ask it for a slot."""
         with self._lock:
+            pool.slots = 0
+            pool.generation = self.generation
             self._pools.add(pool)
 
-    def try_take(self) -> bool:
-        """Take a slot for a connection about to be opened, if one is free; never waits."""
+    def try_take(self, pool: SharedPool) -> bool:
+        """Take a slot for a connection ``pool`` is about to open, if one is free; never waits."""
         with self._lock:
             if self._open < self.limit:
                 self._open += 1
+                pool.slots += 1
                 return True
         return False
 
-    def give_back(self, generation: int) -> None:
-        """A connection taken under ``generation`` was closed (or never opened)."""
+    def give_back(self, pool: SharedPool, count: int = 1) -> None:
+        """``count`` of ``pool``'s connections were closed (or never opened)."""
         with self._lock:
-            if generation == self.generation and self._open > 0:
-                self._open -= 1
+            if pool.generation != self.generation:
+                return  # taken before a fork: the child's count started at zero
+            count = min(count, pool.slots)
+            pool.slots -= count
+            self._open -= count
+
+    def leave(self, pool: SharedPool) -> None:
+        """``pool`` was replaced (``recreate()``): its connections no longer count."""
+        self.give_back(pool, pool.slots)
+        with self._lock:
+            self._pools.discard(pool)
 
     def wait_begins(self, kind: type) -> None:
         """A pool of ``kind`` waits for a slot: the others close what is returned to them."""
@@ -114,6 +129,7 @@ class ConnectionLimit:
         self._lock = threading.Lock()
         self._open = 0
         self._waiting = {}
+        self._pools = weakref.WeakSet()  # the child's pools join afresh (recreate())
         self.generation += 1
 
 

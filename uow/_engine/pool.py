@@ -113,8 +113,8 @@ class _LimitedPool(QueuePool):
     """A QueuePool whose connections take slots from a (possibly shared) ConnectionLimit."""
 
     _limit: ConnectionLimit | None = None
-    _limit_generation = 0
-    _retired = False  # replaced by recreate(): returned connections are closed
+    slots = 0  # the limit's slots held (see ConnectionLimit)
+    generation = 0
 
     def _own_limit(self, pool_size: int, max_overflow: int) -> None:
         if max_overflow >= 0 and pool_size > 0:
@@ -123,7 +123,6 @@ class _LimitedPool(QueuePool):
     def share_limit(self, limit: ConnectionLimit) -> None:
         """Draw connections from ``limit`` (call before the first connection is opened)."""
         self._limit = limit
-        self._limit_generation = limit.generation
         limit.join(self)
 
     @property
@@ -135,11 +134,11 @@ class _LimitedPool(QueuePool):
         limit = self._limit
         if limit is None:
             return super()._inc_overflow()
-        if not limit.try_take():
+        if not limit.try_take(self):
             return False
         if super()._inc_overflow():
             return True
-        limit.give_back(self._limit_generation)
+        limit.give_back(self)
         return False
 
     def _dec_overflow(self) -> Literal[True]:
@@ -147,27 +146,27 @@ class _LimitedPool(QueuePool):
             return super()._dec_overflow()
         finally:
             if self._limit is not None:
-                self._limit.give_back(self._limit_generation)
+                self._limit.give_back(self)
 
     def dispose(self) -> None:
         idle = self._pool.qsize()
         super().dispose()  # closes the idle ones without _dec_overflow
         self._give_back(idle)
 
-    def _retire(self) -> None:
-        # recreate() after dispose(close=False) forgets the idle connections: they no
-        # longer count; those still checked out are closed when they come back.
-        self._retired = True
-        self._give_back(self._pool.qsize())
+    def _leave_limit(self) -> None:
+        # Replaced by recreate(): like SQLAlchemy's, this pool's remaining connections are
+        # dropped with it (closed when garbage collected); they no longer count.
+        if self._limit is not None:
+            self._limit.leave(self)
+            self._limit = None
 
     def _give_back(self, count: int) -> None:
-        if self._limit is not None:
-            for _ in range(count):
-                self._limit.give_back(self._limit_generation)
+        if self._limit is not None and count:
+            self._limit.give_back(self, count)
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         limit = self._limit
-        if limit is not None and (self._retired or limit.others_waiting(type(self))):
+        if limit is not None and limit.others_waiting(type(self)):
             # The other kind of pool waits for a slot: close this one to free it.
             try:
                 record.close()
@@ -407,7 +406,7 @@ def _keep_metrics(old: _PoolT, new: QueuePool) -> _PoolT:
     new.metrics = old.metrics
     if old.limit is not None:
         new.share_limit(old.limit)
-        old._retire()
+        old._leave_limit()
     return new
 
 
