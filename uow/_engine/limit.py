@@ -28,6 +28,11 @@ The design, and why:
   connection over to the other kind costs it one reconnect, paid only when both kinds
   contend for a full budget.
 
+``dispose()`` gives the closed idle connections' slots back. A pool replaced by
+``recreate()`` (``engine.dispose()``) leaves the limit, as SQLAlchemy drops it: the
+connections still checked out from it are not counted any more and are closed when it
+is garbage collected.
+
 After ``os.fork()`` the child's limits start at zero: the inherited connections belong
 to the parent, and the child's pools forget them (see ``uow._engine.fork``).
 
