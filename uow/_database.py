@@ -99,20 +99,29 @@ class Database:
         self._replicas: Replicas | None = None
         if settings.replica_urls:
             self._replicas = Replicas(
-                settings, self._build, lambda s: self._build(s, asynchronous=True)
+                settings,
+                self._build,
+                lambda s, sync: self._build(s, asynchronous=True, share_with=sync),
             )
         at_fork_in_child(self._after_fork_in_child)
 
     @overload
     def _build(self, settings: Settings, *, asynchronous: Literal[False] = False) -> Engine: ...
     @overload
-    def _build(self, settings: Settings, *, asynchronous: Literal[True]) -> AsyncEngine: ...
-    def _build(self, settings: Settings, *, asynchronous: bool = False) -> Engine | AsyncEngine:
+    def _build(
+        self, settings: Settings, *, asynchronous: Literal[True], share_with: Engine
+    ) -> AsyncEngine: ...
+    def _build(
+        self, settings: Settings, *, asynchronous: bool = False, share_with: Engine | None = None
+    ) -> Engine | AsyncEngine:
         # The URL's libpq parameters are kept; uow fills in only what it leaves unset (the
         # precedence table is in uow._conninfo's docstring).
         connect_args = libpq_connect_args(settings, startup_timeouts(settings))
         if asynchronous:
-            return build_engine(settings, connect_args, self._count, asynchronous=True)
+            # One budget per server: the asyncio pool shares the sync pool's limit.
+            return build_engine(
+                settings, connect_args, self._count, asynchronous=True, share_with=share_with
+            )
         return build_engine(settings, connect_args, self._count)
 
     def _once(self, key: object, build: Callable[[], T]) -> T:
@@ -128,7 +137,10 @@ class Database:
     @property
     def async_engine(self) -> AsyncEngine:
         """The asyncio engine (psycopg 3's async driver), built on first use, same settings."""
-        return self._once(_ASYNC_ENGINE, lambda: self._build(self.settings, asynchronous=True))
+        return self._once(
+            _ASYNC_ENGINE,
+            lambda: self._build(self.settings, asynchronous=True, share_with=self.engine),
+        )
 
     # -- the unit-of-work seam -----------------------------------------------------------
 

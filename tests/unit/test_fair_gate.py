@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from uow._engine.pool import _FairGate, _Waiter
+from uow._engine.fair_gate import _FairGate, _Waiter
 
 
 def test_permits_are_granted_in_arrival_order() -> None:

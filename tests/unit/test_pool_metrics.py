@@ -24,9 +24,12 @@ def test_requests_queue_and_timeouts_are_counted() -> None:
 
 
 def test_stats_add_field_by_field() -> None:
-    """Two pools' stats add up field by field (the sync and the asyncio pool)."""
+    """Two pools' stats add up field by field (the sync and the asyncio pool), except the
+    limits they share (pool_min, pool_max): one budget for both, not twice."""
     names = [field.name for field in dataclasses.fields(PoolStats)]
     one = PoolStats(**dict.fromkeys(names, 1))
     two = PoolStats(**{name: i for i, name in enumerate(names)})
     total = one + two
-    assert [getattr(total, name) for name in names] == [i + 1 for i in range(len(names))]
+    shared = {"pool_min", "pool_max"}
+    expected = [max(1, i) if name in shared else i + 1 for i, name in enumerate(names)]
+    assert [getattr(total, name) for name in names] == expected

@@ -21,7 +21,7 @@ from .classify import server_full, translate
 from .liveness import install_checkout_checks
 from .metrics import install_metrics
 from .outage import ConnectGate
-from .pool import AsyncQueuePool, FairQueuePool
+from .pool import AsyncQueuePool, FairQueuePool, share_limit
 from .session_state import install_session_state_warnings
 from .timeouts import install_session_timeouts
 
@@ -35,6 +35,7 @@ def build_engine(
     count: Callable[[str], None],
     *,
     asynchronous: Literal[False] = False,
+    share_with: Engine | None = None,
 ) -> Engine: ...
 @overload
 def build_engine(
@@ -43,6 +44,7 @@ def build_engine(
     count: Callable[[str], None],
     *,
     asynchronous: Literal[True],
+    share_with: Engine | None = None,
 ) -> AsyncEngine: ...
 def build_engine(
     settings: Settings,
@@ -50,6 +52,7 @@ def build_engine(
     count: Callable[[str], None],
     *,
     asynchronous: bool = False,
+    share_with: Engine | None = None,
 ) -> Engine | AsyncEngine:
     """A new engine on uow's pool, with uow's events installed; no connection is opened.
 
@@ -58,6 +61,8 @@ def build_engine(
         connect_args: the libpq parameters uow adds to the URL's (see ``uow._conninfo``).
         count: called with a counter's name on events the Database counts.
         asynchronous: build an AsyncEngine (psycopg 3's async driver) instead.
+        share_with: an engine to the same server whose connection limit the new
+            engine's pool shares: one ``pool_size + max_overflow`` for both.
     """
     options = dict(settings.engine_options)
     options.pop("connect_args", None)
@@ -82,6 +87,8 @@ def build_engine(
             f"engine_options {sorted(settings.engine_options)} were refused by "
             f"sqlalchemy.create_engine: {exc}"
         ) from None
+    if share_with is not None:
+        share_limit(share_with.pool, engine.pool)
     _install_events(
         engine.sync_engine if isinstance(engine, AsyncEngine) else engine,
         settings,

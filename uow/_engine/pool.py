@@ -7,100 +7,169 @@ connection (``pool_size + max_overflow``) in front of checkout. A returned permi
 handed straight to the oldest waiter, so nobody can barge past the queue, and every
 caller waits about ``callers / connections x hold time``.
 
+Both pools draw their connections from one :class:`~uow._engine.limit.ConnectionLimit`
+per server (``build_engine`` hands the sync pool's to the asyncio pool), so a process
+running sync and async units together still holds at most ``pool_size + max_overflow``
+connections; ``uow._engine.limit`` explains how the two kinds hand slots over.
+
 Everything else (creation, pre-ping, recycle, reset on return, events) is
 SQLAlchemy's own QueuePool, unchanged.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
+import contextlib
 import time
-from collections import deque
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, Pool, QueuePool
+from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.util import queue as sqla_queue
 
 from .._errors import PoolExhausted
+from .fair_gate import _FairGate
+from .limit import ConnectionLimit
 from .metrics import PoolMetrics
 
-__all__ = ["AsyncQueuePool", "FairQueuePool"]
+__all__ = ["AsyncQueuePool", "FairQueuePool", "share_limit"]
 
 
-class _Waiter:
-    __slots__ = ("event", "granted")
+class _LimitedPool(QueuePool):
+    """A QueuePool whose connections take slots from a (possibly shared) ConnectionLimit."""
 
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.granted = False
+    _limit: ConnectionLimit | None = None
+    slots = 0  # the limit's slots held (see ConnectionLimit)
+    generation = 0
 
+    def _own_limit(self, pool_size: int, max_overflow: int) -> None:
+        if max_overflow >= 0 and pool_size > 0:
+            self.share_limit(ConnectionLimit(pool_size + max_overflow))
 
-class _FairGate:
-    """A counting semaphore that grants permits strictly in arrival order.
-
-    The lock is re-entrant, like the one in SQLAlchemy's queue: a garbage-collected
-    connection (or a generator finalised mid-unit) can be returned by a finalizer that
-    runs in whichever thread allocates at that moment, even one already inside the
-    gate; with a plain lock that thread would deadlock on itself.
-    """
-
-    def __init__(self, permits: int) -> None:
-        self._lock = threading.RLock()
-        self._free = permits
-        self._waiters: deque[_Waiter] = deque()
+    def share_limit(self, limit: ConnectionLimit) -> None:
+        """Draw connections from ``limit`` (call before the first connection is opened)."""
+        self._limit = limit
+        limit.join(self)
 
     @property
-    def waiting(self) -> int:
-        return len(self._waiters)
+    def limit(self) -> ConnectionLimit | None:
+        """The connection limit this pool shares with its siblings (None: unbounded)."""
+        return self._limit
 
-    def try_acquire(self) -> bool:
-        """Take a permit if one is free and nobody is queued; never waits."""
-        with self._lock:
-            if self._free > 0 and not self._waiters:
-                self._free -= 1
-                return True
+    def _inc_overflow(self) -> bool:
+        limit = self._limit
+        if limit is None:
+            return super()._inc_overflow()
+        if not limit.try_take(self):
+            return False
+        if super()._inc_overflow():
+            return True
+        limit.give_back(self)
         return False
 
-    def acquire(self, timeout: float) -> bool:
-        waiter = _Waiter()  # allocated outside the lock: allocation can run finalizers
-        with self._lock:
-            if self._free > 0 and not self._waiters:
-                self._free -= 1
-                return True
-            self._waiters.append(waiter)
-            self._dispatch()  # a permit freed by a finalizer meanwhile goes to the head
+    def _dec_overflow(self) -> Literal[True]:
         try:
-            if waiter.event.wait(timeout):
-                return True
-        except BaseException:
-            if self._abandon(waiter):
-                self.release()  # interrupted just as a permit arrived: pass it on
-            raise
-        return self._abandon(waiter)
+            return super()._dec_overflow()
+        finally:
+            if self._limit is not None:
+                self._limit.give_back(self)
 
-    def _abandon(self, waiter: _Waiter) -> bool:
-        """Leave the queue; returns True if a permit arrived just before we left."""
-        with self._lock:
-            if not waiter.granted:
-                self._waiters.remove(waiter)
-                return False
-        return True
+    def dispose(self) -> None:
+        idle = self._pool.qsize()
+        super().dispose()  # closes the idle ones without _dec_overflow
+        self._give_back(idle)
 
-    def release(self) -> None:
-        with self._lock:
-            self._free += 1
-            self._dispatch()
+    def _leave_limit(self) -> None:
+        # Replaced by recreate(): like SQLAlchemy's, this pool's remaining connections are
+        # dropped with it (closed when garbage collected); they no longer count.
+        if self._limit is not None:
+            self._limit.leave(self)
+            self._limit = None
 
-    def _dispatch(self) -> None:
-        while self._free > 0 and self._waiters:
-            waiter = self._waiters.popleft()
-            self._free -= 1
-            waiter.granted = True
-            waiter.event.set()
+    def _give_back(self, count: int) -> None:
+        if self._limit is not None and count:
+            self._limit.give_back(self, count)
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        limit = self._limit
+        if limit is not None and limit.others_waiting(type(self)):
+            # The other kind of pool waits for a slot: close this one to free it.
+            try:
+                record.close()
+            finally:
+                self._dec_overflow()
+            return
+        super()._do_return_conn(record)
+
+    def close_idle_for_limit(self) -> None:
+        """Close one idle connection, freeing its slot for the other kind of pool."""
+        try:
+            record = self._pool.get(False)
+        except sqla_queue.Empty:
+            return
+        try:
+            record.close()
+        finally:
+            self._dec_overflow()
+
+    def _get_or_open(self, started: float, poll: float, count_queue: bool) -> ConnectionPoolEntry:
+        """An idle connection, or a new one once a slot is free; PoolExhausted after timeout.
+
+        Waits in steps of at most ``poll`` seconds while the shared limit (not this
+        pool's own size) is what stops it, so a slot freed by the other pool is seen.
+        """
+        limit = self._limit
+        waiting = queued = False
+        try:
+            while True:
+                try:
+                    return self._pool.get(False)
+                except sqla_queue.Empty:
+                    pass
+                own_full = -1 < self._max_overflow <= self._overflow
+                if not own_full and self._inc_overflow():
+                    try:
+                        return self._create_connection()
+                    except BaseException:
+                        self._dec_overflow()
+                        raise
+                left = started + self._timeout - time.monotonic()
+                if left <= 0:
+                    raise self._exhausted(time.monotonic() - started)
+                if count_queue and not queued:
+                    queued = True
+                    self.metrics.enter_queue()
+                if not own_full and limit is not None:
+                    if not waiting:
+                        waiting = True
+                        limit.wait_begins(type(self))
+                    limit.reclaim(type(self))
+                step = min(left, _POLL) if waiting else min(left, poll)
+                try:
+                    return self._pool.get(True, step)
+                except sqla_queue.Empty:
+                    self._check_cancelled()
+                    continue
+        finally:
+            if waiting and limit is not None:
+                limit.wait_ends(type(self))
+            if queued:
+                self.metrics.leave_queue()
+
+    metrics: PoolMetrics
+
+    def _check_cancelled(self) -> None:
+        """Threads cannot be cancelled; see AsyncQueuePool's."""
+
+    def _exhausted(self, waited: float) -> PoolExhausted:
+        return _exhausted(self, waited, None)
 
 
-class FairQueuePool(QueuePool):
+_POLL = 0.05  # seconds between looks for a slot freed elsewhere
+
+
+class FairQueuePool(_LimitedPool):
     """QueuePool whose waiters are served in arrival order and time out as PoolExhausted.
 
     Thread-safe, like QueuePool. With ``max_overflow=-1`` (no limit) nobody ever waits,
@@ -120,6 +189,7 @@ class FairQueuePool(QueuePool):
         limit = pool_size + max_overflow
         self._gate = _FairGate(limit) if max_overflow >= 0 and pool_size > 0 else None
         self.metrics = PoolMetrics()
+        self._own_limit(pool_size, max_overflow)
 
     def recreate(self) -> FairQueuePool:
         return _keep_metrics(self, super().recreate())
@@ -169,24 +239,7 @@ class FairQueuePool(QueuePool):
         # connection is being closed on return right now and frees its slot in a moment.
         # Look again in short waits, never longer than pool_timeout in all, so a slot
         # freed without a connection going back to the queue is seen too.
-        while True:
-            try:
-                return self._pool.get(False)
-            except sqla_queue.Empty:
-                pass
-            if self._inc_overflow():
-                try:
-                    return self._create_connection()
-                except BaseException:
-                    self._dec_overflow()
-                    raise
-            left = started + self._timeout - time.monotonic()
-            if left <= 0:
-                raise self._exhausted(time.monotonic() - started)
-            try:
-                return self._pool.get(True, min(left, 0.05))
-            except sqla_queue.Empty:
-                continue
+        return self._get_or_open(started, _POLL, count_queue=False)
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         try:
@@ -199,15 +252,21 @@ class FairQueuePool(QueuePool):
         return _exhausted(self, waited, self.waiting)
 
 
-class AsyncQueuePool(AsyncAdaptedQueuePool):
+class AsyncQueuePool(_LimitedPool, AsyncAdaptedQueuePool):
     """SQLAlchemy's asyncio pool, whose waiters asyncio already serves in arrival order
-    (an asyncio.Queue); a timeout is raised as PoolExhausted, with the numbers."""
+    (an asyncio.Queue); a timeout is raised as PoolExhausted, with the numbers.
+
+    A waiting task awaits (in SQLAlchemy's greenlet): it never blocks its event loop.
+    """
 
     _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncQueuePool"  # see FairQueuePool's
 
-    def __init__(self, creator: Any, **kw: Any) -> None:
-        super().__init__(creator, **kw)
+    def __init__(self, creator: Any, pool_size: int = 5, max_overflow: int = 10, **kw: Any) -> None:
+        super().__init__(creator, pool_size=pool_size, max_overflow=max_overflow, **kw)
         self.metrics = PoolMetrics()
+        self._loop: asyncio.AbstractEventLoop | None = None  # where its connections live
+        self._closers: set[asyncio.Task[None]] = set()
+        self._own_limit(pool_size, max_overflow)
 
     def recreate(self) -> AsyncQueuePool:
         return _keep_metrics(self, super().recreate())
@@ -215,24 +274,54 @@ class AsyncQueuePool(AsyncAdaptedQueuePool):
     def _do_get(self) -> ConnectionPoolEntry:
         metrics = self.metrics
         started = time.monotonic()
-        # QueuePool waits exactly when nothing is idle and no new connection may be
-        # opened; asyncio runs one task at a time, so this read is what _do_get sees.
-        queued = -1 < self._max_overflow <= self._overflow and self._pool.empty()
-        if queued:
-            metrics.enter_queue()
         try:
-            record = super()._do_get()
+            if self._limit is None:
+                record = super()._do_get()
+            else:
+                record = self._get_or_open(started, self._timeout, count_queue=True)
         except sa_exc.TimeoutError:
             metrics.request_done(started, timeout=True)
             raise _exhausted(self, time.monotonic() - started, None) from None
         except BaseException:
             metrics.request_done(started, error=True)
             raise
-        finally:
-            if queued:
-                metrics.leave_queue()
         metrics.request_done(started)
         return record
+
+    def _check_cancelled(self) -> None:
+        # asyncio.wait_for may swallow a cancellation that arrives as its own timeout
+        # expires (Python < 3.12): waiting in short steps must not turn a cancelled or
+        # timed-out task into one that keeps waiting for pool_timeout.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
+
+    def _create_connection(self) -> Any:
+        with contextlib.suppress(RuntimeError):  # SQLAlchemy connects on a loop anyway
+            self._loop = asyncio.get_running_loop()
+        return super()._create_connection()
+
+    def close_idle_for_limit(self) -> None:
+        """Close one idle connection on its event loop (asyncio connections live there)."""
+        loop = self._loop
+        if loop is None or self._pool.qsize() == 0:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._spawn_closer()
+            return
+        try:
+            loop.call_soon_threadsafe(self._spawn_closer)
+        except RuntimeError:  # that loop is closed: its connections go with it
+            return
+
+    def _spawn_closer(self) -> None:
+        task = asyncio.ensure_future(greenlet_spawn(super().close_idle_for_limit))
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
 
 
 _PoolT = TypeVar("_PoolT", FairQueuePool, AsyncQueuePool)
@@ -242,11 +331,21 @@ def _keep_metrics(old: _PoolT, new: QueuePool) -> _PoolT:
     # dispose() and fork handling replace the pool; its counts carry on.
     assert isinstance(new, type(old))
     new.metrics = old.metrics
+    if old.limit is not None:
+        new.share_limit(old.limit)
+        old._leave_limit()
     return new
 
 
 def _exhausted(pool: QueuePool, waited: float, waiting: int | None) -> PoolExhausted:
     queued = f" and {waiting} more callers are queued" if waiting is not None else ""
+    limit = getattr(pool, "limit", None)
+    if limit is not None and limit.open > pool.checkedin() + pool.checkedout():
+        # The other kind (sync or asyncio) holds the rest of the shared budget.
+        queued += (
+            f"; the process's sync and asyncio pools share that budget and hold "
+            f"{limit.open} of {limit.limit} connections"
+        )
     return PoolExhausted(
         f"no database connection became free within pool_timeout={pool._timeout:g}s "
         f"(waited {waited:.2f}s): all {pool.checkedout()} connections are checked out "
@@ -254,3 +353,11 @@ def _exhausted(pool: QueuePool, waited: float, waiting: int | None) -> PoolExhau
         "work short (no slow I/O while one is open), or raise UOW_POOL_SIZE within the "
         "server's max_connections, or raise UOW_POOL_TIMEOUT if callers can afford to wait."
     )
+
+
+def share_limit(source: Pool, target: Pool) -> None:
+    """Make ``target`` (not yet connected) draw from ``source``'s connection limit."""
+    if not (isinstance(source, _LimitedPool) and isinstance(target, _LimitedPool)):
+        return  # a pool class from engine_options: SQLAlchemy's own limits apply
+    if source.limit is not None and target.limit is not None:
+        target.share_limit(source.limit)

@@ -65,7 +65,7 @@ class Replicas:
         self,
         settings: Settings,
         make_engine: Callable[[Settings], Engine],
-        make_async_engine: Callable[[Settings], AsyncEngine],
+        make_async_engine: Callable[[Settings, Engine], AsyncEngine],
     ) -> None:
         """Build one engine per replica URL (no connection is opened yet)."""
         # Each replica's engine gets the primary's settings with its own URL, so pool
@@ -93,7 +93,10 @@ class Replicas:
         if engines is None:
             with self._lock:
                 if self._async_engines is None:
-                    self._async_engines = [self._make_async_engine(s) for s in self.settings]
+                    self._async_engines = [
+                        self._make_async_engine(s, sync)  # sharing its sync twin's limit
+                        for s, sync in zip(self.settings, self.engines, strict=True)
+                    ]
                 engines = self._async_engines
         return engines
 

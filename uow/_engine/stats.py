@@ -9,6 +9,7 @@ a field is deleting its declaration (and the line of ``read_stats`` that fills i
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -265,14 +266,22 @@ class PoolStats:
     )
 
     def __add__(self, other: PoolStats) -> PoolStats:
-        """Field by field sum: two pools to the same server, seen as one."""
+        """Field by field sum: two pools to the same server, seen as one.
+
+        The limits are not summed: a Database's sync and asyncio pools share one
+        ``pool_size + max_overflow`` per server (see ``uow._engine.limit``).
+        """
         return PoolStats(
             **{
-                f.name: getattr(self, f.name) + getattr(other, f.name)
+                f.name: (max if f.name in _SHARED else operator.add)(
+                    getattr(self, f.name), getattr(other, f.name)
+                )
                 for f in dataclasses.fields(self)
             }
         )
 
+
+_SHARED = frozenset({"pool_min", "pool_max"})  # limits both pools share, not added up
 
 METRICS = {f.name: metric_of(f) for f in dataclasses.fields(PoolStats)}
 """Every :class:`PoolStats` field's declaration, in field order."""
