@@ -201,16 +201,7 @@ class OverBudget(AssertionError):
 
 @pytest.mark.parametrize(
     "mix",
-    [
-        pytest.param(
-            "mixed",
-            # Until one budget per process lands (issue 13), the sync and async pools of a
-            # worker are two budgets: a worker holds up to 2 x pool_size. Remove at merge.
-            # Not strict: a slow run may stay in budget. Any other failure still fails.
-            marks=pytest.mark.xfail(raises=OverBudget, strict=False, reason="two pools"),
-        ),
-        "sync",
-    ],
+    ["mixed", "sync"],
 )
 def test_four_workers_through_a_restart(deployment: Deployment, mix: str, tmp_path: Path) -> None:
     """serve --workers 4, 32 HTTP clients, a restart: no 500, in budget, invariant, recovery."""
