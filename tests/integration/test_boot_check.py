@@ -267,7 +267,9 @@ def test_web_server_whose_workers_do_not_fit_stops_with_the_message(
     assert "x (pool_size + max_overflow = 5)" in result.stderr
     assert not any(words in result.stderr for words in REFUSED), result.stderr
     if server == "gunicorn":
-        assert result.returncode == 3, result.stderr  # gunicorn's "Worker failed to boot."
+        # gunicorn's "Worker failed to boot." is exit 3, or 1 when the arbiter is halted
+        # while it is still spawning the other workers: either way, not 0.
+        assert result.returncode != 0, result.stderr
     else:
         # uvicorn stops every worker when one fails to start, but its parent exits 0.
         assert "failed to start, stopping the parent process" in result.stderr
