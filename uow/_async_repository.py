@@ -16,7 +16,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.util import greenlet_spawn
 
 from ._errors import UsageError
-from ._repository import Criterion, ModelT, OrderBy, Repository, model_from_bases, ordered
+from ._repository import (
+    Criterion,
+    ModelT,
+    OrderBy,
+    Repository,
+    model_from_bases,
+    ordered,
+    resolve_model,
+)
 
 if TYPE_CHECKING:
     from ._async import AsyncUnitOfWork
@@ -39,13 +47,9 @@ class AsyncRepository(Generic[ModelT]):
 
     def __init__(self, unit: AsyncUnitOfWork, model: type[ModelT] | None = None) -> None:
         """Bind a repository to an open AsyncUnitOfWork."""
-        resolved = model if model is not None else getattr(type(self), "model", None)
-        if resolved is None:
-            raise UsageError(
-                f"{type(self).__name__} does not know its model: subclass "
-                "AsyncRepository[Model] or pass the model"
-            )
-        self._model: type[ModelT] = resolved
+        self._model: type[ModelT] = resolve_model(
+            self, model, ": subclass AsyncRepository[Model] or pass the model"
+        )
         self._unit: AsyncUnitOfWork | None = unit
 
     @property

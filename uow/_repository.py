@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -37,7 +37,15 @@ from ._arguments import (
 from ._engine.bulk import copy_plan
 from ._errors import UsageError
 
-__all__ = ["Criterion", "ModelT", "OrderBy", "Repository", "model_from_bases", "ordered"]
+__all__ = [
+    "Criterion",
+    "ModelT",
+    "OrderBy",
+    "Repository",
+    "model_from_bases",
+    "ordered",
+    "resolve_model",
+]
 
 ModelT = TypeVar("ModelT")
 
@@ -73,13 +81,11 @@ class Repository(Generic[ModelT]):
             session: the unit of work's session.
             model: the mapped class; optional for subclasses of ``Repository[Model]``.
         """
-        resolved = model if model is not None else getattr(type(self), "model", None)
-        if resolved is None:
-            raise UsageError(
-                f"{type(self).__name__} does not know its model: subclass Repository[Model] "
-                "or pass the model, as in Repository(session, Model)"
-            )
-        self._model: type[ModelT] = resolved
+        self._model: type[ModelT] = resolve_model(
+            self,
+            model,
+            ": subclass Repository[Model] or pass the model, as in Repository(session, Model)",
+        )
         self._session: Session | None = session
 
     @property
@@ -400,6 +406,14 @@ class Repository(Generic[ModelT]):
     def __repr__(self) -> str:
         state = "active" if self._session is not None else "ended"
         return f"<{type(self).__name__} of {self._model.__name__} ({state})>"
+
+
+def resolve_model(repository: object, model: type[ModelT] | None, hint: str) -> type[ModelT]:
+    """``model``, else the repository class's ``model``; a UsageError ending in ``hint``."""
+    resolved = model if model is not None else getattr(type(repository), "model", None)
+    if resolved is None:
+        raise UsageError(f"{type(repository).__name__} does not know its model{hint}")
+    return cast("type[ModelT]", resolved)
 
 
 def model_from_bases(cls: type[Any], family: type[Any]) -> None:

@@ -25,7 +25,7 @@ from .._arguments import (
     multiple_rows,
 )
 from .._errors import UsageError
-from .._repository import ModelT, OrderBy, Repository
+from .._repository import ModelT, OrderBy, Repository, resolve_model
 from ._memory_store import InMemoryStore, _compile, _db_error, _schema, _setter, _sort_key
 
 __all__ = ["InMemoryRepository"]
@@ -61,10 +61,7 @@ class InMemoryRepository(Repository[ModelT]):
             store: where the objects live.
             model: the mapped class; optional for subclasses of ``Repository[Model]``.
         """
-        resolved = model if model is not None else getattr(type(self), "model", None)
-        if resolved is None:
-            raise UsageError(f"{type(self).__name__} does not know its model; pass it")
-        self._model: type[ModelT] = resolved
+        self._model: type[ModelT] = resolve_model(self, model, "; pass it")
         self._store: InMemoryStore | None = store
 
     @property
