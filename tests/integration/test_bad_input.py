@@ -92,12 +92,6 @@ def test_wrong_password_is_a_clear_error_without_the_password() -> None:
     with EmbeddedPostgres() as server:
         with psycopg.connect(server.dsn, autocommit=True) as conn:
             conn.execute("CREATE ROLE app LOGIN PASSWORD 'right-one'")
-        (server.data_dir / "pg_hba.conf").write_text(
-            "local all all trust\nhost all postgres 127.0.0.1/32 trust\n"
-            "host all all 127.0.0.1/32 scram-sha-256\n"
-        )
-        with psycopg.connect(server.dsn, autocommit=True) as conn:
-            conn.execute("SELECT pg_reload_conf()")
         wrong = make_url(server.url).set(username="app", password="wr0ng-s3cret")
         url = wrong.render_as_string(hide_password=False)
         with Database(Settings(url=url)) as database:
