@@ -164,7 +164,16 @@ def connect_args(settings: Settings, timeouts: Mapping[str, str]) -> dict[str, A
     so only what the URL leaves unset is here, plus ``options`` merged (see the module's
     precedence table). ``timeouts`` are the server settings uow sends in ``options``.
     """
-    user = user_parameters(make_url(settings.url), settings.engine_options)
+    return _uow_args(settings, _user(settings), timeouts)
+
+
+def _user(settings: Settings) -> dict[str, Any]:
+    return user_parameters(make_url(settings.url), settings.engine_options)
+
+
+def _uow_args(
+    settings: Settings, user: Mapping[str, Any], timeouts: Mapping[str, str]
+) -> dict[str, Any]:
     defaults: dict[str, Any] = {
         "connect_timeout": max(2, math.ceil(settings.connect_timeout)),
         "application_name": settings.application_name,
@@ -189,8 +198,9 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
     the URL's parameters (hosts, TLS, ``target_session_attrs``...) and uow's defaults,
     merged as for the application's connections.
     """
-    user = user_parameters(make_url(settings.url), {})
-    return {**user, **connect_args(settings, startup_timeouts(settings))}
+    # The URL is read once: its parameters, then uow's defaults over what they leave unset.
+    user = _user(settings)
+    return {**user, **_uow_args(settings, user, startup_timeouts(settings))}
 
 
 def hosts(params: Mapping[str, Any]) -> list[tuple[str, str]]:
