@@ -22,6 +22,7 @@ from .liveness import install_checkout_checks
 from .metrics import install_metrics
 from .outage import ConnectGate
 from .pool import AsyncQueuePool, FairQueuePool, share_limit
+from .servers import ServerMarks
 from .session_state import install_session_state_warnings
 from .timeouts import install_session_timeouts
 
@@ -102,6 +103,10 @@ def build_engine(
 def _install_events(
     engine: Engine, settings: Settings, count: Callable[[str], None], *, marked: str
 ) -> None:
+    # First among the checkout checks: a connection to a server left behind is replaced
+    # without pinging it (a hung server would not answer the ping).
+    marks = ServerMarks()
+    marks.install(engine)
     install_checkout_checks(
         engine,
         pre_ping=settings.pool_pre_ping,
