@@ -147,7 +147,9 @@ class _Call:
     """The attempts of one call of a :class:`RetryPolicy`: what to retry, and when.
 
     Outage errors (:data:`_OUTAGE`) are retried until ``wait`` seconds have passed since
-    the first of them, without using up ``retries``; after that, or with ``wait=0``,
+    the first of them, without using up ``retries`` (an outage after the database has
+    answered again starts a new wait; each ends in a commit or in an error that
+    ``retries`` bounds, so a call cannot wait for ever); after that, or with ``wait=0``,
     they follow the rules without waiting: ``ConnectionLost`` and ``ServerFull`` are
     retried ``retries`` times, any other ``DatabaseUnavailable`` is raised. The other
     transient errors (serialization failures, deadlocks) use ``retries`` only.
