@@ -91,14 +91,15 @@ def diagnose(
     with _connect(settings) as raw:
         _read_server(raw, report)
         # The host libpq chose, among several; its socket directory for a unix socket.
-        report.server["host"], report.server["port"] = raw.info.host, raw.info.port
+        reached = (str(raw.info.host), int(raw.info.port))
+        report.server["host"], report.server["port"] = reached
         server_port, pooled = _read_defaults(raw, report)
         report.budget = _budget(raw, settings)
         in_recovery, wal_lsn = read_wal_position(raw)
         report.server["in_recovery"] = in_recovery
         if not in_recovery:
             report.replication = read_replication(raw)
-    report.pgbouncer = pooler.detect(settings, server_port, pooled=pooled)
+    report.pgbouncer = pooler.detect(settings, reached, server_port, pooled=pooled)
     # Behind PgBouncer the pools hold client connections; PgBouncer bounds the server's.
     report.budget["applies"] &= not report.pgbouncer.get("detected")
     report.replicas = [_read_replica(settings, url, wal_lsn) for url in settings.replica_urls]
