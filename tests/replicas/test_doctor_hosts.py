@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -186,6 +187,26 @@ def test_a_stopped_host_is_unreachable_and_the_rest_is_reported(
     code, text = text_report(capsys)
     assert code == 1
     assert any(f"{down.port} " in line and " no " in line for line in text.splitlines())
+
+
+def test_a_hung_host_costs_the_probe_timeout(cluster: Cluster, doctor: Doctor) -> None:
+    """A standby whose postmaster is stopped (SIGSTOP: the kernel still accepts the TCP
+    connection) is reported unreachable after the probe's short timeout."""
+    hung = cluster.replicas[1]
+    postmaster = int((hung.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    url = multi_host_url([cluster.primary, hung])(target_session_attrs="read-write")
+    os.kill(postmaster, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        code, data, _ = doctor(url)
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(postmaster, signal.SIGCONT)
+    assert code == 1
+    assert codes(data) == ["host_unreachable"]
+    assert data["hosts"][1]["reachable"] is False and "timeout" in data["hosts"][1]["error"]
+    # 3 s of connect_timeout, and a loaded machine's slack.
+    assert 2 <= elapsed < 20, elapsed
 
 
 def test_no_writable_host_is_reported_even_without_a_connection(
