@@ -16,14 +16,21 @@ discarded, the server marked so its idle connections are replaced at checkout, a
   unit used since, and 25006 catches the first write on the others.
 
 Units declared ``readonly=True`` are not checked: they can run on such a server.
+
+A connection refused by the report is always discarded (its report may be stale: a
+promotion that finished is heard only after a statement), but its server is marked only
+if the connection was writable when it was opened: one opened already read-only (a single
+read-only host, or no ``target_session_attrs``) says nothing new, and marking again would
+replace the connections read-only units are using for no gain.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from .._errors import ServerReadOnly
 from .servers import marks_of, server_of
@@ -31,10 +38,18 @@ from .servers import marks_of, server_of
 if TYPE_CHECKING:
     from .._settings import Settings
 
-__all__ = ["READ_ONLY_SQLSTATE", "WritableCheck", "read_only_report", "server_read_only"]
+__all__ = [
+    "READ_ONLY_SQLSTATE",
+    "WritableCheck",
+    "install_birth_notes",
+    "read_only_report",
+    "server_read_only",
+]
 
 READ_ONLY_SQLSTATE = "25006"
 """``read_only_sql_transaction``: a write in a read-only transaction."""
+
+_BORN_READ_ONLY = "uow_born_read_only"  # record.info: the server was read-only at connect
 
 
 def read_only_report(driver_connection: Any) -> str | None:
@@ -46,6 +61,14 @@ def read_only_report(driver_connection: Any) -> str | None:
     if status(b"default_transaction_read_only") == b"on":
         return "default_transaction_read_only=on"
     return None
+
+
+def install_birth_notes(engine: Engine) -> None:
+    """Note on each new connection whether its server already reported it was read-only."""
+
+    @event.listens_for(engine, "connect")
+    def _born(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_BORN_READ_ONLY] = read_only_report(record.driver_connection) is not None
 
 
 def server_read_only(settings: Settings, driver_connection: Any, what: str) -> ServerReadOnly:
@@ -88,7 +111,7 @@ class WritableCheck:
             return
         error = server_read_only(self._settings, driver, f"it reports {why}")
         marks = marks_of(pooled)
-        if marks is not None:
+        if marks is not None and not pooled.info.get(_BORN_READ_ONLY):
             marks.mark_connection(driver, why)
         connection.invalidate()
         raise error
