@@ -24,7 +24,13 @@ from .read_only import READ_ONLY_SQLSTATE, server_read_only
 if TYPE_CHECKING:
     from .servers import ServerMarks
 
-__all__ = ["first_line", "hide_secrets", "server_full", "translate"]
+__all__ = [
+    "ended_before_commit",
+    "first_line",
+    "hide_secrets",
+    "server_full",
+    "translate",
+]
 
 # A login refused for lack of a slot is SQLSTATE 53300, but libpq does not expose the
 # SQLSTATE of an error received while logging in (psycopg's ``sqlstate`` is None there;
@@ -49,6 +55,17 @@ _SESSION_ENDED = frozenset({"57P01", "57P02", "57P03", "57P05", "25P03"})
 def ends_session(sqlstate: str | None) -> bool:
     """Tell whether an error with this SQLSTATE means the server ended the session."""
     return sqlstate is not None and (sqlstate.startswith("08") or sqlstate in _SESSION_ENDED)
+
+
+def ended_before_commit(lost: BaseException) -> bool:
+    """Tell whether a connection lost at COMMIT was ended before the server read COMMIT.
+
+    ``lost`` is the :class:`~uow.ConnectionLost` raised by the commit. SQLSTATE 25P03:
+    idle_in_transaction_session_timeout ended the session while it waited, idle, for the
+    COMMIT, so the server rolled the transaction back.
+    """
+    cause = lost.__cause__
+    return cause is not None and _sqlstate(cause) == "25P03"
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -162,6 +179,15 @@ def translate(  # noqa: PLR0911 - one return per kind of error reads best
         return DeadlockDetected(
             f"{first_line(original)} (SQLSTATE 40P01): the transaction was rolled back; run it "
             "again, and lock rows in a consistent order (e.g. by primary key) to avoid it"
+        )
+    if sqlstate == "25P03":
+        return ConnectionLost(
+            f"{first_line(original)} (SQLSTATE 25P03): the unit of work held its transaction "
+            "open and idle for longer than idle_in_transaction_session_timeout (uow's "
+            f"UOW_IDLE_IN_TRANSACTION_TIMEOUT={settings.idle_in_transaction_timeout:g}s unless "
+            "the URL or server sets it), so the server rolled it back and ended the session: "
+            "nothing was written, and running it again is safe. Do slow work (HTTP calls, "
+            "sleeps) outside the unit of work, or raise the timeout."
         )
     if context.is_disconnect:
         return ConnectionLost(
