@@ -22,7 +22,7 @@ from .liveness import install_checkout_checks
 from .metrics import install_metrics
 from .outage import ConnectGate
 from .pool import AsyncQueuePool, FairQueuePool, share_limit
-from .read_only import install_birth_notes
+from .read_only import install_read_only_notes
 from .servers import ServerMarks
 from .session_state import install_session_state_warnings
 from .timeouts import install_session_timeouts
@@ -108,7 +108,7 @@ def _install_events(
     # without pinging it (a hung server would not answer the ping).
     marks = ServerMarks()
     marks.install(engine)
-    install_birth_notes(engine)
+    install_read_only_notes(engine)
     install_checkout_checks(
         engine,
         pre_ping=settings.pool_pre_ping,
