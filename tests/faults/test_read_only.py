@@ -274,3 +274,33 @@ def test_a_standby_is_refused_before_anything_is_sent(
     assert "reports in_hot_standby=on" in str(seen["error"])
     assert seen["read"] is True
     assert db.stats().pool_checked_out == 0
+
+
+def test_target_session_attrs_refusing_every_host_is_server_read_only(
+    fault: FaultWatch, driver: Driver, read_only: Callable[[], None]
+) -> None:
+    """libpq refusing the only host (read-write wanted): ServerReadOnly, retried until writable."""
+    server = fault.server
+    db = fault.database(url=f"{server.url}?target_session_attrs=read-write", pool_size=2)
+    read_only()
+    seen: dict[str, Any] = {}
+
+    def refused(i: int) -> None:
+        try:
+            with driver.unit(db) as unit:
+                write(unit, "refused")
+        except ServerReadOnly as exc:
+            seen["error"] = exc
+
+    driver.run(1, refused, timeout=30)
+    assert "session is read-only" in str(seen["error"])
+    assert db.counters()["fast_failures"] == 0  # the server answered: not an outage
+    # The server turns writable while run_transaction retries: the write then lands.
+    writable = threading.Timer(1.0, lambda: set_read_only(server, False))
+    writable.start()
+    try:
+        driver.run(1, lambda i: write_retried(driver, db, "later", retries=20), timeout=60)
+    finally:
+        writable.join()
+    assert fault.query(f"SELECT key FROM {WRITES}") == [("later",)]
+    assert db.stats().pool_checked_out == 0

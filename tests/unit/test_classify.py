@@ -141,3 +141,13 @@ def test_25p03_is_a_lost_connection_that_names_the_timeout() -> None:
     other = ConnectionLost("lost")
     other.__cause__ = psycopg.errors.AdminShutdown("terminating connection")
     assert not ended_before_commit(other)
+
+
+def test_libpq_refusing_a_read_only_host_at_login_is_server_read_only() -> None:
+    """target_session_attrs refusals (libpq's, no SQLSTATE) are ServerReadOnly, not an outage."""
+    for text in ("session is read-only", "server is in hot standby mode"):
+        refused = psycopg.OperationalError(
+            f'connection failed: connection to server at "h", port 1 failed: {text}'
+        )
+        error = translate(Context(refused, connection=None), SETTINGS)  # type: ignore[arg-type]
+        assert isinstance(error, ServerReadOnly), text

@@ -28,6 +28,7 @@ __all__ = [
     "ended_before_commit",
     "first_line",
     "hide_secrets",
+    "read_only_at_login",
     "server_full",
     "translate",
 ]
@@ -45,6 +46,11 @@ _SERVER_FULL = (
     "FATAL:  too many connections for role",
     "FATAL:  too many connections for database",
 )
+
+# libpq's own refusals of a server for target_session_attrs=read-write or primary: its
+# checks, not a server error, so no SQLSTATE; English unless the client's locale
+# translates libpq. With several hosts the message lists each host's failure.
+_READ_ONLY_AT_LOGIN = ("failed: session is read-only", "failed: server is in hot standby mode")
 
 # Errors after which the session is gone: connection exceptions (class 08), the
 # server shutting down or the backend terminated (57P01-57P03), a session ended by
@@ -100,6 +106,12 @@ def server_full(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError) and any(t in text for t in _SERVER_FULL)
 
 
+def read_only_at_login(exc: BaseException) -> bool:
+    """Tell whether libpq refused a server (one of the hosts at least) as read-only."""
+    text = str(exc)
+    return isinstance(exc, psycopg.OperationalError) and any(t in text for t in _READ_ONLY_AT_LOGIN)
+
+
 def _server_full_error(
     original: BaseException, settings: Settings, budget: Budget | None
 ) -> ServerFull:
@@ -152,6 +164,15 @@ def translate(  # noqa: PLR0911 - one return per kind of error reads best
         context.is_disconnect = True
     if context.connection is None and server_full(original):
         return _server_full_error(original, settings, budget)
+    if context.connection is None and read_only_at_login(original):
+        return ServerReadOnly(
+            f"no server of {settings.masked_url} could take writes: "
+            f"{hide_secrets(first_line(original), settings)} (target_session_attrs refused "
+            "a read-only one). Nothing was written, and run_transaction retries: during a "
+            "failover a new primary is usually writable within seconds. If it lasts, check "
+            "that the URL lists the writable host and the servers' "
+            "default_transaction_read_only."
+        )
     if context.connection is None and isinstance(original, psycopg.OperationalError):
         return DatabaseUnavailable(
             f"could not connect to {settings.masked_url} "
