@@ -149,7 +149,9 @@ def test_writes_move_to_the_writable_host(
         stop.set()
     workers.join()  # fails if any caller saw an error (25006, ServerReadOnly or other)
     moved_after = on_second - turned
-    late_first = [t for t, port in landed if port == first.port and t > on_second]
+    # A transaction that began before the reload may still commit on the first host a
+    # moment later (read-only is fixed at BEGIN); none long after.
+    late_first = [t for t, port in landed if port == first.port and t > on_second + 2.0]
     stats = db.stats()
     print(
         f"{driver}: writes on the writable host {moved_after:.3f}s after the first turned "
@@ -158,7 +160,7 @@ def test_writes_move_to_the_writable_host(
     )
     # Target 2 s; 5 s leaves room for a loaded 2-core machine (measured: see the report).
     assert moved_after < 5.0
-    assert not late_first, "a write landed on the read-only host after the move"
+    assert not late_first, "writes still landed on the read-only host 2 s after the move"
     assert stats.pool_checked_out == 0
     with psycopg.connect(second.dsn) as conn:  # every acknowledged write is there, once
         row = conn.execute(f"SELECT count(*) FROM {WRITES}").fetchone()
