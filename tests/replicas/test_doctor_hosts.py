@@ -218,7 +218,7 @@ def test_no_writable_host_is_reported_even_without_a_connection(
     code, data, err = doctor(build(target_session_attrs="read-write"))
     assert code == 2
     assert "cannot reach" in err
-    assert data["exit_code"] == 2 and "DatabaseUnavailable" in data["error"]
+    assert data["exit_code"] == 2 and "(ServerReadOnly)" in data["error"]
     assert [(h["role"], h["read_only"]) for h in data["hosts"]] == [
         ("read-only primary", True),
         ("standby", True),
