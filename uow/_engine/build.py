@@ -25,6 +25,7 @@ from .pool import AsyncQueuePool, FairQueuePool, share_limit
 from .servers import ServerMarks
 from .session_state import install_session_state_warnings
 from .timeouts import install_session_timeouts
+from .watchdog import Deadlines
 
 __all__ = ["build_engine", "transaction_options"]
 
@@ -107,12 +108,16 @@ def _install_events(
     # without pinging it (a hung server would not answer the ping).
     marks = ServerMarks()
     marks.install(engine)
+    # A hung server answers neither a statement nor the ping: both are bounded.
+    deadlines = Deadlines(settings.statement_timeout, marks)
     install_checkout_checks(
         engine,
         pre_ping=settings.pool_pre_ping,
         idle_window=settings.pool_pre_ping_idle,
         recycle=settings.pool_recycle,
+        bound=lambda record: deadlines.pinging(record, max(2.0, settings.connect_timeout)),
     )
+    deadlines.install(engine)  # after the checks: it watches connections handed out
     install_session_timeouts(engine, settings)
     if settings.pgbouncer == "transaction":
         install_session_state_warnings(engine)
