@@ -21,7 +21,7 @@ timeout``                  URL, or
 other ``options -c``       URL                                 (none)
 ``keepalives*``            URL                                 1, idle 30, interval 10,
                                                                count 3
-``tcp_user_timeout``       URL                                 statement timeout + 5 s,
+``tcp_user_timeout``       URL                                 statement timeout + 10 s,
                                                                in ms (none when the
                                                                statement timeout is off)
 anything else              URL                                 libpq's default
@@ -49,7 +49,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from ._engine.timeouts import startup_timeouts
-from ._engine.watchdog import GRACE
+from ._engine.watchdog import TCP_GRACE
 from ._errors import ConfigurationError
 from ._specs import spec_of
 
@@ -94,7 +94,7 @@ def tcp_user_timeout(statement_timeout: float) -> dict[str, int]:
     """
     if not statement_timeout:
         return {}
-    return {"tcp_user_timeout": round((statement_timeout + GRACE) * 1000)}
+    return {"tcp_user_timeout": round((statement_timeout + TCP_GRACE) * 1000)}
 
 
 # uow's settings that a server parameter in ``options`` sets (see _timeouts).

@@ -8,7 +8,7 @@ import pytest
 from uow import Settings
 from uow._conninfo import connect_args, connect_kwargs
 from uow._engine.timeouts import startup_timeouts
-from uow._engine.watchdog import GRACE
+from uow._engine.watchdog import GRACE, TCP_GRACE
 
 
 def args(settings: Settings) -> dict[str, object]:
@@ -16,16 +16,17 @@ def args(settings: Settings) -> dict[str, object]:
 
 
 def test_default_is_the_statement_timeout_plus_grace_in_ms() -> None:
-    """statement_timeout=30 gives tcp_user_timeout=(30 + grace) * 1000, never less than it."""
+    """statement_timeout=30: tcp_user_timeout=(30 + 10) * 1000, after the watchdog's limit."""
+    assert TCP_GRACE > GRACE
     settings = Settings(url="postgresql://u@h/db", statement_timeout=30)
-    assert args(settings)["tcp_user_timeout"] == round((30 + GRACE) * 1000)
-    assert connect_kwargs(settings)["tcp_user_timeout"] == round((30 + GRACE) * 1000)
+    assert args(settings)["tcp_user_timeout"] == round((30 + TCP_GRACE) * 1000)
+    assert connect_kwargs(settings)["tcp_user_timeout"] == round((30 + TCP_GRACE) * 1000)
 
 
 def test_follows_a_statement_timeout_written_in_the_url() -> None:
     """-c statement_timeout=2s in the URL's options sets the default too."""
     settings = Settings(url="postgresql://u@h/db?options=-c%20statement_timeout%3D2s")
-    assert args(settings)["tcp_user_timeout"] == round((2 + GRACE) * 1000)
+    assert args(settings)["tcp_user_timeout"] == round((2 + TCP_GRACE) * 1000)
 
 
 @pytest.mark.parametrize(

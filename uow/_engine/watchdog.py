@@ -42,7 +42,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from .fork import at_fork_in_child
 from .servers import ServerMarks, server_of
 
-__all__ = ["GRACE", "LIMIT_KEY", "Deadlines"]
+__all__ = ["GRACE", "LIMIT_KEY", "TCP_GRACE", "Deadlines"]
 
 logger = logging.getLogger("uow")
 
@@ -52,6 +52,12 @@ GRACE = 5.0
 The server cancels a statement at its timeout and answers at once; the grace covers a
 loaded server's delay in doing so, and the round trips of one execute (BEGIN, the
 statement)."""
+
+TCP_GRACE = 2 * GRACE
+"""Seconds past the statement timeout for libpq's ``tcp_user_timeout`` (see ``_conninfo``).
+
+Later than the watchdog, which also logs and marks the server: the kernel's limit is the
+backstop for connections the watchdog does not watch (side connections, idle ones)."""
 
 LIMIT_KEY = "uow_limit"
 """``record.info`` key: seconds the current unit's commands may run, grace included."""
