@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,29 +64,33 @@ def driver(request: pytest.FixtureRequest) -> Iterator[Driver]:
 
 
 @pytest.fixture
-def database(server: NamespacedPostgres, driver: Driver) -> Iterator[Database]:
-    """The application's Database with the scaled timeouts; at the end nothing is left open."""
+def make_database(server: NamespacedPostgres, driver: Driver) -> Iterator[Callable[..., Database]]:
+    """Databases with the scaled timeouts; at the end none has anything left open."""
     name = f"uow-hung-{uuid.uuid4().hex[:8]}"
-    db = Database(
-        Settings(
-            url=server.url,
-            application_name=name,
-            statement_timeout=STATEMENT_TIMEOUT,
-            connect_timeout=CONNECT_TIMEOUT,
-            pool_timeout=POOL_TIMEOUT,
-            pool_size=4,
-            max_overflow=4,
+    made: list[Database] = []
+
+    def make(**overrides: Any) -> Database:
+        settings = {
+            "url": server.url,
+            "application_name": name,
+            "statement_timeout": STATEMENT_TIMEOUT,
+            "connect_timeout": CONNECT_TIMEOUT,
+            "pool_timeout": POOL_TIMEOUT,
+            "pool_size": 4,
+            "max_overflow": 4,
             # The server ends the sessions of connections closed during a black hole
             # (their FIN was dropped too) when this runs out.
-            idle_in_transaction_timeout=3,
-            long_transaction_threshold=0,
-        )
-    )
+            "idle_in_transaction_timeout": 3,
+            "long_transaction_threshold": 0,
+        }
+        made.append(Database(Settings(**{**settings, **overrides})))
+        return made[-1]
+
     try:
-        yield db
-        assert db.stats().pool_checked_out == 0
-        driver.close([db])
-        assert db.stats().pool_checked_out == 0
+        yield make
+        assert [db.stats().pool_checked_out for db in made] == [0] * len(made)
+        driver.close(made)
+        assert [db.stats().pool_checked_out for db in made] == [0] * len(made)
         with psycopg.connect(server.dsn, autocommit=True) as side:
 
             def stuck() -> list[tuple[Any, ...]]:
@@ -98,7 +102,14 @@ def database(server: NamespacedPostgres, driver: Driver) -> Iterator[Database]:
 
             wait_for(lambda: not stuck(), timeout=10, what="sessions idle in transaction to end")
     finally:
-        db.dispose()
+        for db in made:
+            db.dispose()
+
+
+@pytest.fixture
+def database(make_database: Callable[..., Database]) -> Database:
+    """The application's Database, with the scaled timeouts."""
+    return make_database()
 
 
 @dataclass
@@ -241,3 +252,25 @@ def test_tcp_user_timeout_reaches_the_socket(server: NamespacedPostgres) -> None
         finally:
             sock.detach()  # the descriptor stays libpq's
     assert value == round((STATEMENT_TIMEOUT + 10) * 1000)
+
+
+def test_slow_units_on_a_healthy_server_are_not_cut(
+    make_database: Callable[..., Database], driver: Driver
+) -> None:
+    """Past the default limit (7 s) but legitimately: a unit's own timeout=, time in Python."""
+    limit = STATEMENT_TIMEOUT + 5
+    database = make_database(idle_in_transaction_timeout=30)
+
+    def slow(i: int) -> None:
+        # A statement longer than the default limit, within the unit's own timeout=.
+        with driver.unit(database, timeout=limit + 4) as unit:
+            unit.execute("SELECT pg_sleep(:s)", {"s": limit + 1})
+        # Idle in Python past the limit between statements, and a statement near the
+        # server's own timeout.
+        with driver.unit(database) as unit:
+            unit.execute("SELECT pg_sleep(:s)", {"s": STATEMENT_TIMEOUT * 0.8})
+            driver.sleep(limit + 1)
+            unit.execute("INSERT INTO hung_writes VALUES (:k)", {"k": uuid.uuid4().hex})
+
+    driver.run(2, slow, timeout=60)
+    assert database.stats().connections_lost == 0

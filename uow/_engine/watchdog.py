@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 from psycopg.pq import TransactionStatus
 from sqlalchemy import Engine, event
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -185,25 +186,27 @@ class _Watchdog:
     def _check(record: ConnectionPoolEntry, owner: Deadlines, what: str, now: float) -> None:
         info = record.info
         since, limit = info.get(_SINCE), info.get(LIMIT_KEY, math.inf)
-        if since is None or now - since <= limit:
-            return
         dbapi_connection = record.dbapi_connection
-        if dbapi_connection is None:
+        if since is None or now - since <= limit or dbapi_connection is None:
             return
         pgconn = _driver(dbapi_connection).pgconn
         if pgconn.transaction_status != TransactionStatus.ACTIVE:
             return  # between commands: the unit is busy in Python, not waiting
-        fd = os.dup(pgconn.socket)
+        try:
+            fd = os.dup(pgconn.socket)
+        except (psycopg.OperationalError, OSError):
+            return  # closed by its owner meanwhile
         with socket.socket(fileno=fd) as sock:
             # The connection may have been closed and its descriptor number reused
-            # since we read it: only the socket it was opened with is shut down.
-            if os.fstat(fd).st_ino != info.get(_INODE):
+            # since we read it: only the socket it was opened with is shut down. Data
+            # still arriving (rows of a server-side cursor) is not a hung server, and a
+            # command sent meanwhile has its own deadline.
+            if (
+                os.fstat(fd).st_ino != info.get(_INODE)
+                or _quiet_for(sock) <= limit
+                or info.get(_SINCE) != since
+            ):
                 return
-            quiet = _quiet_for(sock)
-            if quiet <= limit:
-                return  # data is flowing (rows of a server-side cursor): not hung
-            if info.get(_SINCE) != since:
-                return  # a new command started meanwhile
             info[_SINCE] = None  # once per command
             sock.shutdown(socket.SHUT_RDWR)
         host, port = server_of(dbapi_connection)
