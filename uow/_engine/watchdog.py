@@ -127,7 +127,7 @@ class Deadlines:
         event.listen(engine, "commit", _ending)
         event.listen(engine, "rollback", _ending)
 
-        @event.listens_for(engine.pool, "reset")
+        @event.listens_for(engine, "reset")
         def _reset(dbapi_connection: Any, record: ConnectionPoolEntry, state: Any) -> None:
             record.info[_SINCE] = time.monotonic()
 
