@@ -21,6 +21,9 @@ timeout``                  URL, or
 other ``options -c``       URL                                 (none)
 ``keepalives*``            URL                                 1, idle 30, interval 10,
                                                                count 3
+``tcp_user_timeout``       URL                                 statement timeout + 10 s,
+                                                               in ms (none when the
+                                                               statement timeout is off)
 anything else              URL                                 libpq's default
 =========================  ==================================  ==========================
 
@@ -46,6 +49,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from ._engine.timeouts import startup_timeouts
+from ._engine.watchdog import TCP_GRACE
 from ._errors import ConfigurationError
 from ._specs import spec_of
 
@@ -63,6 +67,7 @@ __all__ = [
     "merge_options",
     "server_settings",
     "taken_from_url",
+    "tcp_user_timeout",
     "url_values",
     "user_parameters",
 ]
@@ -76,6 +81,21 @@ KEEPALIVES = {
     "keepalives_interval": 10,
     "keepalives_count": 3,
 }
+
+
+def tcp_user_timeout(statement_timeout: float) -> dict[str, int]:
+    """libpq's ``tcp_user_timeout`` (ms) for this statement timeout; none when it is off.
+
+    A server's kernel acknowledges data at once, even while a statement runs: data left
+    unacknowledged longer than any statement may run means the peer is gone, and
+    without this limit the kernel retransmits for about 15 minutes before the socket
+    fails. Linux also applies it to a server that keeps its receive window shut (one slow
+    to consume a large COPY), hence never less than the statement timeout.
+    """
+    if not statement_timeout:
+        return {}
+    return {"tcp_user_timeout": round((statement_timeout + TCP_GRACE) * 1000)}
+
 
 # uow's settings that a server parameter in ``options`` sets (see _timeouts).
 _OPTION_SETTINGS = {
@@ -178,6 +198,7 @@ def _uow_args(
         "connect_timeout": max(2, math.ceil(settings.connect_timeout)),
         "application_name": settings.application_name,
         **KEEPALIVES,
+        **tcp_user_timeout(settings.statement_timeout),
     }
     args = {key: value for key, value in defaults.items() if key not in user}
     if settings.pgbouncer == "transaction":

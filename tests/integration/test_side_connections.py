@@ -185,6 +185,7 @@ def test_side_connect_args_keep_every_url_parameter() -> None:
         "keepalives_idle": 30,
         "keepalives_interval": 10,
         "keepalives_count": 3,
+        "tcp_user_timeout": 40000,  # statement_timeout 30 s + 10 s
     }
 
 

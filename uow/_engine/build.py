@@ -26,6 +26,7 @@ from .read_only import install_read_only_notes
 from .servers import ServerMarks
 from .session_state import install_session_state_warnings
 from .timeouts import install_session_timeouts
+from .watchdog import Deadlines
 
 __all__ = ["build_engine", "transaction_options"]
 
@@ -109,12 +110,16 @@ def _install_events(
     marks = ServerMarks()
     marks.install(engine)
     install_read_only_notes(engine)
+    # A hung server answers neither a statement nor the ping: both are bounded.
+    deadlines = Deadlines(settings.statement_timeout, marks)
     install_checkout_checks(
         engine,
         pre_ping=settings.pool_pre_ping,
         idle_window=settings.pool_pre_ping_idle,
         recycle=settings.pool_recycle,
+        bound=lambda record: deadlines.pinging(record, max(2.0, settings.connect_timeout)),
     )
+    deadlines.install(engine)  # after the checks: it watches connections handed out
     install_session_timeouts(engine, settings)
     if settings.pgbouncer == "transaction":
         install_session_state_warnings(engine)

@@ -12,7 +12,9 @@ checks instead:
   message and closes the socket, so the socket turns readable. A readable socket gets
   a real ping (it might only be a notice); a quiet one is used at once.
 
-A connection that fails either check is replaced before the caller sees it.
+A connection that fails either check is replaced before the caller sees it. The ping
+is bounded (``bound``): a hung server does not answer it, and it must not block the
+checkout for minutes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import math
 import random
 import select
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from psycopg.pq import ConnStatus
@@ -49,9 +53,18 @@ def _quiet(dbapi_connection: Any) -> bool:
 
 
 def install_checkout_checks(
-    engine: Engine, *, pre_ping: bool, idle_window: float, recycle: float
+    engine: Engine,
+    *,
+    pre_ping: bool,
+    idle_window: float,
+    recycle: float,
+    bound: Callable[[ConnectionPoolEntry], AbstractContextManager[None]],
 ) -> None:
-    """Install recycling with jitter and the liveness check on ``engine``'s pool."""
+    """Install recycling with jitter and the liveness check on ``engine``'s pool.
+
+    ``bound(record)`` is entered around each ping: it closes a connection whose ping
+    takes too long (see ``uow._engine.watchdog``), so the ping fails and is replaced.
+    """
     if recycle <= 0 and not pre_ping:
         return
     dialect = engine.dialect
@@ -84,6 +97,7 @@ def install_checkout_checks(
         if now - idle_since < idle_window and _quiet(dbapi_connection):
             return
         try:
-            dialect.do_ping(dbapi_connection)
+            with bound(record):
+                dialect.do_ping(dbapi_connection)
         except Exception as exc:
             raise DisconnectionError(f"liveness check failed: {exc}") from exc

@@ -28,6 +28,7 @@ _OPENED = "uow_opened"  # record.info: time.monotonic() when it was opened
 _MARKS = "uow_marks"  # record.info: the ServerMarks, for listeners given only a connection
 
 Server = tuple[str, str]
+_QUIET = 10.0  # seconds without a mark after which a new one is logged as a new incident
 
 
 class LeftServer(DisconnectionError):
@@ -54,10 +55,12 @@ class ServerMarks:
 
     def mark(self, server: Server, why: str) -> None:
         """Replace every connection to ``server`` opened before now at its next checkout."""
+        now = time.monotonic()
         with self._lock:
-            first = server not in self._marked
-            self._marked[server] = time.monotonic()
-        if first:
+            before = self._marked.get(server)
+            self._marked[server] = now
+        # Once per incident: every unit that meets the bad server marks it again.
+        if before is None or now - before > _QUIET:
             logger.warning(
                 "leaving server %s:%s (%s): its pooled connections will be replaced",
                 server[0],

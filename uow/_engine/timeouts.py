@@ -15,6 +15,8 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from .watchdog import GRACE, LIMIT_KEY
+
 if TYPE_CHECKING:
     from .._settings import Settings
 
@@ -92,6 +94,8 @@ class LocalTimeouts:
     ) -> None:
         timeout = session.info.get(TIMEOUT_KEY)
         if timeout is not None:
+            # The client-side deadline follows the unit's own limit (see watchdog).
+            connection.info[LIMIT_KEY] = timeout + GRACE
             values = {**self._always, "statement_timeout": _ms(timeout)}
             statement, params = _set_config(values, local=True)
         elif self._prepared is not None:
