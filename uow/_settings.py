@@ -245,6 +245,19 @@ class Settings:
         "a budget that does not fit fails at start-up with the numbers and what to "
         "change, not under load with `too many clients`",
     )
+    failover_wait: float = setting(
+        10.0,
+        "UOW_FAILOVER_WAIT",
+        "seconds",
+        "How long `run_transaction` and `@transactional` keep retrying, by default, while "
+        "the database is unavailable (down, failing over, full or read-only) or a "
+        "connection is lost before COMMIT; their `wait=` overrides it.",
+        "covers a planned switchover (about 1.5 s) many times over and a Patroni leader "
+        "crash with `ttl: 10`; longer holds request threads past what most clients and "
+        "load balancers still wait for",
+        high=3600,
+        zero="off: raise `DatabaseUnavailable` at once",
+    )
     pgbouncer: str = setting(
         "off",
         "UOW_PGBOUNCER",

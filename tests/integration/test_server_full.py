@@ -144,9 +144,11 @@ def test_async_units_raise_server_full(server: Server) -> None:
         database.dispose()
 
 
+@pytest.mark.parametrize("wait", [None, 0], ids=["failover_wait", "retries"])
 @pytest.mark.parametrize("how", ["run_transaction", "transactional"])
-def test_retries_wait_for_a_slot_to_free(server: Server, how: str) -> None:
-    """run_transaction and @transactional retry ServerFull until a slot frees (0.5 s here)."""
+def test_retries_wait_for_a_slot_to_free(server: Server, how: str, wait: float | None) -> None:
+    """run_transaction and @transactional retry ServerFull until a slot frees (0.5 s here):
+    within the failover wait, and with wait=0 within retries."""
     database = server.database(check_budget=False)
     server.fill(APP_SLOTS)
     threading.Timer(0.5, server.free).start()
@@ -158,10 +160,11 @@ def test_retries_wait_for_a_slot_to_free(server: Server, how: str) -> None:
                 database=database,
                 retries=30,
                 max_backoff=0.2,
+                wait=wait,
             )
         else:
 
-            @uow.transactional(database=database, retries=30, max_backoff=0.2)
+            @uow.transactional(database=database, retries=30, max_backoff=0.2, wait=wait)
             def select(unit: UnitOfWork) -> Any:
                 return unit.session.execute(text("SELECT 1")).scalar_one()
 

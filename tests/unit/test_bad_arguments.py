@@ -96,6 +96,12 @@ def test_good_unit_arguments_are_normalized() -> None:
         {"unit_of_work": 5},
         {"readonly": "no"},
         {"timeout": 10**400},
+        {"wait": -1},
+        {"wait": 3601},
+        {"wait": "10"},
+        {"wait": True},
+        {"wait": float("nan")},
+        {"wait": Decimal("sNaN")},
     ],
     ids=repr,
 )
@@ -112,6 +118,14 @@ def test_bad_retry_options_raise_usage_error(options: dict[str, Any]) -> None:
 
 async def _nothing() -> None:
     """An async function that does nothing."""
+
+
+def test_a_bad_wait_says_what_is_accepted() -> None:
+    """wait= outside 0..3600 seconds is refused with the option's name and its range."""
+    with pytest.raises(
+        UsageError, match=r"^wait=-0\.5 is invalid; use a number of seconds from 0 to 3600$"
+    ):
+        run_transaction(lambda unit: None, wait=-0.5)
 
 
 def test_transactional_checks_its_options_when_written() -> None:

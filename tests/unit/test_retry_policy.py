@@ -33,9 +33,12 @@ def test_each_entry_point_takes_exactly_the_policys_options(function: Callable[.
 
 def test_the_policy_is_checked_once_and_normalized() -> None:
     """Built from users' values, the policy holds plain numbers and cannot change."""
-    policy = RetryPolicy(retries=3, backoff=Decimal("0.5"), max_backoff=1)
+    policy = RetryPolicy(retries=3, backoff=Decimal("0.5"), max_backoff=1, wait=Decimal("2.5"))
     assert (policy.retries, policy.backoff, policy.max_backoff) == (3, 0.5, 1)
     assert (type(policy.retries), type(policy.backoff)) == (int, float)
+    assert (policy.wait, type(policy.wait)) == (2.5, float)
+    assert RetryPolicy(wait=0).wait == 0.0
+    assert RetryPolicy().wait is None  # the database's failover_wait, read when it fails
     with pytest.raises(dataclasses.FrozenInstanceError):
         policy.retries = 7  # type: ignore[misc]
 

@@ -43,7 +43,7 @@ def test_every_setting_is_declared_once() -> None:
     assert len(variables) == len(set(variables))
     assert all(v.startswith("UOW_") for v in variables if v != "DATABASE_URL")
     assert SPECS["pool_pre_ping"].env == "UOW_PRE_PING"  # the one not named after its setting
-    assert len(NUMBERS) == 14  # 3 counts, 11 durations
+    assert len(NUMBERS) == 15  # 3 counts, 12 durations
 
 
 @pytest.mark.parametrize("name", sorted(NUMBERS))
