@@ -30,6 +30,7 @@ from ._engine.build import build_engine, transaction_options
 from ._engine.fork import at_fork_in_child
 from ._engine.metrics import PoolStats, PoolStatus, read_stats
 from ._engine.monitor import ORIGIN_KEY, describe_origin, watch_sessions
+from ._engine.read_only import WritableCheck
 from ._engine.replicas import Replicas
 from ._engine.stats import DATABASE_COUNTERS
 from ._engine.timeouts import TIMEOUT_KEY, LocalTimeouts, startup_timeouts
@@ -96,6 +97,7 @@ class Database:
         self._counters = dict.fromkeys(COUNTERS, 0)
         self.engine: Engine = self._build(settings)
         self._local_timeouts = LocalTimeouts(settings)
+        self._writable_check = WritableCheck(settings)
         self._replicas: Replicas | None = None
         if settings.replica_urls:
             self._replicas = Replicas(
@@ -232,7 +234,9 @@ class Database:
             bind=bind,
             expire_on_commit=False,
             close_resets_only=False,
-            sync_session_class=self._once(_ASYNC_SESSION_CLASS, self._async_session_class),
+            sync_session_class=self._once(
+                (_ASYNC_SESSION_CLASS, readonly), lambda: self._async_session_class(readonly)
+            ),
         )
 
     def _sessionmaker(self, readonly: bool, isolation: str | None) -> sessionmaker[Session]:
@@ -242,16 +246,19 @@ class Database:
             bind = bind.execution_options(**options)
         # Objects stay readable after the unit of work has committed and closed.
         factory = sessionmaker(bind=bind, expire_on_commit=False, close_resets_only=False)
-        self._watch(factory)
+        self._watch(factory, readonly)
         return factory
 
-    def _async_session_class(self) -> type[Session]:
+    def _async_session_class(self, readonly: bool) -> type[Session]:
         # A per-database Session subclass carries the monitor's listeners.
         session_class = type("UowAsyncSyncSession", (Session,), {})
-        self._watch(session_class)
+        self._watch(session_class, readonly)
         return session_class
 
-    def _watch(self, target: sessionmaker[Session] | type[Session]) -> None:
+    def _watch(self, target: sessionmaker[Session] | type[Session], readonly: bool) -> None:
+        if not readonly:
+            # First: a read-only server is refused before anything is sent to it.
+            event.listen(target, "after_begin", self._writable_check)
         event.listen(target, "after_begin", self._local_timeouts)
         watch_sessions(
             target,

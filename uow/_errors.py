@@ -5,8 +5,10 @@ Every exception uow raises derives from :class:`UnitOfWorkError`::
     UnitOfWorkError
     ├── ConfigurationError        bad URL or setting (also a ValueError)
     ├── DatabaseUnavailable       the server could not be reached or refused the login
-    │   └── ServerFull            SQLSTATE 53300: the server is up but has no connection slot
-    │                             left (also a TransientError: retried)
+    │   ├── ServerFull            SQLSTATE 53300: the server is up but has no connection slot
+    │   │                         left (also a TransientError: retried)
+    │   └── ServerReadOnly        the server cannot take writes (read-only, a standby, a
+    │                             leader still being promoted; also a TransientError: retried)
     ├── PoolExhausted             no connection freed up within pool_timeout
     │                             (also sqlalchemy.exc.TimeoutError, like QueuePool's)
     ├── StatementTimeout          the server cancelled a statement (statement_timeout)
@@ -36,9 +38,13 @@ disconnects: :func:`uow.run_transaction` retries it, with its backoff, the way a
 waits for a pooled connection; and it never trips the outage backoff, which would
 refuse a server that is answering.
 
+:class:`ServerReadOnly` is the same pair for a server that answers but cannot take
+writes: nothing was written, and leaving that server's connections for a writable host
+(or waiting for a promotion to finish) is what a retry needs.
+
 Errors that PostgreSQL reports about the data itself (unique violations, a write in
-a read-only transaction, ...) propagate as SQLAlchemy raises them, with psycopg's
-exception as ``orig``, so code that already handles them keeps working.
+a unit declared ``readonly=True``, ...) propagate as SQLAlchemy raises them, with
+psycopg's exception as ``orig``, so code that already handles them keeps working.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ __all__ = [
     "PoolExhausted",
     "SerializationFailure",
     "ServerFull",
+    "ServerReadOnly",
     "StatementTimeout",
     "TransactionRolledBack",
     "TransientError",
@@ -109,6 +116,20 @@ class ServerFull(DatabaseUnavailable, TransientError):
     The message gives the server's ``max_connections`` and reserved slots when uow has
     read them, and this process's pool budget. Retried by :func:`uow.run_transaction`
     and :func:`uow.transactional`; never treated as an outage.
+    """
+
+
+class ServerReadOnly(DatabaseUnavailable, TransientError):
+    """The server accepted the connection but cannot take writes: a primary made read-only
+    (``default_transaction_read_only``), a standby, or a leader announced before its
+    promotion finished. Met by a unit that may write (SQLSTATE 25006, or the server's
+    ``in_hot_standby`` / ``default_transaction_read_only`` report, checked before anything
+    is sent).
+
+    Nothing was written. The connection is discarded and the pool replaces its other
+    connections to that server, so with several hosts and ``target_session_attrs=read-write``
+    the next ones go to a writable host. Retried by :func:`uow.run_transaction` and
+    :func:`uow.transactional`. A unit declared ``readonly=True`` is unaffected.
     """
 
 

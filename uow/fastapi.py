@@ -66,6 +66,7 @@ from ._errors import (
     DatabaseUnavailable,
     PoolExhausted,
     ServerFull,
+    ServerReadOnly,
     StatementTimeout,
     TransientError,
 )
@@ -96,6 +97,13 @@ _ANSWERS: dict[type[Exception], tuple[int, str, bool, int]] = {
     ServerFull: (
         503,
         "the database has no connection slot free; retry shortly",
+        True,
+        logging.WARNING,
+    ),
+    ServerReadOnly: (
+        503,
+        "the database cannot take writes right now (failing over?); nothing was saved; "
+        "retry shortly",
         True,
         logging.WARNING,
     ),

@@ -31,6 +31,7 @@ def test_all_is_pinned_and_sorted() -> None:
         "Repository",
         "SerializationFailure",
         "ServerFull",
+        "ServerReadOnly",
         "Settings",
         "StatementTimeout",
         "TransactionRolledBack",
@@ -50,7 +51,7 @@ def test_every_error_derives_from_the_base() -> None:
     """Every public exception is a UnitOfWorkError, so one except clause catches them all."""
     errors = [getattr(uow, name) for name in uow.__all__ if name[0].isupper()]
     errors = [e for e in errors if isinstance(e, type) and issubclass(e, BaseException)]
-    assert len(errors) == 14  # AsyncRepository and AsyncUnitOfWork are not errors
+    assert len(errors) == 15  # AsyncRepository and AsyncUnitOfWork are not errors
     for error in errors:
         assert issubclass(error, uow.UnitOfWorkError)
 

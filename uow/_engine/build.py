@@ -150,7 +150,7 @@ def _install_events(
 
     @event.listens_for(engine, "handle_error")
     def _translate(context: ExceptionContext) -> BaseException | None:
-        return translate(context, settings, budget.known if budget is not None else None)
+        return translate(context, settings, budget.known if budget is not None else None, marks)
 
 
 def transaction_options(readonly: bool, isolation: str | None) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import psycopg
 from sqlalchemy.engine import ExceptionContext, make_url
@@ -13,10 +14,15 @@ from .._errors import (
     DeadlockDetected,
     SerializationFailure,
     ServerFull,
+    ServerReadOnly,
     StatementTimeout,
 )
 from .._settings import Settings, secret_parameters
 from .budget import Budget
+from .read_only import READ_ONLY_SQLSTATE, server_read_only
+
+if TYPE_CHECKING:
+    from .servers import ServerMarks
 
 __all__ = ["first_line", "hide_secrets", "server_full", "translate"]
 
@@ -46,7 +52,8 @@ def ends_session(sqlstate: str | None) -> bool:
 
 
 def _sqlstate(exc: BaseException) -> str | None:
-    """The error's SQLSTATE, or the one of a session-ending error it was raised while handling.
+    """The error's SQLSTATE, or the one of a session-ending (or 25006) error it was raised while
+    handling.
 
     A backend terminated in the middle of a pipeline (psycopg's executemany, the ORM's
     batched flush) surfaces as ``OperationalError: cannot exit pipeline mode while busy``,
@@ -60,7 +67,9 @@ def _sqlstate(exc: BaseException) -> str | None:
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         found = getattr(cause, "sqlstate", None)
-        if isinstance(cause, psycopg.Error) and ends_session(found):
+        if isinstance(cause, psycopg.Error) and (
+            ends_session(found) or found == READ_ONLY_SQLSTATE
+        ):
             return str(found)
         cause = cause.__cause__ or cause.__context__
     return None
@@ -103,13 +112,17 @@ def first_line(exc: BaseException) -> str:
 
 
 def translate(  # noqa: PLR0911 - one return per kind of error reads best
-    context: ExceptionContext, settings: Settings, budget: Budget | None = None
+    context: ExceptionContext,
+    settings: Settings,
+    budget: Budget | None = None,
+    marks: ServerMarks | None = None,
 ) -> BaseException | None:
     """Map a driver error to the most specific uow exception, or None to keep SQLAlchemy's.
 
     ``budget`` is the server's numbers when uow has read them (for a full server's message:
     no query is sent on that path). Also marks errors that ended the session as
-    disconnects, so SQLAlchemy discards the connection instead of returning it to the pool.
+    disconnects, so SQLAlchemy discards the connection instead of returning it to the pool,
+    and a server that refused a write to a transaction that may write in ``marks``.
     """
     original = context.original_exception
     if context.is_pre_ping or not isinstance(original, Exception):
@@ -129,6 +142,10 @@ def translate(  # noqa: PLR0911 - one return per kind of error reads best
             f"{hide_secrets(first_line(original), settings)}. "
             "Check that the server is running and reachable, and the user and password."
         )
+    if sqlstate == READ_ONLY_SQLSTATE and context.connection is not None:
+        read_only = _read_only_server(context, settings, marks)
+        if read_only is not None:
+            return read_only
     if isinstance(original, psycopg.errors.QueryCanceled):
         return StatementTimeout(
             f"the server cancelled a statement: {first_line(original)}. The limit is the "
@@ -153,6 +170,30 @@ def translate(  # noqa: PLR0911 - one return per kind of error reads best
             "running the unit of work again is safe."
         )
     return None
+
+
+def _read_only_server(
+    context: ExceptionContext, settings: Settings, marks: ServerMarks | None
+) -> ServerReadOnly | None:
+    """25006 in a transaction that may write: the server is read-only; None in a read-only one.
+
+    A unit declared ``readonly=True`` runs ``BEGIN READ ONLY`` (psycopg's ``read_only``,
+    set by SQLAlchemy for ``postgresql_readonly``): a write there is the caller's bug, and
+    stays SQLAlchemy's error.
+    """
+    assert context.connection is not None
+    driver = context.connection.connection.driver_connection
+    if driver is None or driver.read_only:
+        return None
+    # Discarded like a dead connection, but only this server's connections are replaced
+    # (by marks), not the whole pool: with several hosts, the others' are fine.
+    context.is_disconnect = True
+    context.invalidate_pool_on_disconnect = False
+    if marks is not None:
+        marks.mark_connection(driver, f"SQLSTATE {READ_ONLY_SQLSTATE}")
+    return server_read_only(
+        settings, driver, f"{first_line(context.original_exception)} (SQLSTATE 25006)"
+    )
 
 
 def _secrets(settings: Settings) -> Iterator[str]:

@@ -17,14 +17,15 @@ from typing import Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-__all__ = ["LeftServer", "ServerMarks", "server_of"]
+__all__ = ["LeftServer", "ServerMarks", "marks_of", "server_of"]
 
 logger = logging.getLogger("uow")
 
 _SERVER = "uow_server"  # record.info: (host, port) the connection reached
 _OPENED = "uow_opened"  # record.info: time.monotonic() when it was opened
+_MARKS = "uow_marks"  # record.info: the ServerMarks, for listeners given only a connection
 
 Server = tuple[str, str]
 
@@ -85,6 +86,7 @@ class ServerMarks:
         @event.listens_for(engine, "connect")
         def _opened(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
             record.info[_OPENED] = time.monotonic()
+            record.info[_MARKS] = self
             try:
                 record.info[_SERVER] = server_of(dbapi_connection)
             except Exception:  # noqa: BLE001 - a driver without conninfo: never marked
@@ -96,3 +98,8 @@ class ServerMarks:
             # replace a connection at checkout.
             if self.stale(record):
                 raise LeftServer("the connection's server was left (read-only or hung)")
+
+
+def marks_of(pooled: PoolProxiedConnection) -> ServerMarks | None:
+    """The :class:`ServerMarks` of the engine whose pool ``pooled`` came from, if installed."""
+    return pooled.info.get(_MARKS)
