@@ -200,7 +200,7 @@ class WriterLoad:
 
             start = time.monotonic()
             try:
-                uow.run_transaction(insert, database=self.database, wait=WAIT)  # type: ignore[call-arg]
+                uow.run_transaction(insert, database=self.database, wait=WAIT)
             except Exception as exc:  # noqa: BLE001 (recorded: it reached the caller)
                 self._record(writer, key, start, exc)
             else:
@@ -216,7 +216,7 @@ class WriterLoad:
 
                 start = time.monotonic()
                 try:
-                    await uow.run_transaction_async(insert, database=self.database, wait=WAIT)  # type: ignore[call-arg]
+                    await uow.run_transaction_async(insert, database=self.database, wait=WAIT)
                 except Exception as exc:  # noqa: BLE001 (recorded: it reached the caller)
                     self._record(writer, key, start, exc)
                 else:

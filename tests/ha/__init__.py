@@ -1,0 +1,1 @@
+"""High availability: failovers, read-only primaries and hung servers, on real clusters."""
