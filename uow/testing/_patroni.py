@@ -172,9 +172,11 @@ class PatroniCluster:
         Args:
             nodes: Number of PostgreSQL nodes, at least 2.
             ttl: Patroni's leader key ttl, in seconds: how long a dead leader keeps the
-                lock. At least ``loop_wait + 2 * retry_timeout`` (Patroni's rule).
+                lock. At least ``loop_wait + 2 * retry_timeout`` (Patroni's rule), so at
+                least 5; Patroni 3.0.2 has no minimum of its own (later releases ask 20).
             loop_wait: Seconds between Patroni's cycles, at least 1.
-            retry_timeout: Seconds Patroni retries etcd and PostgreSQL before giving up.
+            retry_timeout: Seconds Patroni retries etcd and PostgreSQL before giving up, at
+                least 2.
             synchronous_mode: Patroni's ``synchronous_mode``.
             settings: Extra PostgreSQL settings for every node (``max_connections``, ...).
             bin_dir: PostgreSQL's bin directory (Patroni's ``bin_dir``).
@@ -187,10 +189,14 @@ class PatroniCluster:
         """
         if nodes < 2:
             raise ValueError(f"nodes must be at least 2 (a leader and a standby), got {nodes}")
-        if loop_wait < 1 or retry_timeout < 1:
+        if loop_wait < 1:
+            raise ValueError(f"loop_wait must be at least 1 s, got {loop_wait}")
+        if retry_timeout < 2:
+            # Measured with Patroni 3.0.2: with 1 s, the standby's every cycle after the
+            # leader's death ends in "Error communicating with DCS" and it never takes over.
             raise ValueError(
-                f"loop_wait and retry_timeout must be at least 1 s, got {loop_wait} and "
-                f"{retry_timeout}"
+                f"retry_timeout must be at least 2 s (with less, Patroni 3.0.2 never fails "
+                f"over), got {retry_timeout}"
             )
         if ttl < loop_wait + 2 * retry_timeout:
             raise ValueError(
