@@ -1,1 +1,1 @@
-"""High availability: failovers, read-only primaries and hung servers, on real clusters."""
+"""High availability: failovers, read-only primaries and hung servers, on real servers."""
