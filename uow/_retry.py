@@ -147,9 +147,12 @@ class _Call:
     """The attempts of one call of a :class:`RetryPolicy`: what to retry, and when.
 
     Outage errors (:data:`_OUTAGE`) are retried until ``wait`` seconds have passed since
-    the first of them, without using up ``retries``; after that, or with ``wait=0``,
+    the first of them, without using up ``retries`` (an outage after the database has
+    answered again starts a new wait; each ends in a commit or in an error that
+    ``retries`` bounds, so a call cannot wait for ever); after that, or with ``wait=0``,
     they follow the rules without waiting: ``ConnectionLost`` and ``ServerFull`` are
-    retried ``retries`` times, any other ``DatabaseUnavailable`` is raised. The other
+    retried ``retries`` times (``ServerReadOnly`` too: it is a ``TransientError``), any
+    other ``DatabaseUnavailable`` is raised. The other
     transient errors (serialization failures, deadlocks) use ``retries`` only.
     """
 
@@ -303,11 +306,12 @@ def run_transaction(
 
     Retried ``retries`` times: :class:`~uow.SerializationFailure` (40001),
     :class:`~uow.DeadlockDetected` (40P01), :class:`~uow.ConnectionLost` (the connection
-    died before COMMIT was sent, so nothing was kept) and :class:`~uow.ServerFull`
+    died before COMMIT was sent, so nothing was kept), :class:`~uow.ServerFull`
     (53300: no slot on the server; the retries wait for one, as a checkout waits for a
-    pooled connection). Between these it sleeps with full-jitter exponential backoff: a
-    random time up to ``min(max_backoff, backoff * 2**attempt)`` seconds, so retries
-    from many callers spread out instead of colliding again.
+    pooled connection) and :class:`~uow.ServerReadOnly` (25006: the server cannot take
+    writes; its connections are replaced). Between these it sleeps with full-jitter
+    exponential backoff: a random time up to ``min(max_backoff, backoff * 2**attempt)``
+    seconds, so retries from many callers spread out instead of colliding again.
 
     Waiting out a failover: while the database is unavailable (down, restarting, full,
     read-only: any :class:`~uow.DatabaseUnavailable`) or a connection is lost before

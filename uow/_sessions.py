@@ -6,7 +6,7 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from ._engine.classify import first_line
+from ._engine.classify import ended_before_commit, first_line
 from ._engine.monitor import stop_watching
 from ._errors import CommitOutcomeUnknown, ConnectionLost
 
@@ -34,13 +34,19 @@ def close_session(session: Session) -> None:
 
 
 def commit_session(session: Session) -> None:
-    """Flush, then commit; a connection lost during COMMIT raises CommitOutcomeUnknown."""
+    """Flush, then commit; a connection lost during COMMIT raises CommitOutcomeUnknown.
+
+    Unless the server had ended the session before it read the COMMIT (25P03): then
+    it rolled the transaction back, and the ConnectionLost stands (retried).
+    """
     # Flush first, so that a connection lost now is known to be lost before COMMIT
     # was sent (nothing kept, safe to retry); lost during commit() it may have landed.
     session.flush()
     try:
         session.commit()
     except ConnectionLost as exc:
+        if ended_before_commit(exc):
+            raise
         raise CommitOutcomeUnknown(
             "the connection was lost while COMMIT was in flight, so the transaction may or may "
             "not have committed. It is not retried automatically: check whether its effects "

@@ -3,7 +3,8 @@
 The database comes from ``DATABASE_URL`` (and the ``UOW_*`` settings), through
 uow's default database. Results go to stdout, one fact per line. Exit status: 0 on
 success, 1 on a domain or database error (one line on stderr, no traceback), 2 on
-bad usage.
+bad usage. Writes wait out a failover for up to ``UOW_FAILOVER_WAIT`` seconds (see
+:func:`_writing`); reads report an unreachable server at once.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import os
 import sys
 import uuid
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from psycopg import errors as pg_errors
 from sqlalchemy.exc import DBAPIError
 
-from uow import UnitOfWorkError, get_database
+from uow import UnitOfWorkError, get_database, run_transaction
 
 from . import services
 from .health import MIGRATE_HINT
@@ -25,6 +27,8 @@ from .services import BankError
 from .unit_of_work import BankUnitOfWork
 
 __all__ = ["main"]
+
+T = TypeVar("T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,23 +58,39 @@ def _explain(exc: Exception) -> str:
     return first
 
 
+def _writing(write: Callable[[], T]) -> T:
+    """Run a write service, again in a fresh transaction while the database fails over.
+
+    ``run_transaction`` opens the unit of work and the service's own ``BankUnitOfWork()``
+    joins it, so a server that is down, failing over, full or read-only, or a connection
+    lost before COMMIT, is retried for up to ``UOW_FAILOVER_WAIT`` seconds (10 by
+    default; its ``wait=`` would override it). Nothing was written in those cases, and
+    the idempotency key makes a deposit or transfer apply once whatever happens.
+    """
+    return run_transaction(lambda _unit: write(), unit_of_work=BankUnitOfWork)
+
+
 def _open(args: argparse.Namespace) -> int:
-    account_id = services.open_account(BankUnitOfWork(), args.owner, args.initial)
+    account_id = _writing(lambda: services.open_account(BankUnitOfWork(), args.owner, args.initial))
     print(account_id)  # alone on its line, for scripts: ID=$(python -m examples.bank open ann)
     return 0
 
 
 def _deposit(args: argparse.Namespace) -> int:
     key = args.key or _new_key()
-    balance = services.deposit(BankUnitOfWork(), args.account_id, args.amount, key=key)
+    balance = _writing(
+        lambda: services.deposit(BankUnitOfWork(), args.account_id, args.amount, key=key)
+    )
     print(f"account {args.account_id} balance {balance} (key {key})")
     return 0
 
 
 def _transfer(args: argparse.Namespace) -> int:
     key = args.key or _new_key()
-    result = services.transfer(
-        BankUnitOfWork(), args.source_id, args.target_id, args.amount, key=key
+    result = _writing(
+        lambda: services.transfer(
+            BankUnitOfWork(), args.source_id, args.target_id, args.amount, key=key
+        )
     )
     replayed = "; already done earlier, nothing changed" if result.replayed else ""
     print(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +15,7 @@ from psycopg import sql
 from sqlalchemy import make_url
 
 from tests.helpers import run_python
-from uow import Database
+from uow import Database, migrations
 from uow.testing import EmbeddedPostgres
 
 
@@ -92,3 +94,30 @@ def test_wrong_password_says_so() -> None:
 
     assert line.startswith("error: could not connect to "), line
     assert "password authentication failed" in line
+
+
+def test_a_deposit_waits_out_a_server_restart() -> None:
+    """A deposit made while the server is down for 2 s lands once it is back, once."""
+    with EmbeddedPostgres() as server:
+        migrations.upgrade(server.url, "head")
+        env = {"DATABASE_URL": server.url, "UOW_CONNECT_TIMEOUT": "2"}
+        opened = run_python("-m", "examples.bank", "open", "ann", **env)
+        assert opened.returncode == 0, opened.stderr
+        account = opened.stdout.strip()
+        server.stop("fast")
+        back = threading.Timer(2.0, server.start)
+        back.start()
+        started = time.monotonic()
+        try:
+            done = run_python(
+                "-m", "examples.bank", "deposit", account, "500", "--key", "k1", **env
+            )
+        finally:
+            back.join()
+        elapsed = time.monotonic() - started
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"account {account} balance 500 "), done.stdout
+        assert "retrying for up to 10s" in done.stderr  # uow's one warning while it waited
+        assert 1.5 < elapsed < 12  # waited for the server, well within UOW_FAILOVER_WAIT
+        again = run_python("-m", "examples.bank", "deposit", account, "500", "--key", "k1", **env)
+        assert again.stdout.startswith(f"account {account} balance 500 "), again.stdout

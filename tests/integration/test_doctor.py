@@ -197,3 +197,17 @@ def test_a_timeout_set_on_the_role_is_not_reported_disabled(
         assert "lock_timeout_disabled" in codes
     finally:
         admin.execute(f'DROP ROLE "{role}"')
+
+
+def test_the_port_reached_is_compared_not_the_urls(
+    postgres_url: str, app_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL without a port (libpq takes PGPORT): the server's port is the one reached, so
+    no "proxy in between" (the URL's default 5432 was compared before)."""
+    server = make_url(postgres_url)
+    monkeypatch.setenv("PGPORT", str(server.port))
+    url = server._replace(port=None).render_as_string(hide_password=False)
+    report = diagnose(Settings(url=url, application_name=app_name))
+    assert report.server["port"] == server.port
+    assert report.pgbouncer == {"detected": False}
+    assert "proxy_in_between" not in {w.code for w in report.warnings}

@@ -9,6 +9,7 @@ from sqlalchemy import JSON, String, func
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+import uow
 from tests.models import Account, Item, ItemRepository, ShopUnitOfWork
 from uow import Repository, UnitOfWork, UsageError
 from uow.testing import FakeUnitOfWork, InMemoryRepository, InMemoryStore, fake
@@ -221,3 +222,23 @@ def test_standalone_repository() -> None:
         assert unit.items.count() == 1
     with pytest.raises(UsageError, match="does not know its model"):
         InMemoryRepository(store)
+
+
+def test_run_transaction_retries_a_fake_unit_of_work() -> None:
+    """Domain code retried by run_transaction runs again on a fake, keeping only the last try."""
+    store = InMemoryStore()
+    attempts: list[int] = []
+
+    def deposit(unit: ShopUnitOfWork) -> int:
+        attempts.append(1)
+        unit.accounts.add(Account(owner=f"try-{len(attempts)}", balance=len(attempts)))
+        if len(attempts) < 3:
+            raise uow.SerializationFailure("conflict (SQLSTATE 40001)")
+        return len(attempts)
+
+    def unit_of_work(store_: InMemoryStore | None, **options: Any) -> ShopUnitOfWork:
+        return fake(ShopUnitOfWork, store=store_, **options)
+
+    assert uow.run_transaction(deposit, unit_of_work=unit_of_work, database=store) == 3  # type: ignore[arg-type]
+    with fake(ShopUnitOfWork, store=store, readonly=True) as unit:
+        assert [a.owner for a in unit.accounts.list()] == ["try-3"]

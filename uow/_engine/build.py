@@ -17,11 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from .._errors import ConfigurationError
 from .._settings import Settings
 from .budget import install_budget_gate, is_marked, process_name
-from .classify import server_full, translate
+from .classify import read_only_at_login, server_full, translate
 from .liveness import install_checkout_checks
 from .metrics import install_metrics
 from .outage import ConnectGate
 from .pool import AsyncQueuePool, FairQueuePool, share_limit
+from .read_only import install_read_only_notes
 from .servers import ServerMarks
 from .session_state import install_session_state_warnings
 from .timeouts import install_session_timeouts
@@ -107,6 +108,7 @@ def _install_events(
     # without pinging it (a hung server would not answer the ping).
     marks = ServerMarks()
     marks.install(engine)
+    install_read_only_notes(engine)
     install_checkout_checks(
         engine,
         pre_ping=settings.pool_pre_ping,
@@ -137,9 +139,9 @@ def _install_events(
             connection = dialect.connect(*cargs, **cparams)
         except Exception as exc:
             metrics.connect_done(started, ok=False)
-            if server_full(exc):
-                # The server answered: it is up, only full. Backing off would refuse it
-                # for up to a second after a slot frees; callers retry instead.
+            if server_full(exc) or read_only_at_login(exc):
+                # The server answered: it is up, only full (or read-only, for now). Backing
+                # off would refuse it for up to a second after that passes; callers retry.
                 outage.succeeded()
             else:
                 outage.failed(exc)

@@ -24,7 +24,14 @@ from .read_only import READ_ONLY_SQLSTATE, server_read_only
 if TYPE_CHECKING:
     from .servers import ServerMarks
 
-__all__ = ["first_line", "hide_secrets", "server_full", "translate"]
+__all__ = [
+    "ended_before_commit",
+    "first_line",
+    "hide_secrets",
+    "read_only_at_login",
+    "server_full",
+    "translate",
+]
 
 # A login refused for lack of a slot is SQLSTATE 53300, but libpq does not expose the
 # SQLSTATE of an error received while logging in (psycopg's ``sqlstate`` is None there;
@@ -40,6 +47,11 @@ _SERVER_FULL = (
     "FATAL:  too many connections for database",
 )
 
+# libpq's own refusals of a server for target_session_attrs=read-write or primary: its
+# checks, not a server error, so no SQLSTATE; English unless the client's locale
+# translates libpq. With several hosts the message lists each host's failure.
+_READ_ONLY_AT_LOGIN = ("failed: session is read-only", "failed: server is in hot standby mode")
+
 # Errors after which the session is gone: connection exceptions (class 08), the
 # server shutting down or the backend terminated (57P01-57P03), a session ended by
 # idle_in_transaction_session_timeout (25P03) or idle_session_timeout (57P05).
@@ -49,6 +61,17 @@ _SESSION_ENDED = frozenset({"57P01", "57P02", "57P03", "57P05", "25P03"})
 def ends_session(sqlstate: str | None) -> bool:
     """Tell whether an error with this SQLSTATE means the server ended the session."""
     return sqlstate is not None and (sqlstate.startswith("08") or sqlstate in _SESSION_ENDED)
+
+
+def ended_before_commit(lost: BaseException) -> bool:
+    """Tell whether a connection lost at COMMIT was ended before the server read COMMIT.
+
+    ``lost`` is the :class:`~uow.ConnectionLost` raised by the commit. SQLSTATE 25P03:
+    idle_in_transaction_session_timeout ended the session while it waited, idle, for the
+    COMMIT, so the server rolled the transaction back.
+    """
+    cause = lost.__cause__
+    return cause is not None and _sqlstate(cause) == "25P03"
 
 
 def _sqlstate(exc: BaseException) -> str | None:
@@ -81,6 +104,12 @@ def server_full(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, psycopg.OperationalError) and any(t in text for t in _SERVER_FULL)
+
+
+def read_only_at_login(exc: BaseException) -> bool:
+    """Tell whether libpq refused a server (one of the hosts at least) as read-only."""
+    text = str(exc)
+    return isinstance(exc, psycopg.OperationalError) and any(t in text for t in _READ_ONLY_AT_LOGIN)
 
 
 def _server_full_error(
@@ -135,6 +164,15 @@ def translate(  # noqa: PLR0911 - one return per kind of error reads best
         context.is_disconnect = True
     if context.connection is None and server_full(original):
         return _server_full_error(original, settings, budget)
+    if context.connection is None and read_only_at_login(original):
+        return ServerReadOnly(
+            f"no server of {settings.masked_url} could take writes: "
+            f"{hide_secrets(first_line(original), settings)} (target_session_attrs refused "
+            "a read-only one). Nothing was written, and run_transaction retries: during a "
+            "failover a new primary is usually writable within seconds. If it lasts, check "
+            "that the URL lists the writable host and the servers' "
+            "default_transaction_read_only."
+        )
     if context.connection is None and isinstance(original, psycopg.OperationalError):
         return DatabaseUnavailable(
             f"could not connect to {settings.masked_url} "
@@ -162,6 +200,15 @@ def translate(  # noqa: PLR0911 - one return per kind of error reads best
         return DeadlockDetected(
             f"{first_line(original)} (SQLSTATE 40P01): the transaction was rolled back; run it "
             "again, and lock rows in a consistent order (e.g. by primary key) to avoid it"
+        )
+    if sqlstate == "25P03":
+        return ConnectionLost(
+            f"{first_line(original)} (SQLSTATE 25P03): the unit of work held its transaction "
+            "open and idle for longer than idle_in_transaction_session_timeout (uow's "
+            f"UOW_IDLE_IN_TRANSACTION_TIMEOUT={settings.idle_in_transaction_timeout:g}s unless "
+            "the URL or server sets it), so the server rolled it back and ended the session: "
+            "nothing was written, and running it again is safe. Do slow work (HTTP calls, "
+            "sleeps) outside the unit of work, or raise the timeout."
         )
     if context.is_disconnect:
         return ConnectionLost(

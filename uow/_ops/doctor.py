@@ -6,32 +6,31 @@ mode too), reads the server's limits, who holds
 connections, transactions left open and the longest statements, the standbys
 streaming from it, then checks the connection budget and the settings. Each
 configured read replica gets one connection too, for its recovery state, its lag and
-its own budget. With several hosts in the URL, each is named with its state (one short
-connection to each when there are several; never libpq's default host). The report is
-plain text or JSON; the exit code says whether anything
-needs action (0 no, 1 yes, 2 the server could not be reached).
+its own budget. With several hosts in the URL, each is shown with its role, whether it
+answers and its lag (:mod:`uow._ops.doctor_hosts`: one short connection to each; never
+libpq's default host), also when no host could be connected to. The report is plain
+text or JSON; the exit code says whether anything needs action (0 no, 1 yes, 2 the
+server could not be reached).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-import psycopg
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from .._conninfo import connect_kwargs, hosts, user_parameters
 from .._database import Database
 from .._engine.budget import read_budget
-from .._engine.classify import first_line
 from .._engine.timeouts import TIMEOUT_PARAMETERS
 from .._errors import UnitOfWorkError
 from .._settings import Settings
 from . import pooler
 from .activity import collect_activity, render_activity, table
+from .doctor_hosts import host_findings, host_rows, lag_findings, read_hosts, read_role
 from .doctor_replicas import (
     DEFAULT_MAX_REPLICA_LAG,
     read_replica,
@@ -91,29 +90,26 @@ def diagnose(
     with _connect(settings) as raw:
         _read_server(raw, report)
         # The host libpq chose, among several; its socket directory for a unix socket.
-        report.server["host"], report.server["port"] = raw.info.host, raw.info.port
+        reached = (str(raw.info.host), int(raw.info.port))
+        report.server["host"], report.server["port"] = reached
         server_port, pooled = _read_defaults(raw, report)
         report.budget = _budget(raw, settings)
         in_recovery, wal_lsn = read_wal_position(raw)
         report.server["in_recovery"] = in_recovery
-        if not in_recovery:
-            report.replication = read_replication(raw)
-    report.pgbouncer = pooler.detect(settings, server_port, pooled=pooled)
+        main = read_role(raw)
+        report.server["role"] = main["role"]
+        if in_recovery:
+            main.update(read_replica(raw, None))
+        else:
+            report.replication = main["standbys"] = read_replication(raw)
+    report.pgbouncer = pooler.detect(settings, reached, server_port, pooled=pooled)
     # Behind PgBouncer the pools hold client connections; PgBouncer bounds the server's.
     report.budget["applies"] &= not report.pgbouncer.get("detected")
     report.replicas = [_read_replica(settings, url, wal_lsn) for url in settings.replica_urls]
-    report.hosts = _read_hosts(settings, report.server)
+    report.hosts = read_hosts(settings, reached, main)
     report.warnings = _warnings(settings, report, idle_threshold)
-    report.warnings += [
-        Finding(
-            "host_unreachable",
-            f"host {h['host']}:{h['port']} of the URL cannot be reached ({h['error']})",
-            "libpq tries the next host; if this one is gone for good, remove it from the URL",
-            False,
-        )
-        for h in report.hosts
-        if not h["reachable"]
-    ]
+    report.warnings += host_findings(settings, report.hosts)
+    report.warnings += lag_findings(report.hosts, max_replica_lag)
     report.warnings += replica_findings(report.replicas, max_replica_lag)
     return report
 
@@ -165,39 +161,6 @@ def _budget(raw: Any, settings: Settings) -> dict[str, Any]:
         "exceeded": budget.needed > budget.available,
         "applies": settings.pgbouncer == "off",
     }
-
-
-def _read_hosts(settings: Settings, server: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each host of the URL: the one connected to, and with several, a probe of each."""
-    listed = hosts(user_parameters(make_url(settings.url), settings.engine_options))
-    connected = (str(server["host"]), str(server["port"]))
-    found = []
-    for host, port in listed:
-        entry: dict[str, Any] = {"host": host, "port": port, "connected": False}
-        if len(listed) == 1:
-            entry.update(host=connected[0], port=connected[1], connected=True, reachable=True)
-            entry["in_recovery"] = server.get("in_recovery")
-        else:
-            entry.update(_probe_host(settings, host, port))
-            entry["connected"] = (host, port or connected[1]) == connected
-        found.append(entry)
-    return found
-
-
-def _probe_host(settings: Settings, host: str, port: str) -> dict[str, Any]:
-    """Whether one host answers, and whether it is a standby: one short connection."""
-    one = settings.replace(pgbouncer="transaction")  # no startup options: PgBouncer too
-    # Every parameter of the URL (TLS, user, options), but this host only, whatever it is.
-    kwargs = {**connect_kwargs(one), "host": host, "port": port, "autocommit": True}
-    kwargs["target_session_attrs"] = "any"
-    kwargs.pop("load_balance_hosts", None)
-    try:
-        with psycopg.connect(**kwargs) as connection:
-            row = connection.execute("SELECT pg_is_in_recovery()").fetchone()
-    except psycopg.Error as exc:
-        # libpq's connection messages name the host and user, never the password.
-        return {"reachable": False, "error": f"{type(exc).__name__}: {first_line(exc)}"}
-    return {"reachable": True, "in_recovery": bool(row and row[0])}
 
 
 def _read_replica(settings: Settings, url: str, primary_lsn: str | None) -> dict[str, Any]:
@@ -318,27 +281,47 @@ def render(report: Report) -> str:
         lines += ["PgBouncer", *table(keys, [[bouncer[k] for k in keys]]), ""]
     for title, headers, rows in replication_tables(report.replication, report.replicas):
         lines += [title, *table(headers, rows), ""]
-    if len(report.hosts) > 1:
-        rows = [
-            [
-                h["host"],
-                h["port"],
-                ("standby" if h["in_recovery"] else "primary") if h["reachable"] else "DOWN",
-                "yes" if h["connected"] else "",
-            ]
-            for h in report.hosts
-        ]
-        lines += ["Hosts (in the order libpq tries them)"]
-        lines += [*table(["host", "port", "state", "connected"], rows), ""]
-    if report.warnings:
+    lines += _hosts_and_warnings(report.hosts, report.warnings)
+    # Warnings quote application names and replicas' errors: the server's text.
+    return printable("\n".join(lines), keep_newlines=True)
+
+
+def _hosts_and_warnings(hosts: list[dict[str, Any]], warnings: list[Finding]) -> list[str]:
+    lines = []
+    if len(hosts) > 1:
+        headers, rows = host_rows(hosts)
+        lines += ["Hosts (in the order libpq tries them)", *table(headers, rows), ""]
+    if warnings:
         lines.append("Warnings")
-        for w in report.warnings:
+        for w in warnings:
             tag = "ACTION" if w.action else "advice"
             lines.append(f"  [{tag}] {w.message}\n           -> {w.advice}")
     else:
         lines.append("No warnings.")
-    # Warnings quote application names and replicas' errors: the server's text.
-    return printable("\n".join(lines), keep_newlines=True)
+    return lines
+
+
+def _unreachable(settings: Settings, reason: str, *, as_json: bool, out: TextIO) -> None:
+    """With several hosts and no connection, what each one is: none writable, during a
+    failover, is when this matters most."""
+    hosts = read_hosts(settings, None, {})
+    if not hosts:
+        return
+    warnings = host_findings(settings, hosts)
+    if as_json:
+        data = {
+            "url": settings.masked_url,
+            "application_name": settings.application_name,
+            "error": reason,
+            "hosts": hosts,
+            "warnings": [dataclasses.asdict(w) for w in warnings],
+            "exit_code": EXIT_UNREACHABLE,
+        }
+        print(json.dumps(data, indent=2, sort_keys=True), file=out)
+        return
+    lines = [f"uow doctor: no connection to {settings.masked_url}; its hosts:", ""]
+    lines += _hosts_and_warnings(hosts, warnings)
+    print(printable("\n".join(lines), keep_newlines=True), file=out)
 
 
 def _budget_lines(budget: dict[str, Any]) -> list[str]:
@@ -389,6 +372,7 @@ def run(
         # The masked URL, then libpq's reason with the passwords hidden.
         reason = describe_failure(exc, settings)
         print(f"uow doctor: cannot reach {settings.masked_url}: {reason}", file=err)
+        _unreachable(settings, reason, as_json=as_json, out=out)
         return EXIT_UNREACHABLE
     if as_json:
         print(json.dumps(report.as_dict(), indent=2, sort_keys=True), file=out)

@@ -16,7 +16,8 @@ database name changed (:func:`side_connect_args`), so the password never travels
 weaker connection than the application's.
 
 Without console access the one hint left is the port: the server reports the port it
-listens on, which differs from the URL's when something sits in between.
+listens on, which differs from the port the connection reached (``conn.info.port``, the
+one libpq chose among the URL's hosts) when something sits in between.
 """
 
 from __future__ import annotations
@@ -53,11 +54,15 @@ def side_connect_args(settings: Settings, **changes: Any) -> dict[str, Any]:
     return params
 
 
-def detect(settings: Settings, server_port: int | None, *, pooled: bool) -> dict[str, Any]:
+def detect(
+    settings: Settings, reached: tuple[str, int], server_port: int | None, *, pooled: bool
+) -> dict[str, Any]:
     """Describe what the URL leads to.
 
     Args:
         settings: The application's settings (URL and ``pgbouncer``).
+        reached: The host and port the doctor's connection reached (``conn.info``): with
+            several hosts in the URL, the one libpq chose.
         server_port: ``inet_server_port()`` as the server reported it (None on a socket).
         pooled: The connection's startup process id differs from ``pg_backend_pid()``,
             as behind PgBouncer; with ``settings.pgbouncer`` "off" and this false, the
@@ -66,15 +71,17 @@ def detect(settings: Settings, server_port: int | None, *, pooled: bool) -> dict
     Returns:
         ``{"detected": True, "via": "console", "version", "pool_mode",
         "max_prepared_statements", "default_pool_size", "max_client_conn"}`` when the
-        console answered; else ``{"detected": None, "via": "port", ...}`` when the ports
-        differ (a proxy of some kind), or ``{"detected": False}``.
+        console answered; else ``{"detected": None, "via": "port", ...}`` when the port
+        reached differs from the server's (a proxy of some kind), or ``{"detected": False}``.
     """
-    params = side_connect_args(settings, dbname="pgbouncer", autocommit=True)
-    ports = {port for _, port in hosts(params)}
-    # One port for every host, or no single port the server's could be compared with.
-    url_port = int(ports.pop() or 5432) if len(ports) == 1 else None
+    port = reached[1]
     if not pooled and settings.pgbouncer == "off":
-        return _port_hint(url_port, server_port)
+        return _port_hint(port, server_port)
+    # The host reached, not the URL's list: with target_session_attrs, libpq would ask
+    # each console whether it is read-only, which it cannot answer.
+    params = side_connect_args(settings, dbname="pgbouncer", autocommit=True)
+    params.update(_one_host(params, reached), target_session_attrs="any")
+    params.pop("load_balance_hosts", None)
     try:
         with psycopg.connect(**params) as console:
             # The console speaks the simple query protocol only: no parameters, no prepare.
@@ -82,7 +89,7 @@ def detect(settings: Settings, server_port: int | None, *, pooled: bool) -> dict
             version_row = console.execute("SHOW VERSION", prepare=False).fetchone()
     except psycopg.Error:
         # Not PgBouncer (no such database), or a user without console rights.
-        return _port_hint(url_port, server_port)
+        return _port_hint(port, server_port)
     return {
         "detected": True,
         "via": "console",
@@ -95,9 +102,23 @@ def detect(settings: Settings, server_port: int | None, *, pooled: bool) -> dict
     }
 
 
-def _port_hint(url_port: int | None, server_port: int | None) -> dict[str, Any]:
-    if server_port is not None and url_port is not None and server_port != url_port:
-        return {"detected": None, "via": "port", "url_port": url_port, "server_port": server_port}
+def _one_host(params: dict[str, Any], reached: tuple[str, int]) -> dict[str, Any]:
+    """``host``, ``port`` (and ``hostaddr``) of the one host reached among the URL's."""
+    host, port = reached
+    listed = hosts(params)
+    found: dict[str, Any] = {"host": host, "port": str(port)}
+    addresses = str(params.get("hostaddr") or "").split(",")
+    if len(addresses) == len(listed) > 1:
+        # libpq reports the host name as given; its address sits at the same position.
+        names = [name for name, _ in listed]
+        found["hostaddr"] = addresses[names.index(host)] if host in names else addresses[0]
+    return found
+
+
+def _port_hint(port: int, server_port: int | None) -> dict[str, Any]:
+    # url_port: the port the connection reached, which is the URL's (one of its ports).
+    if server_port is not None and server_port != port:
+        return {"detected": None, "via": "port", "url_port": port, "server_port": server_port}
     return {"detected": False}
 
 
@@ -108,8 +129,8 @@ def findings(settings: Settings, found: dict[str, Any]) -> list[Finding]:
         return [
             Finding(
                 "proxy_in_between",
-                f"the server listens on port {found['server_port']} but the URL uses port "
-                f"{found['url_port']}: a pooler or proxy sits in between",
+                f"the server listens on port {found['server_port']} but the connection "
+                f"reached port {found['url_port']}: a pooler or proxy sits in between",
                 "if it is PgBouncer in transaction mode, set UOW_PGBOUNCER=transaction "
                 "(prepared statements and session settings break there otherwise)",
                 False,

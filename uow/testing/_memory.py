@@ -130,6 +130,10 @@ class FakeUnitOfWork(UnitOfWork):
         """Always raises UsageError: a fake unit of work has no database."""
         raise UsageError(f"{type(self).__name__} is an in-memory fake and has no database")
 
+    def _begin_retry(self) -> bool:
+        # As the real one: no retry while a unit on the same store is open around this one.
+        return self.store._active is None
+
     def flush(self) -> None:
         """Insert pending objects (assigning keys and defaults) and check constraints."""
         self._transaction()
