@@ -15,6 +15,7 @@ leader. Each event adds its own bound on when writes are back.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -73,3 +74,19 @@ def test_read_only_primary(cluster: PatroniCluster, path: str) -> None:
     outcome = run(cluster, "read-only", path)
     assert not outcome.summary.errors, outcome.summary
     assert outcome.summary.back_after_end <= READ_ONLY_BACK, outcome.summary
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"nodes": 1}, "nodes must be at least 2"),
+        ({"loop_wait": 0}, "loop_wait must be at least 1 s"),
+        ({"retry_timeout": 1}, "retry_timeout must be at least 2 s"),
+        ({"ttl": 4}, "ttl must be at least loop_wait \\+ 2 \\* retry_timeout = 5 s"),
+        ({"bin_dir": "/nonexistent"}, "bin_dir /nonexistent has no postgres binary"),
+    ],
+)
+def test_cluster_arguments_are_checked(arguments: dict[str, Any], message: str) -> None:
+    """PatroniCluster refuses a setting Patroni could not fail over with, before starting."""
+    with pytest.raises(ValueError, match=message):
+        PatroniCluster(**arguments)

@@ -243,7 +243,12 @@ class PatroniCluster:
         return f"PatroniCluster(nodes={list(self.nodes)}, dir='{self._tmp}')"
 
     def __enter__(self) -> Self:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            # The error holds the logs' tails; a half-started cluster must not outlive it.
+            self.cleanup()
+            raise
 
     def __exit__(self, *exc_info: object) -> None:
         self.cleanup()
