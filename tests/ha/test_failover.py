@@ -14,6 +14,7 @@ leader. Each event adds its own bound on when writes are back.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,9 +32,15 @@ READ_ONLY_BACK = 2.0  # seconds from the read-only reset to the first write afte
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PatroniCluster]:
-    """A Patroni cluster for the module's scenarios, torn down even if one fails."""
+    """A Patroni cluster for the module's scenarios, torn down even if one fails; nothing
+    of it may still listen afterwards."""
     with PatroniCluster() as started:
         yield started
+    ports = [started.haproxy_port]
+    ports += [port for node in started.nodes.values() for port in (node.port, node.api_port)]
+    for port in ports:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
 def run(cluster: PatroniCluster, event: str, path: str, stack: str = "uow") -> Outcome:
