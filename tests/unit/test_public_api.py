@@ -107,6 +107,7 @@ def test_submodule_namespaces_are_pinned() -> None:
         "FakeUnitOfWork",
         "InMemoryRepository",
         "InMemoryStore",
+        "PatroniCluster",
         "PgBouncer",
         "fake",
         "rolled_back",
