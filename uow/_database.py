@@ -46,7 +46,14 @@ T = TypeVar("T")
 # pools' recorders count the rest.
 COUNTERS = DATABASE_COUNTERS
 # counters()' keys, in the order it has always listed them.
-_COUNTERS_SHOWN = ("retries", "leaks", "long_transactions", "connect_failures", "fast_failures")
+_COUNTERS_SHOWN = (
+    "retries",
+    "leaks",
+    "long_transactions",
+    "connect_failures",
+    "fast_failures",
+    "hung_connections",
+)
 _ASYNC_ENGINE = "async engine"  # the _once key of the asyncio engine
 _ASYNC_SESSION_CLASS = "async session class"
 
@@ -317,10 +324,10 @@ class Database:
     def counters(self) -> dict[str, int]:
         """Event counts since the database was created: a view of :meth:`stats`.
 
-        ``retries``, ``leaks``, ``long_transactions`` and ``fast_failures`` are the
-        fields of :class:`PoolStats` of those names; ``connect_failures`` is
-        ``connections_errors``, failed attempts to open a connection, summed over the
-        primary's and the read replicas' pools.
+        ``retries``, ``leaks``, ``long_transactions``, ``fast_failures`` and
+        ``hung_connections`` are the fields of :class:`PoolStats` of those names;
+        ``connect_failures`` is ``connections_errors``, failed attempts to open a
+        connection, summed over the primary's and the read replicas' pools.
         """
         snapshot = self._snapshot()
         failures = sum(_both(pools).connections_errors for pools in snapshot.replicas)

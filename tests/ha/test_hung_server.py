@@ -209,6 +209,8 @@ def test_in_flight_units_fail_within_the_bound_and_writes_resume_after_healing(
     assert warnings, "no warning named the server that stopped answering"
     assert server.host in warnings[0] and "limit 7s" in warnings[0], warnings[0]
     assert server.password not in caplog.text
+    # Counted once per connection closed, as warned.
+    assert database.stats().hung_connections == len(warnings)
 
 
 @pytest.mark.parametrize("fault", FAULTS)

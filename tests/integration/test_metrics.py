@@ -195,6 +195,7 @@ def test_status_and_counters_are_views_of_stats(make_database: MakeDatabase) -> 
         "long_transactions",
         "connect_failures",
         "fast_failures",
+        "hung_connections",
     ]
     assert "connect_failures" not in {f.name for f in dataclasses.fields(PoolStats)}
 

@@ -34,6 +34,12 @@ def test_prometheus_families_and_help_come_from_the_declarations() -> None:
 def test_database_counters_are_the_declared_ones() -> None:
     """Database.counters() is the declared database counts plus connect_failures, derived."""
     database = Database(Settings(url="postgresql://h/db"))
-    assert set(DATABASE_COUNTERS) == {"retries", "leaks", "long_transactions", "fast_failures"}
+    assert set(DATABASE_COUNTERS) == {
+        "retries",
+        "leaks",
+        "long_transactions",
+        "fast_failures",
+        "hung_connections",
+    }
     assert set(database.counters()) == {*DATABASE_COUNTERS, "connect_failures"}
     assert "connect_failures" not in METRICS  # one number, one field: connections_errors

@@ -111,7 +111,7 @@ def _install_events(
     marks.install(engine)
     install_read_only_notes(engine)
     # A hung server answers neither a statement nor the ping: both are bounded.
-    deadlines = Deadlines(settings.statement_timeout, marks)
+    deadlines = Deadlines(settings.statement_timeout, marks, count)
     install_checkout_checks(
         engine,
         pre_ping=settings.pool_pre_ping,

@@ -264,6 +264,16 @@ class PoolStats:
             counted_by_database=True,
         )
     )
+    hung_connections: int = field(
+        metadata=measures(
+            "counter",
+            "connections",
+            "Connections closed by uow's watchdog: the server had not answered a command past "
+            "its statement timeout + 5 s, or a checkout ping past `connect_timeout`.",
+            prometheus="uow_hung_connections",
+            counted_by_database=True,
+        )
+    )
 
     def __add__(self, other: PoolStats) -> PoolStats:
         """Field by field sum: two pools to the same server, seen as one.

@@ -32,7 +32,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -87,10 +87,16 @@ def _quiet_for(sock: socket.socket) -> float:
 class Deadlines:
     """One engine's client-side deadlines: its default limit and where to mark servers."""
 
-    def __init__(self, statement_timeout: float, marks: ServerMarks) -> None:
-        """``statement_timeout`` 0 means off: no deadline unless a unit sets ``timeout=``."""
+    def __init__(
+        self, statement_timeout: float, marks: ServerMarks, count: Callable[[str], None]
+    ) -> None:
+        """``statement_timeout`` 0 means off: no deadline unless a unit sets ``timeout=``.
+
+        ``count`` is called with ``"hung_connections"`` for each connection closed.
+        """
         self.limit = statement_timeout + GRACE if statement_timeout else math.inf
         self.marks = marks
+        self.count = count
 
     def install(self, engine: Engine) -> None:
         """Note each command's start on ``engine``'s connections; watch checked-out ones."""
@@ -223,6 +229,7 @@ class _Watchdog:
             limit,
             why,
         )
+        owner.count("hung_connections")
         owner.marks.mark((host, port), "stopped answering")
 
 
