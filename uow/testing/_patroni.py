@@ -46,7 +46,13 @@ _INSTALL_HINT = (
     "install it from your distribution "
     "(Debian/Ubuntu: apt-get install patroni etcd-server haproxy postgresql)"
 )
-_DEFAULT_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
+
+
+def _default_bin_dir() -> Path:
+    """The newest Debian-packaged PostgreSQL (/usr/lib/postgresql/N/bin), else 15's path."""
+    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/postgres")]
+    found.sort(key=lambda bin_dir: int(bin_dir.parent.name) if bin_dir.parent.name.isdigit() else 0)
+    return found[-1] if found else Path("/usr/lib/postgresql/15/bin")
 
 
 def _binary(name: str) -> str:
@@ -163,7 +169,7 @@ class PatroniCluster:
         retry_timeout: int = 2,
         synchronous_mode: bool = True,
         settings: Mapping[str, Setting] | None = None,
-        bin_dir: Path | str = _DEFAULT_BIN_DIR,
+        bin_dir: Path | str | None = None,
         base_dir: Path | str | None = None,
         password: str | None = None,
     ) -> None:
@@ -179,7 +185,8 @@ class PatroniCluster:
                 least 2.
             synchronous_mode: Patroni's ``synchronous_mode``.
             settings: Extra PostgreSQL settings for every node (``max_connections``, ...).
-            bin_dir: PostgreSQL's bin directory (Patroni's ``bin_dir``).
+            bin_dir: PostgreSQL's bin directory (Patroni's ``bin_dir``); None: the newest
+                /usr/lib/postgresql/N/bin.
             base_dir: Parent of the temporary directory; None uses `tempfile.gettempdir`.
             password: The superuser's password; None generates one.
 
@@ -203,7 +210,7 @@ class PatroniCluster:
                 f"ttl must be at least loop_wait + 2 * retry_timeout = "
                 f"{loop_wait + 2 * retry_timeout} s (Patroni's rule), got {ttl}"
             )
-        self.bin_dir = Path(bin_dir)
+        self.bin_dir = Path(bin_dir) if bin_dir is not None else _default_bin_dir()
         if not (self.bin_dir / "postgres").is_file():
             raise ValueError(f"bin_dir {self.bin_dir} has no postgres binary")
         self._binaries = {name: _binary(name) for name in ("patroni", "etcd", "haproxy")}
