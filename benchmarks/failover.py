@@ -248,7 +248,7 @@ def run_hang(
     hold: float = HOLD,
     blocked_limit: float = BLOCKED_LIMIT,
     before: float = 2.0,
-    after: float = 4.0,
+    after: float = 10.0,
 ) -> list[Outcome]:
     """Run each stack's writers at once against ``server``, hold ``hang`` for ``hold`` s.
 
