@@ -53,6 +53,7 @@ def run(cluster: PatroniCluster, event: str, path: str, stack: str = "uow") -> O
     assert summary.most_errors_per_writer.get("CommitOutcomeUnknown", 0) <= 1, summary
     assert outcome.checked_out == 0, f"{outcome.checked_out} connections left checked out"
     assert outcome.idle_in_transaction == 0, "sessions left idle in transaction on the leader"
+    assert summary.back_after_end is not None, f"no write came back after the fault: {summary}"
     return outcome
 
 
