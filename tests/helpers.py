@@ -77,13 +77,31 @@ def run_python(
     Its environment is this process's without the variables whose names start with
     ``drop`` (so the developer's own settings do not leak in), plus ``env``.
     """
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     return subprocess.run(  # noqa: S603 - our own interpreter, arguments from the tests
         [sys.executable, *args],
         cwd=ROOT,
-        env={**environ, **env},
+        env=_environment(drop, env),
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
     )
+
+
+def start_python(
+    *args: str, drop: tuple[str, ...] = ("UOW_", "DATABASE_"), **env: str
+) -> subprocess.Popen[str]:
+    """:func:`run_python`, started in the background with its stdout and stderr piped."""
+    return subprocess.Popen(  # noqa: S603 - our own interpreter, arguments from the tests
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=_environment(drop, env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _environment(drop: tuple[str, ...], env: dict[str, str]) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    return {**environ, **env}
