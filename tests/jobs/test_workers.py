@@ -1,0 +1,348 @@
+"""Jobs run by real procrastinate worker processes (``python -m tests.jobs.jobs_app``).
+
+What a worker sees of a unit of work's deferral: nothing before COMMIT, nothing after a
+rollback, one run after a commit (sync and async). A worker killed with SIGKILL mid-job:
+procrastinate's stalled-job recipe puts the job back, and the job's idempotent design
+applies its effect once. 1,000 jobs deferred by 16 threads and run by 4 workers: each
+exactly once, with the server's connections within the budget the docs compute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from procrastinate.schema import SchemaManager
+from psycopg import sql
+from sqlalchemy import make_url
+
+import uow
+from tests.conftest import MakeDatabase, libpq_dsn, run
+from tests.helpers import ROOT, wait_for
+from uow._default import _swap_default
+
+STALLED_AFTER = 2.0
+"""Seconds without a heartbeat before a worker's jobs are stalled (``JOBS_STALLED_AFTER``)."""
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS job_requests (
+    key text PRIMARY KEY,
+    thread int NOT NULL
+);
+CREATE TABLE IF NOT EXISTS job_runs (
+    id bigserial PRIMARY KEY,
+    job_id bigint NOT NULL,
+    key text NOT NULL,
+    attempt int NOT NULL,
+    pid int NOT NULL
+);
+CREATE TABLE IF NOT EXISTS job_effects (
+    key text PRIMARY KEY,
+    job_id bigint NOT NULL,
+    pid int NOT NULL
+);
+"""
+"""The tables tests/jobs/jobs_app.py's tasks write."""
+
+
+# -- a database with procrastinate's schema and the tasks' tables ---------------------------
+
+
+@pytest.fixture(scope="module")
+def jobs_url(postgres_url: str) -> Iterator[str]:
+    """A fresh database on the test server with procrastinate's schema and jobs_app's tables."""
+    name = f"jobs_workers_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(libpq_dsn(postgres_url), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(libpq_dsn(url), autocommit=True) as conn:
+        conn.execute(SchemaManager.get_schema().encode())
+        conn.execute(TABLES.encode())
+    try:
+        yield url
+    finally:
+        with psycopg.connect(libpq_dsn(postgres_url), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def side(jobs_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the jobs database, on emptied tables."""
+    with psycopg.connect(libpq_dsn(jobs_url), autocommit=True) as conn:
+        conn.execute(
+            "TRUNCATE job_requests, job_runs, job_effects, procrastinate_jobs,"
+            " procrastinate_periodic_defers, procrastinate_events RESTART IDENTITY CASCADE"
+        )
+        conn.execute("DELETE FROM procrastinate_workers")
+        yield conn
+
+
+@pytest.fixture
+def db(make_database: MakeDatabase, jobs_url: str) -> Iterator[uow.Database]:
+    """The web side: a Database on the jobs database, installed as the process default."""
+    database = make_database(url=jobs_url, pool_size=4, max_overflow=0)
+    previous = _swap_default(database)
+    try:
+        yield database
+    finally:
+        _swap_default(previous)
+
+
+@pytest.fixture
+def tasks(db: uow.Database) -> Any:
+    """The jobs module, imported as the web process imports it (the default is installed)."""
+    # Imported here: the module builds its app from the default database at import.
+    from tests.jobs import jobs_app  # noqa: PLC0415
+
+    return jobs_app
+
+
+# -- worker processes -----------------------------------------------------------------------
+
+
+class Workers:
+    """Worker processes on one database; at the end each gets SIGTERM and must exit 0."""
+
+    def __init__(self, url: str, side: psycopg.Connection[Any], logs: Path) -> None:
+        self.url = url
+        self.side = side
+        self.logs = logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.killed: set[int] = set()
+
+    def start(self, count: int = 1, *, concurrency: int = 1, **env: str) -> list[int]:
+        """Start ``count`` workers and wait until each has registered; return their pids."""
+        before = self.registered()
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("UOW_", "DATABASE_"))}
+        environ |= {
+            "DATABASE_URL": self.url,
+            "UOW_POOL_SIZE": str(concurrency),
+            "UOW_MAX_OVERFLOW": "0",
+            "JOBS_STALLED_AFTER": str(STALLED_AFTER),
+            **env,
+        }
+        started = []
+        for _ in range(count):
+            log = (self.logs / f"worker-{len(self.procs)}.log").open("wb")
+            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "tests.jobs.jobs_app", "--concurrency", str(concurrency)],
+                cwd=ROOT,
+                env=environ,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            log.close()
+            self.procs.append(proc)
+            started.append(proc.pid)
+        wait_for(
+            lambda: self.registered() >= before + count or self.dead(),
+            timeout=60,
+            what=f"{count} workers to register",
+        )
+        assert not self.dead(), f"a worker exited at start:\n{self.output()}"
+        return started
+
+    def registered(self) -> int:
+        row = self.side.execute("SELECT count(*) FROM procrastinate_workers").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def dead(self) -> list[int]:
+        return [p.pid for p in self.procs if p.poll() is not None and p.pid not in self.killed]
+
+    def kill(self, pid: int) -> None:
+        """SIGKILL: no shutdown, no unregistering, the running job is left ``doing``."""
+        self.killed.add(pid)
+        os.kill(pid, signal.SIGKILL)
+        next(p for p in self.procs if p.pid == pid).wait(timeout=30)
+
+    def output(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
+            for path in sorted(self.logs.iterdir())
+        )
+
+    def stop(self) -> None:
+        """SIGTERM to every live worker: each finishes its job and exits 0."""
+        live = [p for p in self.procs if p.poll() is None]
+        for proc in live:
+            proc.send_signal(signal.SIGTERM)
+        codes = {}
+        for proc in live:
+            try:
+                codes[proc.pid] = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[proc.pid] = proc.wait()
+        failed = {pid: code for pid, code in codes.items() if code != 0}
+        crashed = [p.pid for p in self.procs if p.pid not in codes and p.pid not in self.killed]
+        assert not failed and not crashed, (
+            f"workers did not stop cleanly: {failed}, exited early: {crashed}\n{self.output()}"
+        )
+
+
+@pytest.fixture
+def workers(jobs_url: str, side: psycopg.Connection[Any]) -> Iterator[Workers]:
+    """Start worker processes on the jobs database; all are stopped (SIGTERM) at the end."""
+    with tempfile.TemporaryDirectory(prefix="uow-workers-") as logs:
+        made = Workers(jobs_url, side, Path(logs))
+        try:
+            yield made
+        finally:
+            made.stop()
+
+
+def runs(side: psycopg.Connection[Any], key: str) -> int:
+    row = side.execute("SELECT count(*) FROM job_runs WHERE key = %s", (key,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def job(side: psycopg.Connection[Any], job_id: int) -> tuple[str, int] | None:
+    """(status, attempts) of a job, or None when there is no such job."""
+    row = side.execute(
+        "SELECT status::text, attempts FROM procrastinate_jobs WHERE id = %s", (job_id,)
+    ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def succeeded(side: psycopg.Connection[Any], job_id: int, *, timeout: float = 30) -> int:
+    """Wait until the job has succeeded; return its attempts (procrastinate counts the
+    successful one: 1 for a job that ran once, 2 for one retried once)."""
+    wait_for(
+        lambda: (job(side, job_id) or ("",))[0] == "succeeded",
+        timeout=timeout,
+        what=f"job {job_id} to succeed (now {job(side, job_id)})",
+    )
+    found = job(side, job_id)
+    assert found is not None
+    return found[1]
+
+
+# -- transactional semantics, seen by a real worker -----------------------------------------
+
+
+def test_committed_job_runs_once(tasks: Any, side: Any, workers: Workers) -> None:
+    """A job deferred in a unit that commits is run once by a worker, and only once."""
+    workers.start(2)
+    with uow.UnitOfWork() as unit:
+        job_id = unit.defer(tasks.record, key="committed")
+    assert succeeded(side, job_id) == 1
+    time.sleep(1.0)  # a second worker polling meanwhile must not run it again
+    assert runs(side, "committed") == 1
+
+
+def test_rolled_back_job_never_runs(tasks: Any, side: Any, workers: Workers) -> None:
+    """A job deferred in a unit that rolls back leaves no job: no worker ever runs it."""
+    workers.start()
+    with pytest.raises(RuntimeError, match="refused"), uow.UnitOfWork() as unit:
+        rolled_back = unit.defer(tasks.record, key="rolled-back")
+        raise RuntimeError("refused")
+    with uow.UnitOfWork() as unit:
+        after = unit.defer(tasks.record, key="after")
+    succeeded(side, after)  # the worker has been through the queue since the rollback
+    assert job(side, rolled_back) is None
+    assert runs(side, "rolled-back") == 0
+
+
+def test_job_not_picked_up_before_commit(tasks: Any, side: Any, workers: Workers) -> None:
+    """While the unit is open the job is invisible to polling workers; at COMMIT it runs."""
+    workers.start(2)
+    with uow.UnitOfWork() as unit:
+        job_id = unit.defer(tasks.record, key="held")
+        time.sleep(2.0)  # four polling intervals of each worker, and their LISTEN
+        assert job(side, job_id) is None
+        assert runs(side, "held") == 0
+    assert succeeded(side, job_id) == 1
+    assert runs(side, "held") == 1
+
+
+def test_async_deferral(tasks: Any, side: Any, db: uow.Database, workers: Workers) -> None:
+    """The same with ``await unit.defer``: invisible until COMMIT, nothing after a rollback."""
+    workers.start()
+
+    async def scenario() -> tuple[int, int]:
+        with contextlib.suppress(RuntimeError):
+            async with uow.AsyncUnitOfWork() as unit:
+                rolled_back = await unit.defer(tasks.record, key="async-rolled-back")
+                raise RuntimeError("refused")
+        async with uow.AsyncUnitOfWork() as unit:
+            job_id = await unit.defer(tasks.record, key="async-committed")
+            time.sleep(1.5)  # blocks the loop on purpose: the unit stays open, uncommitted
+            assert job(side, job_id) is None
+        await db.dispose_async()
+        return rolled_back, job_id
+
+    rolled_back, job_id = run(scenario())
+    assert succeeded(side, job_id) == 1
+    assert runs(side, "async-committed") == 1
+    assert job(side, rolled_back) is None
+    assert runs(side, "async-rolled-back") == 0
+
+
+# -- a worker killed mid-job ----------------------------------------------------------------
+
+
+def in_effect_transaction(side: psycopg.Connection[Any]) -> bool:
+    """Whether a worker holds the effect's INSERT uncommitted (idle in its transaction)."""
+    row = side.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%%'"
+        " AND query LIKE 'INSERT INTO job_effects%%'"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+@pytest.mark.parametrize("moment", ["before-commit", "after-commit"])
+def test_killed_worker_job_retried_effect_once(
+    tasks: Any, side: Any, workers: Workers, moment: str
+) -> None:
+    """SIGKILL mid-job: the stalled job is retried by another worker; its effect is applied once.
+
+    Before the effect's COMMIT the server rolls it back and the retry does the work; after
+    it, the retry's ``INSERT ... ON CONFLICT DO NOTHING`` finds the row and adds nothing.
+    """
+    workers.start(2)
+    hold = {"hold": 60.0} if moment == "before-commit" else {"linger": 60.0}
+    with uow.UnitOfWork() as unit:
+        job_id = unit.defer(tasks.record, key="crash", **hold)
+    if moment == "before-commit":
+        wait_for(lambda: in_effect_transaction(side), timeout=30, what="the effect's open INSERT")
+        effect_rows_at_kill = 0
+    else:
+        wait_for(
+            lambda: side.execute("SELECT 1 FROM job_effects WHERE key = 'crash'").fetchone(),
+            timeout=30,
+            what="the effect's COMMIT",
+        )
+        effect_rows_at_kill = 1
+    row = side.execute("SELECT pid FROM job_runs WHERE key = 'crash'").fetchone()
+    assert row is not None and job(side, job_id) == ("doing", 0)
+    victim = row[0]
+    killed_at = time.monotonic()
+    workers.kill(victim)
+    effect = side.execute("SELECT count(*) FROM job_effects WHERE key = 'crash'").fetchone()
+    assert effect == (effect_rows_at_kill,)
+
+    attempts = succeeded(side, job_id, timeout=60)
+    recovered = time.monotonic() - killed_at
+    assert attempts == 2, "retried once, by procrastinate's retry_job"
+    assert runs(side, "crash") == 2
+    effects = side.execute("SELECT count(*), min(pid) FROM job_effects WHERE key = 'crash'")
+    count, writer = effects.fetchone() or (0, 0)
+    assert count == 1
+    if moment == "after-commit":
+        assert writer == victim, "the retry found the killed run's committed effect"
+    else:
+        assert writer != victim, "the killed run's uncommitted effect was rolled back"
+    print(f"{moment}: killed worker's job succeeded {recovered:.1f} s after SIGKILL")
