@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import psycopg
 import pytest
 from procrastinate.schema import SchemaManager
 from psycopg import sql
-from sqlalchemy import make_url
+from sqlalchemy import make_url, text
 
 import uow
 from tests.conftest import MakeDatabase, libpq_dsn, run
@@ -55,6 +56,18 @@ CREATE TABLE IF NOT EXISTS job_effects (
 """
 """The tables tests/jobs/jobs_app.py's tasks write."""
 
+PROCRASTINATE_MAX_SIZE = 2  # uow.jobs.DEFAULT_MAX_SIZE
+
+
+def per_worker(concurrency: int) -> int:
+    """The connections a worker may hold: procrastinate's pool, its LISTEN connection, and
+    the uow pool its tasks use (``UOW_POOL_SIZE`` = concurrency, ``UOW_MAX_OVERFLOW=0``)."""
+    return PROCRASTINATE_MAX_SIZE + 1 + concurrency
+
+
+OBSERVER = "uow-test-observer"
+"""application_name of the tests' own connections, left out of the counts."""
+
 
 # -- a database with procrastinate's schema and the tasks' tables ---------------------------
 
@@ -79,7 +92,7 @@ def jobs_url(postgres_url: str) -> Iterator[str]:
 @pytest.fixture
 def side(jobs_url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the jobs database, on emptied tables."""
-    with psycopg.connect(libpq_dsn(jobs_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_dsn(jobs_url), autocommit=True, application_name=OBSERVER) as conn:
         conn.execute(
             "TRUNCATE job_requests, job_runs, job_effects, procrastinate_jobs,"
             " procrastinate_periodic_defers, procrastinate_events RESTART IDENTITY CASCADE"
@@ -120,6 +133,7 @@ class Workers:
         self.logs = logs
         self.procs: list[subprocess.Popen[bytes]] = []
         self.killed: set[int] = set()
+        self.codes: dict[int, int] = {}
 
     def start(self, count: int = 1, *, concurrency: int = 1, **env: str) -> list[int]:
         """Start ``count`` workers and wait until each has registered; return their pids."""
@@ -167,6 +181,13 @@ class Workers:
         os.kill(pid, signal.SIGKILL)
         next(p for p in self.procs if p.pid == pid).wait(timeout=30)
 
+    def terminate(self, pid: int) -> int:
+        """SIGTERM, as systemd or docker stop sends: wait for the exit and return its code."""
+        proc = next(p for p in self.procs if p.pid == pid)
+        proc.send_signal(signal.SIGTERM)
+        self.codes[pid] = proc.wait(timeout=30)
+        return self.codes[pid]
+
     def output(self) -> str:
         return "\n".join(
             f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
@@ -178,7 +199,7 @@ class Workers:
         live = [p for p in self.procs if p.poll() is None]
         for proc in live:
             proc.send_signal(signal.SIGTERM)
-        codes = {}
+        codes = dict(self.codes)
         for proc in live:
             try:
                 codes[proc.pid] = proc.wait(timeout=30)
@@ -346,3 +367,159 @@ def test_killed_worker_job_retried_effect_once(
     else:
         assert writer != victim, "the killed run's uncommitted effect was rolled back"
     print(f"{moment}: killed worker's job succeeded {recovered:.1f} s after SIGKILL")
+
+
+def test_sigterm_lets_the_running_job_finish(tasks: Any, side: Any, workers: Workers) -> None:
+    """SIGTERM mid-job (systemd's stop, docker stop): the job finishes, the worker exits 0."""
+    (pid,) = workers.start()
+    with uow.UnitOfWork() as unit:
+        job_id = unit.defer(tasks.record, key="graceful", linger=2.0)
+    wait_for(lambda: runs(side, "graceful"), timeout=30, what="the job to start")
+    assert workers.terminate(pid) == 0
+    assert job(side, job_id) == ("succeeded", 1)
+    assert runs(side, "graceful") == 1
+    assert workers.registered() == 0, "a stopped worker unregisters"
+
+
+# -- connections: per worker, and 1,000 jobs within the budget -------------------------------
+
+
+def worker_connections(side: psycopg.Connection[Any], web: str) -> dict[str, int]:
+    """The jobs database's connections by application_name, without the web side's and ours."""
+    rows = side.execute(
+        "SELECT application_name, count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name NOT IN (%s, %s)"
+        " GROUP BY 1",
+        (web, OBSERVER),
+    ).fetchall()
+    return {name: int(count) for name, count in rows}
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_connections_per_worker(
+    tasks: Any, side: Any, workers: Workers, app_name: str, concurrency: int
+) -> None:
+    """A worker holds its procrastinate pool, one LISTEN connection, and its tasks' uow pool."""
+    workers.start(concurrency=concurrency)
+    time.sleep(1.0)  # the pool and the listener connect in the background
+    idle = worker_connections(side, app_name)
+    with uow.UnitOfWork() as unit:
+        ids = [unit.defer(tasks.record, key=f"busy-{i}", hold=1.5) for i in range(concurrency)]
+    wait_for(
+        lambda: side.execute("SELECT count(*) FROM job_runs").fetchone() == (concurrency,),
+        timeout=30,
+        what=f"{concurrency} jobs running at once",
+    )
+    busy = worker_connections(side, app_name)
+    for job_id in ids:
+        succeeded(side, job_id)
+    print(f"concurrency {concurrency}: idle {idle}, busy {busy}")
+    assert sum(idle.values()) <= PROCRASTINATE_MAX_SIZE + 1
+    # Each running job holds one uow connection, in its transaction.
+    assert concurrency + 1 < sum(busy.values()) <= per_worker(concurrency)
+
+
+class Sampler(threading.Thread):
+    """Samples the jobs database's connections every 50 ms and keeps the peak."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.stop = threading.Event()
+        self.peak: dict[str, int] = {}
+        self.peak_total = 0
+        self.samples = 0
+
+    def run(self) -> None:
+        with psycopg.connect(
+            libpq_dsn(self.url), autocommit=True, application_name=OBSERVER
+        ) as conn:
+            while not self.stop.wait(0.05):
+                rows = conn.execute(
+                    "SELECT application_name, count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND application_name <> %s GROUP BY 1",
+                    (OBSERVER,),
+                ).fetchall()
+                total = sum(count for _, count in rows)
+                self.samples += 1
+                if total > self.peak_total:
+                    self.peak_total, self.peak = total, dict(rows)
+
+
+def test_thousand_jobs_sixteen_threads_four_workers(
+    tasks: Any, side: Any, db: uow.Database, workers: Workers, jobs_url: str
+) -> None:
+    """1,000 jobs deferred by 16 threads, each with a data row in its unit, run by 4 workers:
+    each exactly once, and the server's connections stay within the computed budget."""
+    jobs, threads, worker_count = 1000, 16, 4
+    web_db = uow.Database(db.settings.replace(pool_size=8, max_overflow=8))
+    budget = 8 + 8 + worker_count * per_worker(1)
+    row = side.execute(
+        "SELECT current_setting('max_connections')::int"
+        " - current_setting('superuser_reserved_connections')::int"
+    ).fetchone()
+    assert row is not None and budget <= row[0], "the test server is too small for the test"
+    workers.start(worker_count)
+    sampler = Sampler(jobs_url)
+    sampler.start()
+    errors: list[BaseException] = []
+
+    def defer_share(thread: int) -> None:
+        try:
+            for i in range(thread, jobs, threads):
+                with uow.UnitOfWork(web_db) as unit:
+                    unit.session.execute(
+                        text("INSERT INTO job_requests (key, thread) VALUES (:key, :thread)"),
+                        {"key": f"job-{i}", "thread": thread},
+                    )
+                    unit.defer(tasks.record, key=f"job-{i}")
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    started = time.monotonic()
+    try:
+        deferrers = [threading.Thread(target=defer_share, args=(t,)) for t in range(threads)]
+        for thread in deferrers:
+            thread.start()
+        for thread in deferrers:
+            thread.join()
+        deferred = time.monotonic() - started
+        assert not errors, errors
+        wait_for(
+            lambda: (
+                side.execute(
+                    "SELECT count(*) FROM procrastinate_jobs"
+                    " WHERE task_name = 'record' AND status = 'succeeded'"
+                ).fetchone()
+                == (jobs,)
+            ),
+            timeout=120,
+            what=f"{jobs} jobs to succeed",
+        )
+        done = time.monotonic() - started
+    finally:
+        sampler.stop.set()
+        sampler.join()
+        web_db.dispose()
+
+    counts = side.execute(
+        "SELECT (SELECT count(*) FROM job_requests), (SELECT count(*) FROM job_runs),"
+        " (SELECT count(DISTINCT job_id) FROM job_runs), (SELECT count(*) FROM job_effects),"
+        " (SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'record'),"
+        " (SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'record' AND attempts <> 1),"
+        " (SELECT count(DISTINCT pid) FROM job_runs)"
+    ).fetchone()
+    assert counts == (jobs, jobs, jobs, jobs, jobs, 0, worker_count), (
+        "requests, runs, distinct jobs run, effects, jobs, jobs not run exactly once, workers"
+    )
+    assert sampler.peak_total <= budget, f"over the budget of {budget}: {sampler.peak}"
+    missing = side.execute(
+        "SELECT count(*) FROM job_requests r LEFT JOIN job_effects e USING (key)"
+        " WHERE e.key IS NULL"
+    ).fetchone()
+    assert missing == (0,)
+    print(
+        f"{jobs} jobs: deferred by {threads} threads in {deferred:.1f} s, all run by "
+        f"{worker_count} workers {done:.1f} s after the first; peak {sampler.peak_total} "
+        f"connections (budget {budget}) over {sampler.samples} samples: {sampler.peak}"
+    )
