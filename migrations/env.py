@@ -75,6 +75,13 @@ def migration_settings() -> Settings:
     return Settings.from_env(environ, **({"url": url} if url else {}))
 
 
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Leave procrastinate's tables to its own migrations: not drift for ``alembic check``."""
+    # They are created from procrastinate's SQL (migrations/versions/8d9434178edf_...),
+    # not declared as models; autogenerate would otherwise propose dropping them.
+    return not (type_ == "table" and name is not None and name.startswith("procrastinate_"))
+
+
 def run_migrations_offline() -> None:
     """Write the migrations' SQL to stdout (``alembic upgrade head --sql``)."""
     # Only the dialect matters here; a URL with a password has no business in a script.
@@ -101,6 +108,7 @@ def run_migrations_online() -> None:
             context.configure(
                 connection=connection,
                 target_metadata=target_metadata,
+                include_name=include_name,
                 compare_type=True,
                 transaction_per_migration=True,
                 on_version_apply=uow.migrations.on_version_apply,

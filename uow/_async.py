@@ -27,6 +27,7 @@ from sqlalchemy.util import await_only, greenlet_spawn
 
 from ._async_repository import AsyncRepository
 from ._database import Database
+from ._jobs import defer_async
 from ._repository import Repository
 from ._unit_of_work import UnitOfWork
 from ._unit_options import caller_frame, declared_repositories
@@ -189,6 +190,11 @@ class AsyncUnitOfWork:
                 await_only(result)
 
         self._core.on_commit(run)
+
+    async def defer(self, task: Any, /, **task_kwargs: Any) -> int:
+        """Insert a procrastinate job in this unit's transaction (see :meth:`UnitOfWork.defer`)."""
+        connection = await greenlet_spawn(self._core._job_connection)
+        return await defer_async(connection, task, task_kwargs)
 
     def repository(self, model: type[M]) -> AsyncRepository[M]:
         """Return this unit's async repository for ``model`` (the same one on each call)."""

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from ._database import Database
 from ._default import get_database
 from ._errors import TransactionRolledBack, UsageError
+from ._jobs import READONLY, defer
 from ._repository import Repository
 from ._sessions import close_session, commit_session
 from ._unit_options import caller_frame, check_unit_options, declared_repositories
@@ -403,6 +404,35 @@ class UnitOfWork:
         self.session  # noqa: B018 - checks that the unit is active and ours
         owner = self._root if self._root is not None else self
         owner._pending.append(callback)
+
+    def defer(self, task: Any, /, **task_kwargs: Any) -> int:
+        """Insert a procrastinate job in this unit's transaction and return its id.
+
+        The job commits with the unit's data, or not at all: a rolled-back unit leaves
+        no job, and workers see none before the COMMIT (a transactional outbox). It
+        costs one round trip, procrastinate's insert, on the unit's own connection; a
+        joined unit defers in the outer transaction. Needs ``pip install 'uow[jobs]'``.
+
+        Args:
+            task: a procrastinate task (``@app.task``), or one configured with
+                ``task.configure(queue=, lock=, queueing_lock=, priority=, schedule_in=,
+                schedule_at=)``.
+            **task_kwargs: the task's arguments (JSON-serialisable).
+
+        Raises:
+            UsageError: outside the block, in a readonly unit, or ``task`` is no task.
+            procrastinate.exceptions.AlreadyEnqueued: a job with the same queueing lock
+                is waiting. The transaction is then aborted; to carry on without the
+                job, defer inside ``with uow.savepoint():`` and catch it outside.
+        """
+        return defer(self._job_connection(), task, task_kwargs)
+
+    def _job_connection(self) -> Any:
+        """The driver connection jobs are deferred on, once the checks pass."""
+        session = self.session
+        if self.readonly:
+            raise UsageError(READONLY)
+        return session.connection().connection.driver_connection
 
     def repository(self, model: type[M]) -> Repository[M]:
         """Return this unit's repository for ``model`` (the same one on each call)."""

@@ -18,6 +18,7 @@ from psycopg import errors, sql
 from sqlalchemy import make_url
 
 from tests.conftest import libpq_dsn
+from tests.examples.test_migrations import PROCRASTINATE_TABLES
 from tests.helpers import ROOT, run_python
 from uow.__main__ import main
 
@@ -109,7 +110,9 @@ def test_bank_migrate_runs_as_the_owner_and_the_application_role_gets_row_rights
                 "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'"
             ).fetchall()
         )
-    assert owners == dict.fromkeys(("accounts", "ledger", "alembic_version"), roles.owner)
+    assert owners == dict.fromkeys(
+        ("accounts", "ledger", "alembic_version", *PROCRASTINATE_TABLES), roles.owner
+    )
 
     app = {"DATABASE_URL": roles.app_url}
     ann = bank("open", "ann", "--initial", "100", **app).strip()
@@ -172,7 +175,7 @@ def test_uow_migrate_grants_on_upgrade_and_downgrade_base_revokes(
         assert conn.execute(can_insert, (roles.app,)).fetchone() == (True,)
 
     assert main(["migrate", "--url", roles.app_url, "--config", INI, "downgrade", "base"]) == 3
-    assert "must be owner of table" in capsys.readouterr().err
+    assert "must be owner of" in capsys.readouterr().err
 
     assert main([*migrate, "downgrade", "base"]) == 0
     with psycopg.connect(libpq_dsn(roles.superuser_url)) as conn:

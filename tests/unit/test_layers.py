@@ -7,6 +7,8 @@
   metrics, replicas...), imports only itself, settings and errors;
 - ``uow/_ops/``, the operator tools and the CLI (doctor, top, activity), may import
   anything; only ``uow/__main__.py`` imports it.
+- procrastinate is optional (``uow[jobs]``): only ``uow/jobs.py`` imports it when loaded;
+  elsewhere it is imported inside the functions that defer a job.
 """
 
 from __future__ import annotations
@@ -85,3 +87,25 @@ def test_import_uow_loads_no_operator_tool() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """The modules a file imports when it is loaded (not in functions, not TYPE_CHECKING)."""
+    found: set[str] = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            found.add(node.module or "")
+    return found
+
+
+@pytest.mark.parametrize(
+    "path", [*files("."), *files("_engine"), *files("testing")], ids=lambda p: p.name
+)
+def test_only_uow_jobs_imports_procrastinate_when_loaded(path: Path) -> None:
+    """The core (UnitOfWork, AsyncUnitOfWork, the fake) loads without procrastinate."""
+    if path.name == "jobs.py" and path.parent == PACKAGE:
+        return
+    wrong = {m for m in module_level_imports(path) if within(m, "procrastinate", "psycopg_pool")}
+    assert not wrong, f"{module_name(path)} imports {sorted(wrong)} when loaded"

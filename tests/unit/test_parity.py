@@ -52,6 +52,7 @@ ASYNC_UNIT_KINDS = {
     "flush": "coroutine",
     "commit": "coroutine",
     "rollback": "coroutine",
+    "defer": "coroutine",
     "savepoint": "async context manager",
     "session": "property",
     "database": "property",

@@ -8,6 +8,7 @@ import sys
 
 import uow
 import uow.fastapi
+import uow.jobs
 import uow.migrations
 import uow.prometheus
 import uow.testing
@@ -67,8 +68,8 @@ def test_import_opens_no_engine() -> None:
 
 
 def test_import_loads_no_optional_dependency() -> None:
-    """`import uow` (and uow.testing, uow.migrations) loads no FastAPI, no prometheus_client."""
-    optional = ("fastapi", "starlette", "prometheus_client")
+    """`import uow` (and uow.testing, uow.migrations) loads no optional dependency."""
+    optional = ("fastapi", "starlette", "prometheus_client", "procrastinate")
     code = (
         "import sys, uow, uow.testing, uow.migrations; "
         f"print(sorted(m for m in {optional!r} if m in sys.modules))"
@@ -80,13 +81,20 @@ def test_import_loads_no_optional_dependency() -> None:
 
 
 def test_submodule_namespaces_are_pinned() -> None:
-    """uow.fastapi, uow.migrations, uow.prometheus and uow.testing export exactly these names."""
+    """uow.fastapi, .jobs, .migrations, .prometheus and .testing export exactly these names."""
     assert uow.fastapi.__all__ == [
         "RETRY_AFTER",
         "exception_handlers",
         "install_exception_handlers",
         "lifespan",
         "unit_of_work",
+    ]
+    assert uow.jobs.__all__ == [
+        "DEFAULT_MAX_SIZE",
+        "DEFAULT_MIN_SIZE",
+        "app",
+        "connect_kwargs_for",
+        "connector",
     ]
     assert uow.migrations.__all__ == [
         "DEFAULT_LOCK_TIMEOUT",
@@ -103,6 +111,7 @@ def test_submodule_namespaces_are_pinned() -> None:
     assert uow.prometheus.__all__ == ["UowCollector", "register"]
     assert uow.testing.__all__ == sorted(uow.testing.__all__)
     assert set(uow.testing.__all__) == {
+        "DeferredJob",
         "EmbeddedPostgres",
         "FakeUnitOfWork",
         "InMemoryRepository",

@@ -32,7 +32,9 @@ __all__ = [
     "BudgetGate",
     "budget_gate",
     "install_budget_gate",
+    "is_job_worker",
     "is_marked",
+    "job_worker_name",
     "measure_budget",
     "process_name",
     "read_budget",
@@ -41,6 +43,7 @@ __all__ = [
 # "[" + a pid (pid_max is at most 2**22, 7 digits) + "]" must fit in PostgreSQL's 63 bytes,
 # and every process must cut the name at the same place to be counted as one application.
 _BASE_MAX = 63 - 9
+JOBS = "uow-jobs"  # the application_name prefix of job workers (uow.jobs.connector)
 
 _QUERY = """
 SELECT current_setting('max_connections')::int,
@@ -62,6 +65,22 @@ def is_marked(name: str) -> bool:
     """Whether uow adds the process id to this application_name (uow's own names only)."""
     # A name the user chose is shown as chosen: dashboards and filters match it exactly.
     return name == "uow" or name.startswith("uow:")
+
+
+def job_worker_name(name: str) -> str:
+    """The application_name a job worker of application ``name`` sends, before its pid.
+
+    ``uow:bank`` gives ``uow-jobs:bank``, a chosen ``bank`` gives ``uow-jobs:bank``: a kind
+    of its own, so the web workers' budget check counts job workers as connections in use
+    by others, and ``uow doctor`` shows them apart.
+    """
+    rest = name[len("uow") :] if is_marked(name) else f":{name}"
+    return f"{JOBS}{rest}"[:_BASE_MAX]
+
+
+def is_job_worker(name: str) -> bool:
+    """Whether ``name`` (as ``pg_stat_activity`` shows it) is a uow job worker's."""
+    return name == JOBS or name.startswith((f"{JOBS}:", f"{JOBS}["))
 
 
 def process_name(name: str, pid: int | None = None) -> str:

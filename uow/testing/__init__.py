@@ -9,9 +9,11 @@
   (``with`` for UnitOfWork, ``async with`` for AsyncUnitOfWork).
 - ``uow.testing.fixtures``: pytest fixtures built on both.
 - :func:`fake`, :class:`FakeUnitOfWork`, :class:`InMemoryRepository`, :class:`InMemoryStore`:
-  the in-memory twin of a unit of work, for fast unit tests of domain code (no database).
+  the in-memory twin of a unit of work, for fast unit tests of domain code (no database);
+  :class:`DeferredJob` is what it records for each deferred job (``store.jobs``).
 """
 
+from .._jobs import DeferredJob
 from ._memory import FakeUnitOfWork, fake
 from ._memory_repository import InMemoryRepository
 from ._memory_store import InMemoryStore
@@ -21,6 +23,7 @@ from ._postgres import EmbeddedPostgres
 from ._transactional import rolled_back
 
 __all__ = [
+    "DeferredJob",
     "EmbeddedPostgres",
     "FakeUnitOfWork",
     "InMemoryRepository",

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from .._database import Database
 from .._errors import UsageError
+from .._jobs import READONLY, DeferredJob, job_of
 from .._repository import Repository
 from .._unit_of_work import UnitOfWork
 from ._memory_repository import InMemoryRepository, _in_memory
@@ -47,6 +48,8 @@ class FakeUnitOfWork(UnitOfWork):
     ``timeout`` are checked, then ignored; two units on one store cannot be open at
     once (a real nested unit joins the outer one; a fake refuses); objects are shared
     between blocks, so changing one outside a block changes the store. Not thread-safe.
+    ``defer()`` records the job (:class:`DeferredJob`) in ``store.jobs`` when the unit
+    commits; nothing runs it, so every recorded job counts as waiting for a queueing lock.
 
     Attributes:
         store: the store holding the data.
@@ -67,6 +70,7 @@ class FakeUnitOfWork(UnitOfWork):
         self.store = store if store is not None else InMemoryStore()
         self.committed = False
         self._begin: _Snapshot | None = None  # the data at the last commit; None when idle
+        self._deferred: list[DeferredJob] = []  # jobs deferred since the last commit
 
     def __enter__(self) -> Self:
         if self._begin is not None:
@@ -99,10 +103,13 @@ class FakeUnitOfWork(UnitOfWork):
         self.store._flush()
         self.store._validate()
         self._begin = self.store._snapshot()
+        self.store.jobs += self._deferred
+        self._deferred = []
         self.committed = True
 
     def _rollback_quietly(self) -> None:
         self._pending = []
+        self._deferred = []
         self.store._restore(self._transaction())
 
     def _leave(self) -> None:
@@ -158,7 +165,7 @@ class FakeUnitOfWork(UnitOfWork):
         """Run a block whose work alone is undone if it raises; the exception propagates."""
         self._transaction()
         self.store._flush()  # begin_nested() flushes first
-        snapshot, mark = self.store._snapshot(), len(self._pending)
+        snapshot, mark, jobs = self.store._snapshot(), len(self._pending), len(self._deferred)
         try:
             yield
             self.store._flush()  # so does RELEASE SAVEPOINT: the block's errors are its own
@@ -166,7 +173,45 @@ class FakeUnitOfWork(UnitOfWork):
         except BaseException:
             self.store._restore(snapshot)
             del self._pending[mark:]
+            del self._deferred[jobs:]
             raise
+
+    def defer(self, task: Any, /, **task_kwargs: Any) -> int:
+        """Record the job ``task`` would insert; ``store.jobs`` keeps it once committed.
+
+        Raises what :meth:`uow.UnitOfWork.defer` raises: UsageError outside the block or
+        in a readonly unit, procrastinate's AlreadyEnqueued for a queueing lock taken by
+        a recorded job.
+        """
+        self._transaction()
+        if self.readonly:
+            raise UsageError(READONLY)
+        job = job_of(task, task_kwargs)
+        lock = job.queueing_lock
+        if lock is not None and any(j.queueing_lock == lock for j in self._all_jobs()):
+            from procrastinate.exceptions import AlreadyEnqueued  # noqa: PLC0415
+
+            raise AlreadyEnqueued(
+                "Job cannot be enqueued: there is already a job in the queue "
+                f"with the queueing lock {lock}"
+            )
+        self.store._job_ids += 1
+        self._deferred.append(
+            DeferredJob(
+                id=self.store._job_ids,
+                task_name=job.task_name,
+                kwargs=dict(job.task_kwargs),
+                queue=job.queue,
+                lock=job.lock,
+                queueing_lock=lock,
+                priority=job.priority,
+                scheduled_at=job.scheduled_at,
+            )
+        )
+        return self.store._job_ids
+
+    def _all_jobs(self) -> list[DeferredJob]:
+        return [*self.store.jobs, *self._deferred]
 
     def on_commit(self, callback: Callable[[], object]) -> None:
         """Run ``callback()`` after the unit commits, never if it rolls back."""

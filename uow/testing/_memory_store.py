@@ -27,6 +27,7 @@ from sqlalchemy.sql import false, true
 from sqlalchemy.sql.elements import ClauseElement
 
 from .._errors import UsageError
+from .._jobs import DeferredJob
 
 if TYPE_CHECKING:
     from ._memory import FakeUnitOfWork
@@ -154,10 +155,16 @@ class InMemoryStore:
     same data, one unit at a time: there is no isolation between units. Integer keys
     come from per-model counters that, like PostgreSQL sequences, are not rolled back.
     Not thread-safe.
+
+    Attributes:
+        jobs: the jobs committed units deferred (:class:`uow.testing.DeferredJob`), in
+            order; job ids, like keys, are not reused after a rollback.
     """
 
     def __init__(self) -> None:
         """Create an empty store."""
+        self.jobs: list[DeferredJob] = []
+        self._job_ids = 0
         self._tables: dict[type[Any], dict[tuple[Any, ...], Any]] = {}
         self._pending: dict[int, tuple[type[Any], Any]] = {}  # id() -> added, not yet inserted
         self._sequences: dict[type[Any], int] = {}
