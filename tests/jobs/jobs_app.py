@@ -1,8 +1,9 @@
 """The jobs module of tests/jobs/test_workers.py, written as an application writes its own.
 
 Real worker processes run it: ``python -m tests.jobs.jobs_app --concurrency N`` checks the
-connection budget, then runs procrastinate's worker until SIGTERM (graceful: the current
-job finishes) or SIGKILL (the job is left ``doing``, and `retry_stalled_jobs` puts it back).
+connection budget of the tasks' uow pool, then runs procrastinate's worker until SIGTERM
+(graceful: the current job finishes) or SIGKILL (the job is left ``doing``, and
+`retry_stalled_jobs` puts it back).
 The database comes from uow's settings (``DATABASE_URL``, ``UOW_*``), as in production.
 
 The task `record` is idempotent by design: its effect is one row keyed by the job's natural
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=None)
     args = parser.parse_args(argv)
     options: dict[str, Any] = {"concurrency": args.concurrency, "name": args.name}
+    # The tasks' own pool (UOW_POOL_SIZE): a worker whose pool does not fit in what the
+    # server has left fails here, with the numbers, instead of under load.
+    uow.configure(check=True)
     print(f"worker {os.getpid()} starting", flush=True)
     app.run_worker(**options)
 

@@ -17,21 +17,18 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from procrastinate.schema import SchemaManager
-from psycopg import sql
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 
 import uow
-from tests.conftest import MakeDatabase, libpq_dsn, run
+import uow.jobs
+from tests.conftest import libpq_dsn, run
 from tests.helpers import ROOT, wait_for
-from uow._default import _swap_default
 
 STALLED_AFTER = 2.0
 """Seconds without a heartbeat before a worker's jobs are stalled (``JOBS_STALLED_AFTER``)."""
@@ -56,7 +53,7 @@ CREATE TABLE IF NOT EXISTS job_effects (
 """
 """The tables tests/jobs/jobs_app.py's tasks write."""
 
-PROCRASTINATE_MAX_SIZE = 2  # uow.jobs.DEFAULT_MAX_SIZE
+PROCRASTINATE_MAX_SIZE = uow.jobs.DEFAULT_MAX_SIZE
 
 
 def per_worker(concurrency: int) -> int:
@@ -72,48 +69,24 @@ OBSERVER = "uow-test-observer"
 # -- a database with procrastinate's schema and the tasks' tables ---------------------------
 
 
-@pytest.fixture(scope="module")
-def jobs_url(postgres_url: str) -> Iterator[str]:
-    """A fresh database on the test server with procrastinate's schema and jobs_app's tables."""
-    name = f"jobs_workers_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(libpq_dsn(postgres_url), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(libpq_dsn(url), autocommit=True) as conn:
-        conn.execute(SchemaManager.get_schema().encode())
+@pytest.fixture(scope="module", autouse=True)
+def task_tables(jobs_url: str) -> None:
+    """jobs_app's tables in the module's jobs database (conftest.py: migrated to head)."""
+    with psycopg.connect(libpq_dsn(jobs_url), autocommit=True) as conn:
         conn.execute(TABLES.encode())
-    try:
-        yield url
-    finally:
-        with psycopg.connect(libpq_dsn(postgres_url), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture
-def side(jobs_url: str) -> Iterator[psycopg.Connection[Any]]:
-    """An autocommit connection to the jobs database, on emptied tables."""
+def side(jobs_url: str, jobs_db: uow.Database) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the jobs database; jobs_db empties procrastinate's tables,
+    this the tasks' ones."""
     with psycopg.connect(libpq_dsn(jobs_url), autocommit=True, application_name=OBSERVER) as conn:
-        conn.execute(
-            "TRUNCATE job_requests, job_runs, job_effects, procrastinate_jobs,"
-            " procrastinate_periodic_defers, procrastinate_events RESTART IDENTITY CASCADE"
-        )
-        conn.execute("DELETE FROM procrastinate_workers")
+        conn.execute("TRUNCATE job_requests, job_runs, job_effects RESTART IDENTITY")
         yield conn
 
 
 @pytest.fixture
-def db(make_database: MakeDatabase, jobs_url: str) -> Iterator[uow.Database]:
-    """The web side: a Database on the jobs database, installed as the process default."""
-    database = make_database(url=jobs_url, pool_size=4, max_overflow=0)
-    previous = _swap_default(database)
-    try:
-        yield database
-    finally:
-        _swap_default(previous)
-
-
-@pytest.fixture
-def tasks(db: uow.Database) -> Any:
+def tasks(jobs_db: uow.Database) -> Any:
     """The jobs module, imported as the web process imports it (the default is installed)."""
     # Imported here: the module builds its app from the default database at import.
     from tests.jobs import jobs_app  # noqa: PLC0415
@@ -289,7 +262,7 @@ def test_job_not_picked_up_before_commit(tasks: Any, side: Any, workers: Workers
     assert runs(side, "held") == 1
 
 
-def test_async_deferral(tasks: Any, side: Any, db: uow.Database, workers: Workers) -> None:
+def test_async_deferral(tasks: Any, side: Any, jobs_db: uow.Database, workers: Workers) -> None:
     """The same with ``await unit.defer``: invisible until COMMIT, nothing after a rollback."""
     workers.start()
 
@@ -302,7 +275,7 @@ def test_async_deferral(tasks: Any, side: Any, db: uow.Database, workers: Worker
             job_id = await unit.defer(tasks.record, key="async-committed")
             time.sleep(1.5)  # blocks the loop on purpose: the unit stays open, uncommitted
             assert job(side, job_id) is None
-        await db.dispose_async()
+        await jobs_db.dispose_async()
         return rolled_back, job_id
 
     rolled_back, job_id = run(scenario())
@@ -385,10 +358,11 @@ def test_sigterm_lets_the_running_job_finish(tasks: Any, side: Any, workers: Wor
 
 
 def worker_connections(side: psycopg.Connection[Any], web: str) -> dict[str, int]:
-    """The jobs database's connections by application_name, without the web side's and ours."""
+    """The jobs database's connections by application_name, without the web side's and the
+    tests' own (conftest's side connection has none)."""
     rows = side.execute(
         "SELECT application_name, count(*) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND application_name NOT IN (%s, %s)"
+        " WHERE datname = current_database() AND application_name NOT IN (%s, %s, '')"
         " GROUP BY 1",
         (web, OBSERVER),
     ).fetchall()
@@ -414,7 +388,7 @@ def test_connections_per_worker(
     for job_id in ids:
         succeeded(side, job_id)
     print(f"concurrency {concurrency}: idle {idle}, busy {busy}")
-    assert sum(idle.values()) <= PROCRASTINATE_MAX_SIZE + 1
+    assert sum(idle.values()) <= per_worker(concurrency)
     # Each running job holds one uow connection, in its transaction.
     assert concurrency + 1 < sum(busy.values()) <= per_worker(concurrency)
 
@@ -437,7 +411,8 @@ class Sampler(threading.Thread):
             while not self.stop.wait(0.05):
                 rows = conn.execute(
                     "SELECT application_name, count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND application_name <> %s GROUP BY 1",
+                    " WHERE datname = current_database() AND application_name NOT IN (%s, '')"
+                    " GROUP BY 1",
                     (OBSERVER,),
                 ).fetchall()
                 total = sum(count for _, count in rows)
@@ -447,12 +422,12 @@ class Sampler(threading.Thread):
 
 
 def test_thousand_jobs_sixteen_threads_four_workers(
-    tasks: Any, side: Any, db: uow.Database, workers: Workers, jobs_url: str
+    tasks: Any, side: Any, jobs_db: uow.Database, workers: Workers, jobs_url: str
 ) -> None:
     """1,000 jobs deferred by 16 threads, each with a data row in its unit, run by 4 workers:
     each exactly once, and the server's connections stay within the computed budget."""
     jobs, threads, worker_count = 1000, 16, 4
-    web_db = uow.Database(db.settings.replace(pool_size=8, max_overflow=8))
+    web_db = uow.Database(jobs_db.settings.replace(pool_size=8, max_overflow=8))
     budget = 8 + 8 + worker_count * per_worker(1)
     row = side.execute(
         "SELECT current_setting('max_connections')::int"
