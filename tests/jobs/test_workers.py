@@ -108,8 +108,18 @@ class Workers:
         self.killed: set[int] = set()
         self.codes: dict[int, int] = {}
 
-    def start(self, count: int = 1, *, concurrency: int = 1, **env: str) -> list[int]:
-        """Start ``count`` workers and wait until each has registered; return their pids."""
+    def start(
+        self,
+        count: int = 1,
+        *,
+        concurrency: int = 1,
+        command: list[str] | None = None,
+        **env: str,
+    ) -> list[int]:
+        """Start ``count`` workers and wait until each has registered; return their pids.
+
+        The command is jobs_app's entry point unless ``command`` is given.
+        """
         before = self.registered()
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("UOW_", "DATABASE_"))}
         environ |= {
@@ -119,11 +129,15 @@ class Workers:
             "JOBS_STALLED_AFTER": str(STALLED_AFTER),
             **env,
         }
+        argv = command or [
+            *(sys.executable, "-m", "tests.jobs.jobs_app"),
+            *("--concurrency", str(concurrency)),
+        ]
         started = []
         for _ in range(count):
             log = (self.logs / f"worker-{len(self.procs)}.log").open("wb")
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", "tests.jobs.jobs_app", "--concurrency", str(concurrency)],
+                argv,
                 cwd=ROOT,
                 env=environ,
                 stdout=log,
@@ -340,6 +354,21 @@ def test_killed_worker_job_retried_effect_once(
     else:
         assert writer != victim, "the killed run's uncommitted effect was rolled back"
     print(f"{moment}: killed worker's job succeeded {recovered:.1f} s after SIGKILL")
+
+
+def test_procrastinate_command(tasks: Any, side: Any, workers: Workers, app_name: str) -> None:
+    """``procrastinate --app=<module>.app worker`` runs the jobs, connected as a uow job worker."""
+    # The console script, as users run it (``python -m procrastinate`` would be named
+    # after procrastinate's __main__.py); a script's sys.path starts at its own directory,
+    # so the jobs module must be installed or on PYTHONPATH.
+    script = str(Path(sys.executable).with_name("procrastinate"))
+    command = [script, "--app=tests.jobs.jobs_app.app", "worker"]
+    (pid,) = workers.start(command=command, PYTHONPATH=str(ROOT))
+    with uow.UnitOfWork() as unit:
+        job_id = unit.defer(tasks.record, key="cli")
+    assert succeeded(side, job_id) == 1
+    names = worker_connections(side, app_name)
+    assert names.get(f"uow-jobs:procrastinate[{pid}]", 0) >= 2, names  # its pool and LISTEN
 
 
 def test_sigterm_lets_the_running_job_finish(tasks: Any, side: Any, workers: Workers) -> None:
