@@ -27,9 +27,9 @@ from sqlalchemy import text
 import uow
 import uow.jobs
 
-# Seconds without a heartbeat after which a worker's running jobs count as stalled. Tests
-# make it short; procrastinate's default is 30 s with a heartbeat every 10 s.
-STALLED_AFTER = float(os.environ.get("JOBS_STALLED_AFTER", "2"))
+# Seconds without a heartbeat after which a worker's running jobs count as stalled:
+# procrastinate's 30 s, unless a test that kills workers makes it short.
+STALLED_AFTER = float(os.environ.get("JOBS_STALLED_AFTER", "30"))
 HEARTBEAT = STALLED_AFTER / 4
 
 app = uow.jobs.app(
