@@ -13,6 +13,10 @@ import datetime
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
+import psycopg
+from sqlalchemy import Connection
+from sqlalchemy.util import greenlet_spawn
+
 from ._errors import ConfigurationError, UsageError
 
 if TYPE_CHECKING:
@@ -26,6 +30,7 @@ __all__ = [
     "defer",
     "defer_async",
     "job_of",
+    "raise_as_sqlalchemy_would",
     "require_procrastinate",
 ]
 
@@ -113,22 +118,55 @@ def _manager(deferrer: JobDeferrer, *, asynchronous: bool) -> JobManager:
     return found
 
 
-def defer(connection: Any, task: Any, task_kwargs: dict[str, Any]) -> int:
-    """Insert ``task``'s job on ``connection`` (a psycopg Connection) and return its id."""
+def defer(connection: Connection, task: Any, task_kwargs: dict[str, Any]) -> int:
+    """Insert ``task``'s job on ``connection``'s psycopg Connection and return its id."""
     require_procrastinate()
     from procrastinate.jobs import JobDeferrer  # noqa: PLC0415
 
     deferrer = _deferrer(task)
     manager = _manager(deferrer, asynchronous=False)
-    return JobDeferrer(manager, deferrer.job, connection=connection).defer(**task_kwargs)
+    driver = connection.connection.driver_connection
+    try:
+        return JobDeferrer(manager, deferrer.job, connection=driver).defer(**task_kwargs)
+    except Exception as exc:
+        raise_as_sqlalchemy_would(connection, exc)
+        raise
 
 
-async def defer_async(connection: Any, task: Any, task_kwargs: dict[str, Any]) -> int:
-    """Insert ``task``'s job on ``connection`` (a psycopg AsyncConnection); return its id."""
+async def defer_async(connection: Connection, task: Any, task_kwargs: dict[str, Any]) -> int:
+    """Insert ``task``'s job on ``connection``'s psycopg AsyncConnection; return its id.
+
+    ``connection`` is the sync Connection of an AsyncSession's ``sync_session``.
+    """
     require_procrastinate()
     from procrastinate.jobs import JobDeferrer  # noqa: PLC0415
 
     deferrer = _deferrer(task)
     manager = _manager(deferrer, asynchronous=True)
-    deferred = JobDeferrer(manager, deferrer.job, connection=connection)
-    return await deferred.defer_async(**task_kwargs)
+    driver = connection.connection.driver_connection
+    try:
+        return await JobDeferrer(manager, deferrer.job, connection=driver).defer_async(
+            **task_kwargs
+        )
+    except Exception as exc:
+        await greenlet_spawn(raise_as_sqlalchemy_would, connection, exc)
+        raise
+
+
+def raise_as_sqlalchemy_would(connection: Connection, exc: Exception) -> None:
+    """Raise the database error behind procrastinate's ``exc`` as the unit's statements do.
+
+    procrastinate wraps a driver error in its ConnectorException. Handed to SQLAlchemy's
+    error handling, it gets what any statement of the unit gets: uow's classification
+    (ConnectionLost, SerializationFailure, StatementTimeout... which run_transaction
+    retries) and a connection the server ended discarded, not pooled. Returns if
+    ``exc`` is no such error (AlreadyEnqueued, a task argument that is not JSON).
+    """
+    from procrastinate.exceptions import ConnectorException  # noqa: PLC0415
+
+    cause = exc.__cause__
+    if isinstance(exc, ConnectorException) and isinstance(cause, psycopg.Error):
+        # SQLAlchemy's own path for a failed statement: handle_error hooks (uow's
+        # translation), disconnect detection, invalidation. Private, but stable since
+        # SQLAlchemy 1.4 and pinned below 2.2 in pyproject.toml.
+        connection._handle_dbapi_exception(cause, None, None, None, None)

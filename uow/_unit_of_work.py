@@ -11,6 +11,7 @@ from contextvars import ContextVar, Token
 from types import FrameType, TracebackType
 from typing import Any, Self, TypeVar
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from ._database import Database
@@ -427,12 +428,12 @@ class UnitOfWork:
         """
         return defer(self._job_connection(), task, task_kwargs)
 
-    def _job_connection(self) -> Any:
-        """The driver connection jobs are deferred on, once the checks pass."""
+    def _job_connection(self) -> Connection:
+        """The connection jobs are deferred on, once the checks pass."""
         session = self.session
         if self.readonly:
             raise UsageError(READONLY)
-        return session.connection().connection.driver_connection
+        return session.connection()
 
     def repository(self, model: type[M]) -> Repository[M]:
         """Return this unit's repository for ``model`` (the same one on each call)."""

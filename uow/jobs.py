@@ -21,12 +21,15 @@ workers apart from web workers.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
+
+import psycopg
 
 from ._conninfo import connect_kwargs
 from ._database import Database
 from ._default import get_database
-from ._engine.budget import job_worker_name, process_name
+from ._engine.budget import Budget, job_worker_name, process_name, read_budget
 from ._errors import ConfigurationError
 from ._jobs import require_procrastinate
 
@@ -37,7 +40,14 @@ import procrastinate  # noqa: E402 - after the check that says what to install
 if TYPE_CHECKING:
     from ._settings import Settings
 
-__all__ = ["DEFAULT_MAX_SIZE", "DEFAULT_MIN_SIZE", "app", "connect_kwargs_for", "connector"]
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "DEFAULT_MIN_SIZE",
+    "app",
+    "check_budget",
+    "connect_kwargs_for",
+    "connector",
+]
 
 DEFAULT_MIN_SIZE = 1
 """Connections a worker's pool keeps open."""
@@ -110,3 +120,55 @@ def connector(
 def app(database: Database | None = None, **app_kwargs: Any) -> procrastinate.App:
     """``procrastinate.App(connector=connector(database), **app_kwargs)``."""
     return procrastinate.App(connector=connector(database), **app_kwargs)
+
+
+def check_budget(
+    database: Database | None = None, *, processes: int = 1, max_size: int = DEFAULT_MAX_SIZE
+) -> Budget | None:
+    """Check, as a job worker starts, that its connections fit in what the server has left.
+
+    Call it before running the worker: a worker that does not fit fails at once with the
+    arithmetic, rather than when the server refuses connections under load. Explicit,
+    not in the connector's first connect: psycopg_pool retries a failing connect in the
+    background, and the reason would surface only as a log line and a 30 s timeout.
+
+    Each job worker process needs ``max_size + 1`` connections (procrastinate's pool and
+    its LISTEN connection) plus ``pool_size + max_overflow`` (the process's own uow
+    Database, which the tasks' units of work use). Web workers' connections, and everyone
+    else's, count as in use; the job workers of this application already connected are
+    counted as processes (this check's own connection announces this one), so of N
+    workers starting at once the last to check sees all N.
+
+    Args:
+        database: whose settings to use; defaults to ``uow.get_database()``.
+        processes: how many job worker processes will run (at least those connected).
+        max_size: the connector's ``max_size``.
+
+    Returns:
+        The numbers read, or None when the check does not apply (``UOW_CHECK_BUDGET=false``,
+        or behind PgBouncer, whose own pool bounds the server's connections).
+
+    Raises:
+        ConfigurationError: the job workers do not fit, with the arithmetic and what to do.
+    """
+    settings = (database if database is not None else get_database()).settings
+    if not settings.check_budget or settings.pgbouncer != "off":
+        return None
+    name = job_worker_name(settings.application_name)
+    as_worker = settings.replace(application_name=name, processes=max(1, processes))
+    with psycopg.connect(**connect_kwargs_for(settings)) as connection:
+        budget = read_budget(connection, as_worker)
+    per_process = max_size + 1 + settings.pool_size + settings.max_overflow
+    budget = dataclasses.replace(budget, per_process=per_process)
+    if budget.needed > budget.available:
+        raise ConfigurationError(
+            f"connection budget exceeded on {settings.masked_url}: {budget.processes} job "
+            f"worker processes x (max_size {max_size} + 1 LISTEN + pool_size "
+            f"{settings.pool_size} + max_overflow {settings.max_overflow} = {per_process}) = "
+            f"{budget.needed} connections, but the server allows {budget.max_connections} "
+            f"(max_connections) - {budget.reserved} reserved - {budget.used_by_others} in use "
+            f"by web workers and other applications = {budget.available}. Run fewer job "
+            "workers, give them a smaller pool (UOW_POOL_SIZE, UOW_MAX_OVERFLOW, max_size), "
+            "raise max_connections, or put PgBouncer in front."
+        )
+    return budget

@@ -31,6 +31,7 @@ JSON_KEYS = {
     "longest_queries",
     "longest_transactions",
     "pgbouncer",
+    "processes",
     "replicas",
     "replication",
     "server",
@@ -71,7 +72,7 @@ def test_healthy_setup_exits_0_and_shows_limits_and_connections(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "max_connections" in result.stdout
     lines = [line.split() for line in result.stdout.splitlines()]
-    assert [app_name, "idle", "1"] in lines
+    assert [app_name, "-", "idle", "1"] in lines  # "-": not a uow process
     assert "No warnings." in result.stdout
 
 
@@ -87,7 +88,8 @@ def test_json_parses_and_has_stable_keys(
     row = app_connection.execute("SELECT current_setting('max_connections')::int").fetchone()
     assert row is not None
     assert data["server"]["max_connections"] == row[0]
-    assert {"application_name": app_name, "state": "idle", "count": 1} in data["connections"]
+    idle = {"application_name": app_name, "kind": "", "state": "idle", "count": 1}
+    assert idle in data["connections"]
     assert set(data["budget"]) >= {"needed", "available", "exceeded"}
     assert data["url"] == Settings(url=postgres_url).masked_url
 

@@ -13,10 +13,17 @@ import pytest
 from procrastinate.exceptions import AlreadyEnqueued
 from sqlalchemy import Engine, text
 
-from tests.conftest import run
+from tests.conftest import libpq_dsn, run
 from tests.jobs.conftest import queued
 from tests.protocol_trace import Trace
-from uow import AsyncUnitOfWork, Database, UnitOfWork, UsageError
+from uow import (
+    AsyncUnitOfWork,
+    ConnectionLost,
+    Database,
+    StatementTimeout,
+    UnitOfWork,
+    UsageError,
+)
 
 Admin = psycopg.Connection[Any]
 
@@ -188,3 +195,57 @@ def test_a_sync_unit_defers_while_the_app_is_open(
 
     job_id = run(scenario())
     assert [r["id"] for r in queued(jobs_admin)] == [job_id]
+
+
+def backend_pid(unit: UnitOfWork) -> int:
+    """The server process of the unit's connection."""
+    return int(unit.session.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def test_a_lost_connection_raises_connection_lost(
+    jobs_db: Database, jobs_admin: Admin, statement: Any
+) -> None:
+    """The insert's driver errors are classified as the unit's statements' are, and the
+    dead connection is discarded: run_transaction would retry, the next unit works."""
+    with pytest.raises(ConnectionLost), UnitOfWork() as unit:
+        jobs_admin.execute("SELECT pg_terminate_backend(%s)", (backend_pid(unit),))
+        unit.defer(statement, account_id=7)
+    with UnitOfWork() as unit:
+        unit.defer(statement, account_id=8)
+    assert [r["args"] for r in queued(jobs_admin)] == [{"account_id": 8}]
+
+
+def test_an_insert_waiting_too_long_raises_statement_timeout(
+    jobs_db: Database, jobs_url: str, jobs_admin: Admin, statement: Any
+) -> None:
+    """An insert waiting on another transaction's queueing lock ends at the unit's timeout."""
+    once = statement.configure(queueing_lock="statement-7")
+    with psycopg.connect(libpq_dsn(jobs_url)) as other:  # holds the lock, uncommitted
+        other.execute(
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, queueing_lock, args)"
+            " VALUES ('statements', 'render_statement', 'statement-7', '{}')"
+        )
+        with pytest.raises(StatementTimeout), UnitOfWork(timeout=0.3) as unit:
+            unit.defer(once, account_id=7)
+        other.rollback()
+    assert queued(jobs_admin) == []
+
+
+def test_async_a_lost_connection_raises_connection_lost(
+    jobs_db: Database, jobs_admin: Admin, statement: Any
+) -> None:
+    """await unit.defer() on a terminated connection: ConnectionLost, nothing left checked out."""
+
+    async def scenario() -> None:
+        with pytest.raises(ConnectionLost):
+            async with AsyncUnitOfWork() as unit:
+                pid = (await unit.session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+                jobs_admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                await unit.defer(statement, account_id=7)
+        async with AsyncUnitOfWork() as unit:
+            await unit.defer(statement, account_id=8)
+        assert jobs_db.async_engine.pool.checkedout() == 0
+        await jobs_db.dispose_async()
+
+    run(scenario())
+    assert [r["args"] for r in queued(jobs_admin)] == [{"account_id": 8}]

@@ -93,6 +93,7 @@ def test_submodule_namespaces_are_pinned() -> None:
         "DEFAULT_MAX_SIZE",
         "DEFAULT_MIN_SIZE",
         "app",
+        "check_budget",
         "connect_kwargs_for",
         "connector",
     ]

@@ -36,6 +36,7 @@ __all__ = [
     "is_marked",
     "job_worker_name",
     "measure_budget",
+    "process_kind",
     "process_name",
     "read_budget",
 ]
@@ -64,7 +65,17 @@ SELECT current_setting('max_connections')::int,
 def is_marked(name: str) -> bool:
     """Whether uow adds the process id to this application_name (uow's own names only)."""
     # A name the user chose is shown as chosen: dashboards and filters match it exactly.
-    return name == "uow" or name.startswith("uow:")
+    return name in ("uow", JOBS) or name.startswith(("uow:", f"{JOBS}:"))
+
+
+def process_kind(name: str) -> str:
+    """``"job worker"``, ``"web worker"`` or ``""``: the kind of process an application_name
+    (as ``pg_stat_activity`` shows it, pid included) belongs to."""
+    if is_job_worker(name):
+        return "job worker"
+    if name == "uow" or name.startswith(("uow:", "uow[")):
+        return "web worker"
+    return ""
 
 
 def job_worker_name(name: str) -> str:

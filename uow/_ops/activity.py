@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .._engine.budget import process_kind
 from .terminal import printable
 
 __all__ = ["Activity", "ServerSession", "collect_activity", "render_activity", "table"]
@@ -82,7 +83,8 @@ class Activity:
     database: str
     """The current database, which the transaction counters are for."""
     connections: list[dict[str, Any]]
-    """``{"application_name", "state", "count"}`` per application and state."""
+    """``{"application_name", "kind", "state", "count"}`` per application and state; kind is
+    ``"web worker"``, ``"job worker"`` (``uow.jobs``) or ``""`` (not uow's)."""
     idle_in_transaction: list[ServerSession]
     longest_transactions: list[ServerSession]
     longest_queries: list[ServerSession]
@@ -103,7 +105,7 @@ def collect_activity(raw: Any) -> Activity:
     try:
         cursor.execute(_BY_APPLICATION)
         connections = [
-            {"application_name": app, "state": state, "count": count}
+            {"application_name": app, "kind": process_kind(app), "state": state, "count": count}
             for app, state, count in cursor.fetchall()
         ]
         cursor.execute(_IDLE_IN_TRANSACTION)
@@ -153,8 +155,8 @@ def render_activity(
     lines = [
         "Connections (client backends, excluding this one)",
         *table(
-            ["application_name", "state", "count"],
-            [[c["application_name"], c["state"], c["count"]] for c in connections],
+            ["application_name", "kind", "state", "count"],
+            [[c["application_name"], c["kind"], c["state"], c["count"]] for c in connections],
         ),
         "",
     ]

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from sqlalchemy.exc import SQLAlchemyError
 
 from .._database import Database
-from .._engine.budget import read_budget
+from .._engine.budget import job_worker_name, process_name, read_budget
 from .._engine.timeouts import TIMEOUT_PARAMETERS
 from .._errors import UnitOfWorkError
 from .._settings import Settings
@@ -177,6 +177,32 @@ def _read_replica(settings: Settings, url: str, primary_lsn: str | None) -> dict
     return entry
 
 
+def _processes(connections: list[dict[str, Any]], name: str) -> dict[str, dict[str, int]]:
+    """The web and job worker processes of application ``name``, and their connections.
+
+    A process is one application_name: uow's names carry the process id (``uow:bank[42]``
+    for a web worker, ``uow-jobs:bank[43]`` for a job worker).
+    """
+    found = {}
+    for kind, base in (("web worker", name), ("job worker", job_worker_name(name))):
+        prefix = process_name(base, 0).removesuffix("0]")  # cut where every process cuts
+        names = {
+            c["application_name"]
+            for c in connections
+            if c["application_name"] == base
+            or (
+                c["application_name"].startswith(prefix)
+                and c["application_name"][len(prefix) : -1].isdigit()
+                and c["application_name"].endswith("]")
+            )
+        }
+        found[kind] = {
+            "processes": len(names),
+            "connections": sum(c["count"] for c in connections if c["application_name"] in names),
+        }
+    return found
+
+
 def _read_server(raw: Any, report: Report) -> None:
     cursor = raw.cursor()
     try:
@@ -192,6 +218,7 @@ def _read_server(raw: Any, report: Report) -> None:
         cursor.close()
     activity = collect_activity(raw)
     report.connections = activity.connections
+    report.processes = _processes(activity.connections, report.application_name)
     report.idle_in_transaction = activity.idle_in_transaction
     report.longest_transactions = activity.longest_transactions
     report.longest_queries = activity.longest_queries
@@ -274,6 +301,9 @@ def render(report: Report) -> str:
         report.longest_transactions,
         report.longest_queries,
     )
+    kinds = [[kind, n["processes"], n["connections"]] for kind, n in report.processes.items()]
+    lines += ["This application's processes", *table(["kind", "processes", "connections"], kinds)]
+    lines += [""]
     lines += ["Connection budget", *_budget_lines(report.budget), ""]
     bouncer = report.pgbouncer
     if bouncer.get("detected"):

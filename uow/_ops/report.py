@@ -44,6 +44,9 @@ class Report:
     server: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     connections: list[dict[str, Any]] = field(default_factory=list)
+    processes: dict[str, dict[str, int]] = field(default_factory=dict)
+    """This application's processes by kind (web worker, job worker): how many, and
+    their connections."""
     idle_in_transaction: list[ServerSession] = field(default_factory=list)
     longest_transactions: list[ServerSession] = field(default_factory=list)
     longest_queries: list[ServerSession] = field(default_factory=list)
