@@ -1,9 +1,9 @@
 """The jobs module of tests/jobs/test_workers.py, written as an application writes its own.
 
 Real worker processes run it: ``python -m tests.jobs.jobs_app --concurrency N`` checks the
-connection budget of the tasks' uow pool, then runs procrastinate's worker until SIGTERM
-(graceful: the current job finishes) or SIGKILL (the job is left ``doing``, and
-`retry_stalled_jobs` puts it back).
+job workers' connection budget (``uow.jobs.check_budget``), then runs procrastinate's
+worker until SIGTERM (graceful: the current job finishes) or SIGKILL (the job is left
+``doing``, and `retry_stalled_jobs` puts it back).
 The database comes from uow's settings (``DATABASE_URL``, ``UOW_*``), as in production.
 
 The task `record` is idempotent by design: its effect is one row keyed by the job's natural
@@ -89,11 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.jobs.jobs_app")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--name", default=None)
+    parser.add_argument("--processes", type=int, default=1, help="job workers in all")
     args = parser.parse_args(argv)
     options: dict[str, Any] = {"concurrency": args.concurrency, "name": args.name}
-    # The tasks' own pool (UOW_POOL_SIZE): a worker whose pool does not fit in what the
-    # server has left fails here, with the numbers, instead of under load.
-    uow.configure(check=True)
+    # procrastinate's pool, its LISTEN connection and the tasks' uow pool, per process: a
+    # worker that does not fit in what the server has left fails here, with the numbers.
+    uow.jobs.check_budget(processes=args.processes)
     print(f"worker {os.getpid()} starting", flush=True)
     app.run_worker(**options)
 

@@ -27,8 +27,8 @@ from sqlalchemy import text
 
 import uow
 import uow.jobs
-from tests.conftest import libpq_dsn, run
-from tests.helpers import ROOT, wait_for
+from tests.conftest import MakeDatabase, libpq_dsn, run
+from tests.helpers import ROOT, run_python, wait_for
 
 STALLED_AFTER = 2.0
 """Seconds without a heartbeat before a worker's jobs are stalled (``JOBS_STALLED_AFTER``),
@@ -373,6 +373,17 @@ def test_procrastinate_command(tasks: Any, side: Any, workers: Workers, app_name
     assert names.get(f"uow-jobs:procrastinate[{pid}]", 0) >= 2, names  # its pool and LISTEN
 
 
+def test_worker_that_does_not_fit_refuses_to_start(jobs_url: str) -> None:
+    """A worker whose connections do not fit in max_connections exits at start, saying why."""
+    result = run_python(
+        *("-m", "tests.jobs.jobs_app", "--processes", "1000"), DATABASE_URL=jobs_url, timeout=60
+    )
+    assert result.returncode != 0
+    assert "connection budget exceeded" in result.stderr, result.stderr
+    assert "1000 job worker processes x (max_size 2 + 1 LISTEN" in result.stderr
+    assert "starting" not in result.stdout
+
+
 def test_sigterm_lets_the_running_job_finish(tasks: Any, side: Any, workers: Workers) -> None:
     """SIGTERM mid-job (systemd's stop, docker stop): the job finishes, the worker exits 0."""
     (pid,) = workers.start()
@@ -453,13 +464,17 @@ class Sampler(threading.Thread):
 
 
 def test_thousand_jobs_sixteen_threads_four_workers(
-    tasks: Any, side: Any, jobs_db: uow.Database, workers: Workers, jobs_url: str
+    tasks: Any, side: Any, workers: Workers, jobs_url: str, make_database: MakeDatabase
 ) -> None:
     """1,000 jobs deferred by 16 threads, each with a data row in its unit, run by 4 workers:
     each exactly once, and the server's connections stay within the computed budget."""
     jobs, threads, worker_count = 1000, 16, 4
-    web_db = uow.Database(jobs_db.settings.replace(pool_size=8, max_overflow=8))
+    web_db = make_database(url=jobs_url, pool_size=8, max_overflow=8)
     budget = 8 + 8 + worker_count * per_worker(1)
+    # The workers' own start-up check counts each of them as this arithmetic does.
+    as_worker = make_database(url=jobs_url, pool_size=1, max_overflow=0)
+    checked = uow.jobs.check_budget(as_worker, processes=worker_count)
+    assert checked is not None and checked.per_process == per_worker(1)
     row = side.execute(
         "SELECT current_setting('max_connections')::int"
         " - current_setting('superuser_reserved_connections')::int"
@@ -506,7 +521,6 @@ def test_thousand_jobs_sixteen_threads_four_workers(
     finally:
         sampler.stop.set()
         sampler.join()
-        web_db.dispose()
 
     counts = side.execute(
         "SELECT (SELECT count(*) FROM job_requests), (SELECT count(*) FROM job_runs),"
