@@ -3,8 +3,11 @@
 What a worker sees of a unit of work's deferral: nothing before COMMIT, nothing after a
 rollback, one run after a commit (sync and async). A worker killed with SIGKILL mid-job:
 procrastinate's stalled-job recipe puts the job back, and the job's idempotent design
-applies its effect once. 1,000 jobs deferred by 16 threads and run by 4 workers: each
-exactly once, with the server's connections within the budget the docs compute.
+applies its effect once; SIGTERM lets the running job finish. The connections a worker
+holds, a worker that does not fit in the budget refusing to start, and 1,000 jobs deferred
+by 16 threads and run by 4 workers: each exactly once, with the server's connections
+within the budget docs/guide/jobs.md computes. Every worker must exit 0 on SIGTERM at the
+end of its test.
 """
 
 from __future__ import annotations
@@ -307,8 +310,8 @@ def test_async_deferral(tasks: Any, side: Any, jobs_db: uow.Database, workers: W
 def in_effect_transaction(side: psycopg.Connection[Any]) -> bool:
     """Whether a worker holds the effect's INSERT uncommitted (idle in its transaction)."""
     row = side.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%%'"
-        " AND query LIKE 'INSERT INTO job_effects%%'"
+        "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
+        " AND query LIKE 'INSERT INTO job_effects%'"
     ).fetchone()
     return bool(row and row[0])
 
