@@ -43,8 +43,19 @@ def _default_processes() -> int:
     return int(raw) if raw.isascii() and raw.isdigit() and int(raw) > 0 else 1
 
 
-def _default_application_name() -> str:
+def _program() -> str:
+    """The running program's name: the script's, or the package's under ``python -m pkg``."""
     program = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
+    if program == "__main__":
+        # python -m examples.bank runs examples/bank/__main__.py: name the package.
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        name = getattr(spec, "name", "") or ""
+        program = name.removesuffix(".__main__") or program
+    return program
+
+
+def _default_application_name() -> str:
+    program = _program()
     # As PostgreSQL would show it: a program named "café" must not make the default invalid.
     program = "".join(c if " " <= c <= "~" else "?" for c in program)
     return f"uow:{program}"[:NAME_MAX] if program else "uow"

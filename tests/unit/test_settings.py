@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 import sys
 from decimal import Decimal
 from enum import IntEnum
@@ -14,7 +16,7 @@ import pytest
 from hypothesis import strategies as st
 
 import uow
-from tests.helpers import any_value
+from tests.helpers import ROOT, any_value
 from uow import ConfigurationError, Settings
 
 URL = "postgresql://app:hunter2@db.example:5432/shop"
@@ -438,3 +440,24 @@ def test_any_environment_text_gives_error_or_settings(variable: str, raw: str) -
     """Any text in a UOW_ variable gives ConfigurationError or valid Settings."""
     with contextlib.suppress(ConfigurationError):
         Settings.from_env({"DATABASE_URL": URL, variable: raw})
+
+
+def test_application_name_of_a_package_run_with_python_m(tmp_path: Any) -> None:
+    """``python -m billing`` names its connections uow:billing, not uow:__main__."""
+    package = tmp_path / "billing"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(
+        "import uow\nprint(uow.Settings(url='postgresql://h/db').application_name)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "billing"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "uow:billing"
