@@ -5,7 +5,8 @@ its thread pool; ``/async/...`` endpoints run on AsyncUnitOfWork. Each request g
 own unit of work from :func:`uow.fastapi.unit_of_work`, which the service enters in the
 endpoint's thread (or task). :mod:`uow.fastapi` also checks the connection budget at
 startup, closes the pools at shutdown and maps uow's errors to 503/504 answers without
-leaking internals; domain errors are 404/409/422. ``GET /metrics`` exposes the pool's
+leaking internals; domain errors are 404/409/422. A statement request answers 202:
+a job renders it (:mod:`examples.bank.statements`). ``GET /metrics`` exposes the pool's
 metrics to Prometheus.
 """
 
