@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
@@ -27,6 +28,7 @@ __all__ = [
     "INSTALL",
     "READONLY",
     "DeferredJob",
+    "check_json",
     "defer",
     "defer_async",
     "job_of",
@@ -128,6 +130,9 @@ def defer(connection: Connection, task: Any, task_kwargs: dict[str, Any]) -> int
     driver = connection.connection.driver_connection
     try:
         return JobDeferrer(manager, deferrer.job, connection=driver).defer(**task_kwargs)
+    except TypeError:
+        check_json({**deferrer.job.task_kwargs, **task_kwargs})
+        raise
     except Exception as exc:
         raise_as_sqlalchemy_would(connection, exc)
         raise
@@ -148,9 +153,24 @@ async def defer_async(connection: Connection, task: Any, task_kwargs: dict[str, 
         return await JobDeferrer(manager, deferrer.job, connection=driver).defer_async(
             **task_kwargs
         )
+    except TypeError:
+        check_json({**deferrer.job.task_kwargs, **task_kwargs})
+        raise
     except Exception as exc:
         await greenlet_spawn(raise_as_sqlalchemy_would, connection, exc)
         raise
+
+
+def check_json(task_kwargs: dict[str, Any]) -> None:
+    """Raise UsageError if the arguments are not JSON values (nothing was sent then)."""
+    try:
+        json.dumps(task_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(
+            f"a job's arguments are stored as JSON, and {exc}; pass JSON values (str, int, "
+            "float, bool, None, lists and dicts of them): an id rather than an object, "
+            "date.isoformat() rather than a date. Nothing was sent; the unit of work goes on"
+        ) from exc
 
 
 def raise_as_sqlalchemy_would(connection: Connection, exc: Exception) -> None:

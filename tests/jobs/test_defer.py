@@ -164,6 +164,17 @@ def test_misuse_raises_usage_errors(jobs_db: Database, jobs_admin: Admin, statem
     assert queued(jobs_admin) == []
 
 
+def test_arguments_that_are_not_json_raise_usage_error(
+    jobs_db: Database, jobs_admin: Admin, statement: Any
+) -> None:
+    """A date as an argument: UsageError saying what to pass; nothing was sent, the unit goes on."""
+    with UnitOfWork() as unit:
+        with pytest.raises(UsageError, match=r"stored as JSON.*datetime is not JSON"):
+            unit.defer(statement, account_id=7, when=datetime.datetime.now(datetime.UTC))
+        unit.defer(statement, account_id=8)
+    assert [r["args"] for r in queued(jobs_admin)] == [{"account_id": 8}]
+
+
 def test_defer_costs_one_round_trip(
     jobs_db: Database, jobs_admin: Admin, statement: Any, trace: Callable[[Engine], Trace]
 ) -> None:

@@ -69,7 +69,7 @@ def test_schedule_and_queueing_lock_as_procrastinate_does() -> None:
 
 
 def test_misuse_raises_as_the_real_unit_does() -> None:
-    """Outside the block, in a readonly unit, or with no task: UsageError."""
+    """Outside the block, in a readonly unit, with no task or non-JSON arguments: UsageError."""
     unit: Any = FakeUnitOfWork()
     with pytest.raises(UsageError, match="not active"):
         unit.defer(render_statement, account_id=1)
@@ -77,6 +77,8 @@ def test_misuse_raises_as_the_real_unit_does() -> None:
         ro.defer(render_statement, account_id=1)
     with pytest.raises(UsageError, match="procrastinate task"), FakeUnitOfWork() as unit:
         unit.defer(print)
+    with pytest.raises(UsageError, match="stored as JSON"), FakeUnitOfWork() as unit:
+        unit.defer(render_statement, account_id=object())
 
 
 def test_without_procrastinate_the_error_says_what_to_install() -> None:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from .._database import Database
 from .._errors import UsageError
-from .._jobs import READONLY, DeferredJob, job_of
+from .._jobs import READONLY, DeferredJob, check_json, job_of
 from .._repository import Repository
 from .._unit_of_work import UnitOfWork
 from ._memory_repository import InMemoryRepository, _in_memory
@@ -179,14 +179,15 @@ class FakeUnitOfWork(UnitOfWork):
     def defer(self, task: Any, /, **task_kwargs: Any) -> int:
         """Record the job ``task`` would insert; ``store.jobs`` keeps it once committed.
 
-        Raises what :meth:`uow.UnitOfWork.defer` raises: UsageError outside the block or
-        in a readonly unit, procrastinate's AlreadyEnqueued for a queueing lock taken by
-        a recorded job.
+        Raises what :meth:`uow.UnitOfWork.defer` raises: UsageError outside the block, in
+        a readonly unit or for arguments that are not JSON values, procrastinate's
+        AlreadyEnqueued for a queueing lock taken by a recorded job.
         """
         self._transaction()
         if self.readonly:
             raise UsageError(READONLY)
         job = job_of(task, task_kwargs)
+        check_json(job.task_kwargs)
         lock = job.queueing_lock
         if lock is not None and any(j.queueing_lock == lock for j in self._all_jobs()):
             from procrastinate.exceptions import AlreadyEnqueued  # noqa: PLC0415
