@@ -5,7 +5,8 @@ its thread pool; ``/async/...`` endpoints run on AsyncUnitOfWork. Each request g
 own unit of work from :func:`uow.fastapi.unit_of_work`, which the service enters in the
 endpoint's thread (or task). :mod:`uow.fastapi` also checks the connection budget at
 startup, closes the pools at shutdown and maps uow's errors to 503/504 answers without
-leaking internals; domain errors are 404/409/422. ``GET /metrics`` exposes the pool's
+leaking internals; domain errors are 404/409/422. A statement request answers 202:
+a job renders it (:mod:`examples.bank.statements`). ``GET /metrics`` exposes the pool's
 metrics to Prometheus.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Path, Request, Response, status
+from fastapi import Depends, FastAPI, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -27,7 +28,7 @@ from uow import (
     get_database,
 )
 
-from . import async_services, services
+from . import async_services, services, statements
 from .async_services import AsyncBankUnitOfWork
 from .guards import BodyLimit, Text, validation_error
 from .health import SchemaCheck, State, probe
@@ -40,6 +41,7 @@ from .services import (
     InsufficientFunds,
     InvalidRequest,
 )
+from .statements import StatementNotFound
 from .unit_of_work import BankUnitOfWork
 
 __all__ = ["create_app"]
@@ -66,6 +68,8 @@ AsyncReadBank = Annotated[
 ]
 
 AccountId = Annotated[int, Path(ge=1, le=MAX_ID)]
+RequestId = Annotated[int, Path(ge=1, le=MAX_ID)]
+Month = Annotated[str, Query(max_length=40, description="YYYY-MM, this month or an earlier one")]
 Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 Amount = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT, description="cents")]
 Key = Annotated[Text, Field(min_length=1, max_length=MAX_KEY_LENGTH)]
@@ -143,6 +147,31 @@ class StatementOut(BaseModel):
     owner: str
     balance: int
     lines: list[LineOut]
+
+
+class StatementTicketOut(BaseModel):
+    """A statement request accepted: its job renders the file; ``status_url`` tells when."""
+
+    id: int
+    account_id: int
+    month: str
+    job_id: int | None
+    new: bool
+    """False when an earlier request for this month was returned instead."""
+    status_url: str
+
+
+class StatementStatusOut(BaseModel):
+    """A statement request's progress; ``file`` is set once it has succeeded."""
+
+    id: int
+    account_id: int
+    month: str
+    status: str
+    """todo, doing, succeeded or failed (procrastinate's job statuses)."""
+    job_id: int | None
+    file: str | None
+    movements: int | None
 
 
 class PoolOut(BaseModel):
@@ -253,6 +282,37 @@ def create_app(database: Database | None = None) -> FastAPI:
             ],
         )
 
+    @app.post("/accounts/{account_id}/statements", status_code=status.HTTP_202_ACCEPTED)
+    def request_statement(
+        account_id: AccountId, month: Month, response: Response, unit: Bank
+    ) -> StatementTicketOut:
+        """Ask for a month's statement: 202 at once, a worker renders it (see Location)."""
+        ticket = statements.request_statement(unit, account_id, month)
+        where = f"/statements/{ticket.id}"
+        response.headers["Location"] = where
+        return StatementTicketOut(
+            id=ticket.id,
+            account_id=ticket.account_id,
+            month=f"{ticket.month:%Y-%m}",
+            job_id=ticket.job_id,
+            new=ticket.new,
+            status_url=where,
+        )
+
+    @app.get("/statements/{request_id}")
+    def statement_status(request_id: RequestId, unit: ReadBank) -> StatementStatusOut:
+        """A statement request's status, and its file once rendered."""
+        found = statements.statement_status(unit, request_id)
+        return StatementStatusOut(
+            id=found.id,
+            account_id=found.account_id,
+            month=f"{found.month:%Y-%m}",
+            status=found.status,
+            job_id=found.job_id,
+            file=found.path,
+            movements=found.movements,
+        )
+
     schema = SchemaCheck()
 
     @app.get("/health")
@@ -306,6 +366,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return detail(422, str(exc))
 
     app.add_exception_handler(AccountNotFound, not_found)
+    app.add_exception_handler(StatementNotFound, not_found)
     app.add_exception_handler(InsufficientFunds, conflict)
     app.add_exception_handler(IdempotencyConflict, conflict)
     app.add_exception_handler(InvalidRequest, invalid)

@@ -145,6 +145,26 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    # Imported here: procrastinate is needed by this command only.
+    import uow.jobs  # noqa: PLC0415
+
+    from .jobs import app  # noqa: PLC0415
+
+    # Fail at once, with the arithmetic, if these workers' connections do not fit in what
+    # the server has left (web workers' connections count as in use).
+    uow.jobs.check_budget(processes=args.processes)
+    # procrastinate's worker: SIGTERM or Ctrl-C stops it fetching jobs and lets the running
+    # ones finish (for up to --shutdown-timeout seconds) before it exits.
+    app.run_worker(
+        concurrency=args.concurrency,
+        queues=args.queues or None,
+        name=f"bank-worker[{os.getpid()}]",
+        shutdown_graceful_timeout=args.shutdown_timeout,
+    )
+    return 0
+
+
 def _migrate(args: argparse.Namespace) -> int:
     from uow import migrations  # noqa: PLC0415 - alembic is needed by this command only
 
@@ -216,6 +236,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_argument(
         "--no-access-log", dest="access_log", action="store_false", help="no line per request"
+    )
+
+    sub = command("worker", _worker, "run the job workers (statements) until SIGTERM or Ctrl-C")
+    sub.add_argument(
+        "--concurrency", type=_positive, default=2, help="jobs run at once, in threads (2)"
+    )
+    sub.add_argument(
+        "--processes",
+        type=_positive,
+        default=1,
+        help="job worker processes that will run, for the connection budget check (1)",
+    )
+    sub.add_argument(
+        "--queue",
+        dest="queues",
+        action="append",
+        metavar="NAME",
+        help="a queue to take jobs from (repeatable; default: every queue)",
+    )
+    sub.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long a stopping worker waits for running jobs before aborting them (60)",
     )
 
     command(

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
+    Text,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -57,3 +62,41 @@ class LedgerEntry(Base):
     target_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
     amount: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class StatementRequest(Base):
+    """A monthly statement asked for: rendered to a file by a job (see ``statements.py``).
+
+    At most one request per account and month is pending at a time (a partial unique
+    index): a repeated request finds the pending one and returns its job.
+    """
+
+    __tablename__ = "statement_requests"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'done', 'failed')", name="status_known"),
+        CheckConstraint("extract(day FROM month) = 1", name="month_first_day"),
+        Index(
+            "uq_statement_requests_pending",
+            "account_id",
+            "month",
+            unique=True,
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    month: Mapped[date] = mapped_column(Date)
+    """The month's first day."""
+    status: Mapped[str] = mapped_column(String(10), default="pending", server_default="pending")
+    job_id: Mapped[int | None] = mapped_column(BigInteger)
+    """procrastinate's job (``procrastinate_jobs.id``) rendering it."""
+    path: Mapped[str | None] = mapped_column(Text)
+    """The rendered file, once done."""
+    movements: Mapped[int | None] = mapped_column(Integer)
+    complete: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    """Rendered after the month ended: final, so a later request reuses it."""
+    requested_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

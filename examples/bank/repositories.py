@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
-from sqlalchemy import func, or_, select, union_all
+from sqlalchemy import column, func, or_, select, table, union_all
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from uow import Repository
 
-from .models import Account, LedgerEntry
+from .models import Account, LedgerEntry, StatementRequest
 
-__all__ = ["IDEMPOTENCY_KEY_CONSTRAINT", "AccountRepository", "Audit", "LedgerRepository"]
+__all__ = [
+    "IDEMPOTENCY_KEY_CONSTRAINT",
+    "PENDING_STATEMENT_INDEX",
+    "AccountRepository",
+    "Audit",
+    "LedgerRepository",
+    "StatementRepository",
+]
 
 IDEMPOTENCY_KEY_CONSTRAINT = "uq_ledger_idempotency_key"
 """The unique constraint on ``ledger.idempotency_key`` (named by ``models.NAMING``)."""
+PENDING_STATEMENT_INDEX = "uq_statement_requests_pending"
+"""The partial unique index allowing one pending statement request per account and month."""
+
+# procrastinate's jobs table, as far as the status endpoint reads it (its schema is
+# procrastinate's, applied by a migration; the bank declares no model for it).
+_PROCRASTINATE_JOBS = table("procrastinate_jobs", column("id"), column("status"))
 
 
 class AccountRepository(Repository[Account]):
@@ -131,3 +145,33 @@ class LedgerRepository(Repository[LedgerEntry]):
             mismatched=int(row[4]),
             examples=tuple(int(i) for i in row[5] or ()),
         )
+
+
+class StatementRepository(Repository[StatementRequest]):
+    """Statement requests and the status of the jobs rendering them."""
+
+    def reusable(self, account_id: int, month: date) -> StatementRequest | None:
+        """The request a new one for this account and month should return, if any.
+
+        That is the pending one (it will render the month soon), or else a complete
+        statement (rendered after the month ended, so nothing can change it).
+        """
+        found = self.list(
+            StatementRequest.account_id == account_id,
+            StatementRequest.month == month,
+            or_(
+                StatementRequest.status == "pending",
+                # == True, not the bare column: the in-memory fake evaluates comparisons.
+                (StatementRequest.status == "done") & (StatementRequest.complete == True),  # noqa: E712
+            ),
+            order_by=StatementRequest.id.desc(),
+            limit=1,
+        )
+        return found[0] if found else None
+
+    def job_status(self, job_id: int) -> str | None:
+        """procrastinate's status of a job (todo, doing, succeeded, failed...); None if gone."""
+        status = self.session.scalar(
+            select(_PROCRASTINATE_JOBS.c.status).where(_PROCRASTINATE_JOBS.c.id == job_id)
+        )
+        return None if status is None else str(status)

@@ -371,29 +371,31 @@ def _line(account_id: int, entry: LedgerEntry) -> StatementLine:
     )
 
 
-def _retry_after_duplicate_key(attempt: Callable[[], T]) -> T:
+def _retry_after_duplicate_key(
+    attempt: Callable[[], T], *, constraint: str = IDEMPOTENCY_KEY_CONSTRAINT
+) -> T:
     """Run ``attempt``, and once more if a concurrent call committed the same key first.
 
     Two calls with one key on different accounts do not wait for each other's row
     locks, so both may miss the other's entry; PostgreSQL's unique constraint stops
     the second at commit, after the first has committed. Its unit of work rolled
     back, so running it again in a fresh transaction finds the entry and replays it
-    or reports the conflict.
+    or reports the conflict. ``constraint`` names the unique constraint (or index)
+    whose violation means such a duplicate.
     """
     try:
         return attempt()
     except IntegrityError as exc:
-        if not _is_duplicate_key(exc):
+        if not _is_duplicate_key(exc, constraint):
             raise
     return attempt()
 
 
-def _is_duplicate_key(exc: IntegrityError) -> bool:
+def _is_duplicate_key(exc: IntegrityError, constraint: str) -> bool:
     # By SQLSTATE (psycopg's class) and constraint name, never by message text.
     orig = exc.orig
     return (
-        isinstance(orig, psycopg.errors.UniqueViolation)
-        and orig.diag.constraint_name == IDEMPOTENCY_KEY_CONSTRAINT
+        isinstance(orig, psycopg.errors.UniqueViolation) and orig.diag.constraint_name == constraint
     )
 
 

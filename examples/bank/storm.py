@@ -18,6 +18,14 @@ per mode:
 - uow-pgbouncer (only with ``--modes``; needs the ``pgbouncer`` binary): uow-short-tx
   through a PgBouncer in transaction mode (``UOW_PGBOUNCER=transaction``), every thread
   its own client connection, PgBouncer holding the same server-connection budget.
+- statements-inline and statements-worker (only with ``--modes``): uow-short-tx's
+  transfers, with one request in ``--statement-share`` asking for a monthly statement
+  whose rendering takes ``--render-ms``. Inline, the request renders it itself, holding
+  its connection and its thread; in workers, it records the request and defers the job
+  in one unit of work and answers at once, while ``--job-workers`` processes of
+  ``python -m examples.bank worker`` render the statements. The report compares the
+  request path (p50/p99 of transfers and of statement requests), transfers per second
+  and server connections (the job workers' included, and their budget).
 
 Halfway through each mode, ``uow doctor`` looks at the server with that mode's settings;
 its report goes to ``doctor-<mode>.txt`` in ``--out``.
@@ -37,14 +45,18 @@ import multiprocessing as mp
 import os
 import random
 import secrets
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +66,9 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
 import uow
+import uow.jobs
 import uow.migrations
-from examples.bank import async_services, services
+from examples.bank import async_services, services, statements
 from examples.bank.async_services import AsyncBankUnitOfWork
 from examples.bank.models import Account
 from examples.bank.storm_chart import chart
@@ -63,6 +76,7 @@ from examples.bank.storm_report import (
     POOL_EXHAUSTED,
     ModeResult,
     clip,
+    print_statement_table,
     print_table,
     verdict,
     written,
@@ -72,8 +86,10 @@ from uow._ops.doctor import diagnose, render
 from uow.testing import EmbeddedPostgres, PgBouncer
 
 MODES = ("naive", "uow", "uow-short-tx", "uow-async")
-EXTRA_MODES = ("uow-pgbouncer",)
+STATEMENT_MODES = ("statements-inline", "statements-worker")
+EXTRA_MODES = ("uow-pgbouncer", *STATEMENT_MODES)
 APP_ROLE = "bank_app"
+JOBS_NAME = "storm-jobs"  # the job workers' application_name (procrastinate's: uow-jobs:...)
 INITIAL_BALANCE = 10_000
 
 
@@ -122,7 +138,12 @@ def prepare(admin_url: str, app_url: str, accounts: int) -> int:
     """Migrate as the owner role, seed accounts; returns the total balance."""
     uow.migrations.upgrade(app_url, "head")
     with psycopg.connect(libpq(admin_url), autocommit=True) as conn:
-        conn.execute("TRUNCATE accounts, ledger RESTART IDENTITY CASCADE")
+        # CASCADE: statement_requests goes with the accounts, procrastinate's events with
+        # its jobs.
+        conn.execute(
+            "TRUNCATE accounts, ledger, procrastinate_jobs, procrastinate_workers"
+            " RESTART IDENTITY CASCADE"
+        )
     with uow.Database(uow.Settings(url=app_url, application_name="storm-setup")) as db:
         for _ in range(accounts):
             account = services.open_account(BankUnitOfWork(db), "storm")
@@ -184,7 +205,7 @@ def naive_transfer(dsn: str, source: int, target: int, amount: int, work: float)
 def uow_transfer(mode: str, source: int, target: int, amount: int, work: float) -> bool:
     key = uuid.uuid4().hex
     try:
-        if mode in ("uow-short-tx", "uow-pgbouncer"):
+        if mode in ("uow-short-tx", "uow-pgbouncer", *STATEMENT_MODES):
             time.sleep(work)  # the application's own work, before the transaction
             services.transfer(BankUnitOfWork(), source, target, amount, key=key)
             return True
@@ -211,6 +232,20 @@ class Load:
     work: float
     duration: float
     pgbouncer: str = "off"
+    statement_share: float = 0.0
+    render: float = 0.0
+    statements_dir: str = ""
+
+
+def statement_request(load: Load, account: int) -> bool:
+    """Ask for the account's statement of this month: render it inline, or defer its job."""
+    month = f"{datetime.now(UTC):%Y-%m}"
+    if load.mode == "statements-inline":
+        directory = Path(load.statements_dir)
+        statements.render_now(BankUnitOfWork(), account, month, directory, pause=load.render)
+    else:
+        statements.request_statement(BankUnitOfWork(), account, month)
+    return True
 
 
 class Recorder:
@@ -218,6 +253,7 @@ class Recorder:
 
     def __init__(self, committed: Any, start: float) -> None:
         self.latencies: list[float] = []
+        self.statement_latencies: list[float] = []
         self.done_at: list[float] = []
         self.errors: Counter[str] = Counter()
         self.connection_errors = 0
@@ -226,13 +262,18 @@ class Recorder:
         self._start = start
         self._lock = threading.Lock()
 
-    def record(self, began: float, ok: bool, error: Exception | None = None) -> None:
+    def record(
+        self, began: float, ok: bool, error: Exception | None = None, *, statement: bool = False
+    ) -> None:
         ended = time.monotonic()
         with self._lock:
             if error is not None:
                 kind, is_connection = classify(error)
                 self.errors[kind] += 1
                 self.connection_errors += is_connection
+            elif statement:
+                self.statement_latencies.append(ended - began)
+                return  # not a transfer: neither counted nor in the throughput
             elif ok:
                 self.latencies.append(ended - began)
                 self.done_at.append(ended - self._start)
@@ -245,6 +286,7 @@ class Recorder:
     def report(self) -> dict[str, Any]:
         return {
             "latencies": self.latencies,
+            "statement_latencies": self.statement_latencies,
             "done_at": self.done_at,
             "errors": dict(self.errors),
             "connection_errors": self.connection_errors,
@@ -263,9 +305,12 @@ def thread_client(load: Load, recorder: Recorder, deadline: float) -> None:
     rng = random.Random()  # noqa: S311 - load generation, not security
     while time.monotonic() < deadline:
         source, target, amount = pick(load, rng)
+        statement = load.statement_share > 0 and rng.random() < load.statement_share
         began = time.monotonic()
         try:
-            if load.mode == "naive":
+            if statement:
+                ok = statement_request(load, source)
+            elif load.mode == "naive":
                 ok = naive_transfer(dsn, source, target, amount, load.work)
             else:
                 ok = uow_transfer(load.mode, source, target, amount, load.work)
@@ -273,7 +318,7 @@ def thread_client(load: Load, recorder: Recorder, deadline: float) -> None:
             recorder.record(began, False, exc)
             time.sleep(0.01)  # a client that failed does not retry in a hot loop
             continue
-        recorder.record(began, ok)
+        recorder.record(began, ok, statement=statement)
 
 
 async def task_client(load: Load, recorder: Recorder, deadline: float) -> None:
@@ -333,18 +378,34 @@ def worker(load: Load, ready: Any, go: Any, results: Any, committed: Any) -> Non
 # -- one run ------------------------------------------------------------------------------
 
 
+# The storm's connections: its clients' (storm-*), and the job workers', whose jobs run on
+# uow's pool (storm-jobs) and whose procrastinate connector marks its own (uow-jobs:...).
+_POLL = f"""
+SELECT count(*) FILTER (WHERE (application_name LIKE 'storm-%%'
+                               AND application_name <> 'storm-setup')
+                              OR application_name LIKE 'uow-jobs:{JOBS_NAME}%%'),
+       count(*) FILTER (WHERE application_name LIKE '{JOBS_NAME}%%'
+                              OR application_name LIKE 'uow-jobs:{JOBS_NAME}%%')
+FROM pg_stat_activity
+WHERE datname = current_database() AND backend_type = 'client backend'
+  AND pid <> pg_backend_pid()
+"""
+
+
 def poll_connections(
-    admin_url: str, stop: threading.Event, samples: list[tuple[float, int]], start: list[float]
+    admin_url: str,
+    stop: threading.Event,
+    samples: list[tuple[float, int]],
+    start: list[float],
+    jobs: list[int],
 ) -> None:
+    """Sample the storm's server connections every 50 ms; ``jobs``: the job workers' share."""
     with psycopg.connect(libpq(admin_url), autocommit=True) as conn:
         while not stop.is_set():
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
-                " AND application_name LIKE 'storm-%%' AND application_name <> 'storm-setup'"
-            ).fetchone()
+            row = conn.execute(_POLL).fetchone()
             assert row is not None
             samples.append((time.monotonic() - start[0], int(row[0])))
+            jobs.append(int(row[1]))
             time.sleep(0.05)
 
 
@@ -377,11 +438,116 @@ def make_load(mode: str, args: argparse.Namespace, app_url: str) -> Load:
         work=args.work_ms / 1000,
         duration=args.duration,
         pgbouncer="transaction" if bounced else "off",
+        statement_share=args.statement_share if mode in STATEMENT_MODES else 0.0,
+        render=args.render_ms / 1000,
+        statements_dir=str(args.statements_dir),
     )
+
+
+def job_budget(args: argparse.Namespace) -> int:
+    """The job workers' connections at most: per worker, uow's pool for the jobs' units of
+    work (one per concurrent job) plus procrastinate's pool and its LISTEN connection."""
+    workers: int = args.job_workers
+    concurrency: int = args.job_concurrency
+    return workers * (concurrency + uow.jobs.DEFAULT_MAX_SIZE + 1)
+
+
+def start_job_workers(
+    args: argparse.Namespace, app_url: str, admin_url: str
+) -> list[subprocess.Popen[bytes]]:
+    """Start ``--job-workers`` processes of ``python -m examples.bank worker``; wait for them."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("UOW_", "DATABASE_"))},
+        "DATABASE_URL": app_url,
+        "UOW_APPLICATION_NAME": JOBS_NAME,
+        "UOW_POOL_SIZE": str(args.job_concurrency),  # one connection per job running
+        "UOW_MAX_OVERFLOW": "0",
+        "UOW_PROCESSES": str(args.job_workers),
+        "BANK_STATEMENTS_DIR": str(args.statements_dir),
+        "BANK_STATEMENT_PAUSE_MS": str(args.render_ms),
+    }
+    log = (args.statements_dir / "workers.log").open("ab")
+    command = [sys.executable, "-m", "examples.bank", "worker"]
+    command += ["--concurrency", str(args.job_concurrency), "--processes", str(args.job_workers)]
+    command += ["--shutdown-timeout", "30"]
+    procs = [
+        subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            command, env=env, cwd=Path(__file__).resolve().parents[2], stdout=log, stderr=log
+        )
+        for _ in range(args.job_workers)
+    ]
+    log.close()
+    # Ready when each worker has registered itself (procrastinate's heartbeat table).
+    deadline = time.monotonic() + 60
+    with psycopg.connect(libpq(admin_url), autocommit=True) as conn:
+        while True:
+            row = conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()
+            if row is not None and row[0] >= args.job_workers:
+                return procs
+            if any(proc.poll() is not None for proc in procs) or time.monotonic() > deadline:
+                stop_job_workers(procs)
+                tail = (args.statements_dir / "workers.log").read_text(errors="replace")[-2000:]
+                raise SystemExit(f"the job workers did not start:\n{tail}")
+            time.sleep(0.1)
+
+
+def stop_job_workers(procs: list[subprocess.Popen[bytes]]) -> list[int]:
+    """SIGTERM (procrastinate finishes the running jobs), then wait; returns exit codes."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=60))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes.append(proc.wait())
+    return codes
+
+
+def statement_counts(admin_url: str) -> tuple[int, int, int]:
+    """Statement requests done, pending and failed."""
+    with psycopg.connect(libpq(admin_url), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'done'),"
+            " count(*) FILTER (WHERE status = 'pending'),"
+            " count(*) FILTER (WHERE status = 'failed') FROM statement_requests"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def drain(admin_url: str, timeout: float) -> float | None:
+    """Wait for the job workers to render every pending statement; seconds, or None."""
+    began = time.monotonic()
+    while statement_counts(admin_url)[1]:
+        if time.monotonic() - began > timeout:
+            return None
+        time.sleep(0.1)
+    return time.monotonic() - began
 
 
 def run_mode(
     mode: str, args: argparse.Namespace, admin_url: str, app_url: str, total: int
+) -> ModeResult:
+    workers = start_job_workers(args, app_url, admin_url) if mode == "statements-worker" else []
+    try:
+        return run_clients(
+            mode, args, admin_url=admin_url, app_url=app_url, total=total, workers=workers
+        )
+    finally:
+        stop_job_workers(workers)  # a no-op once they have stopped
+
+
+def run_clients(
+    mode: str,
+    args: argparse.Namespace,
+    *,
+    admin_url: str,
+    app_url: str,
+    total: int,
+    workers: list[subprocess.Popen[bytes]],
 ) -> ModeResult:
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
@@ -396,13 +562,63 @@ def run_mode(
     for _ in procs:
         ready.get(timeout=120)
     samples: list[tuple[float, int]] = []
+    job_samples: list[int] = []
     start = [time.monotonic()]
     stop = threading.Event()
-    poller = threading.Thread(target=poll_connections, args=(admin_url, stop, samples, start))
+    poller = threading.Thread(
+        target=poll_connections, args=(admin_url, stop, samples, start, job_samples)
+    )
     poller.start()
     go.set()
     budget = None if mode == "naive" else args.processes * args.pool_size
-    doctor_at, doctored = start[0] + args.duration / 2, False
+    if workers:
+        budget = (budget or 0) + job_budget(args)
+    watch(
+        load,
+        args,
+        procs=procs,
+        results=results,
+        committed=committed,
+        samples=samples,
+        start=start[0],
+    )
+    reports = [results.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join()
+    window = finish_job_workers(workers, args, admin_url) if workers else None
+    stop.set()
+    poller.join()
+
+    result = summarize(mode, args, reports, samples, budget)
+    if mode in STATEMENT_MODES:
+        add_statements(
+            result,
+            reports,
+            job_samples=job_samples,
+            job_workers=len(workers),
+            window=window,
+            admin_url=admin_url,
+        )
+    with uow.Database(uow.Settings(url=app_url, application_name="storm-setup")) as db:
+        audit = services.audit(BankUnitOfWork(db))
+    result.invariant_holds = bool(audit.ok) and audit.total_balance == total
+    result.invariant_detail = f"total {audit.total_balance} of {total}; {audit}"
+    return result
+
+
+def watch(
+    load: Load,
+    args: argparse.Namespace,
+    *,
+    procs: list[Any],
+    results: Any,
+    committed: Any,
+    samples: list[tuple[float, int]],
+    start: float,
+) -> None:
+    """Show progress until the clients are done; run ``uow doctor`` halfway through."""
+    mode = load.mode
+    doctor_at, doctored = start + args.duration / 2, False
     # On a terminal the progress line redraws itself; in a log, one line a second.
     tty = sys.stdout.isatty()
     prefix, end = ("\r", "") if tty else ("", "\n")
@@ -410,7 +626,7 @@ def run_mode(
         if not doctored and time.monotonic() >= doctor_at:
             doctor(load, args.processes, args.out / f"doctor-{mode}.txt")
             doctored = True
-        elapsed = time.monotonic() - start[0]
+        elapsed = time.monotonic() - start
         peak = max((n for _, n in samples), default=0)
         print(
             f"{prefix}  {mode:<13} {min(elapsed, args.duration):5.1f}/{args.duration:g}s"
@@ -420,14 +636,38 @@ def run_mode(
             flush=True,
         )
         time.sleep(0.5 if tty else 1.0)
-    reports = [results.get(timeout=120) for _ in procs]
-    for proc in procs:
-        proc.join()
-    stop.set()
-    poller.join()
     if tty:
         print()
 
+
+def finish_job_workers(
+    workers: list[subprocess.Popen[bytes]], args: argparse.Namespace, admin_url: str
+) -> tuple[int, float | None]:
+    """Once the clients are done: statements rendered by then, and seconds to render the rest."""
+    rendered_in_window = statement_counts(admin_url)[0]
+    drained = drain(admin_url, args.drain_timeout)
+    codes = stop_job_workers(workers)
+    if any(codes):
+        print(f"  job workers exited with {codes}; see {args.statements_dir}/workers.log")
+    return rendered_in_window, drained
+
+
+def percentiles(latencies: list[float]) -> tuple[float, float]:
+    """p50 and p99 of sorted seconds, in milliseconds (0 for none)."""
+    if not latencies:
+        return 0.0, 0.0
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return statistics.median(latencies) * 1000, p99 * 1000
+
+
+def summarize(
+    mode: str,
+    args: argparse.Namespace,
+    reports: list[dict[str, Any]],
+    samples: list[tuple[float, int]],
+    budget: int | None,
+) -> ModeResult:
+    """The mode's result from its processes' reports and the connection samples."""
     result = ModeResult(mode=mode, clients=args.processes * args.threads, duration=args.duration)
     latencies = sorted(x for r in reports for x in r["latencies"])
     errors: Counter[str] = Counter()
@@ -437,20 +677,38 @@ def run_mode(
         result.declined += report["declined"]
     result.errors = dict(errors.most_common())
     result.committed = len(latencies)
-    if latencies:
-        result.p50_ms = statistics.median(latencies) * 1000
-        result.p99_ms = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    result.p50_ms, result.p99_ms = percentiles(latencies)
     result.peak_connections = max((n for _, n in samples), default=0)
     result.budget = budget
-    result.connections_timeline = samples
+    # The job workers' drain runs past the window: the timeline shows the window only.
+    result.connections_timeline = [(t, n) for t, n in samples if t <= args.duration]
     result.throughput_timeline = throughput(
         [t for r in reports for t in r["done_at"]], args.duration
     )
-    with uow.Database(uow.Settings(url=app_url, application_name="storm-setup")) as db:
-        audit = services.audit(BankUnitOfWork(db))
-    result.invariant_holds = bool(audit.ok) and audit.total_balance == total
-    result.invariant_detail = f"total {audit.total_balance} of {total}; {audit}"
     return result
+
+
+def add_statements(
+    result: ModeResult,
+    reports: list[dict[str, Any]],
+    *,
+    job_samples: list[int],
+    job_workers: int,
+    window: tuple[int, float | None] | None,
+    admin_url: str,
+) -> None:
+    """A statement mode's figures: requests, their latency, what was rendered and when."""
+    waits = sorted(x for r in reports for x in r["statement_latencies"])
+    result.statements = len(waits)
+    result.statement_p50_ms, result.statement_p99_ms = percentiles(waits)
+    result.job_workers = job_workers
+    result.peak_job_connections = max(job_samples, default=0)
+    done, result.statements_pending, result.statements_failed = statement_counts(admin_url)
+    if window is None:  # inline: each answered request rendered its statement itself
+        result.statements_rendered = result.rendered_in_window = result.statements
+    else:
+        result.statements_rendered = done
+        result.rendered_in_window, result.drain_s = window
 
 
 def throughput(
@@ -476,6 +734,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--modes", default=",".join(MODES), help=f"comma-separated, of {MODES + EXTRA_MODES}"
     )
     parser.add_argument("--out", type=Path, default=Path("storm-results"), help="output folder")
+    heavy = parser.add_argument_group("statement modes (statements-inline, statements-worker)")
+    heavy.add_argument(
+        "--statement-share", type=float, default=0.1, help="requests asking for a statement (0.1)"
+    )
+    heavy.add_argument("--render-ms", type=float, default=200.0, help="rendering one (200)")
+    heavy.add_argument("--job-workers", type=int, default=2, help="worker processes (2)")
+    heavy.add_argument("--job-concurrency", type=int, default=4, help="jobs per worker (4)")
+    heavy.add_argument(
+        "--drain-timeout", type=float, default=120.0, help="seconds to render the backlog (120)"
+    )
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(args.modes) - set(MODES + EXTRA_MODES)
@@ -483,6 +751,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown modes {sorted(unknown)}; choose from {MODES + EXTRA_MODES}")
     if min(args.processes, args.threads, args.accounts - 1) < 1 or args.duration <= 0:
         parser.error("--processes, --threads and --duration must be positive, --accounts >= 2")
+    if not 0 <= args.statement_share <= 1 or args.render_ms < 0:
+        parser.error("--statement-share must be from 0 to 1, --render-ms 0 or more")
+    if min(args.job_workers, args.job_concurrency) < 1:
+        parser.error("--job-workers and --job-concurrency must be 1 or more")
     return args
 
 
@@ -523,11 +795,16 @@ def main(argv: list[str] | None = None) -> int:
         total = prepare(admin_url, app_url, args.accounts)
         args.out.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as stack:
+            # The statements rendered (and the job workers' log) go away with the run.
+            args.statements_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             if "uow-pgbouncer" in args.modes:
                 args.pgbouncer_url = start_pgbouncer(stack, app_url, args)
             results = [run_mode(mode, args, admin_url, app_url, total) for mode in args.modes]
     print()
     print_table(results, max_connections)
+    if any(r.mode in STATEMENT_MODES for r in results):
+        print()
+        print_statement_table(results)
     lines = verdict(results)
     print()
     print("verdict:")
@@ -538,6 +815,10 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "work_ms": args.work_ms,
         "pool_size": args.pool_size,
+        "statement_share": args.statement_share,
+        "render_ms": args.render_ms,
+        "job_workers": args.job_workers,
+        "job_concurrency": args.job_concurrency,
         "modes": [{**asdict(r), "per_second": r.per_second} for r in results],
         "verdict": lines,
     }

@@ -9,7 +9,9 @@ The uow modes all hold exactly their budget of server connections, so their line
 on each other and on the budget line. Offsetting them would misreport the data; instead
 each mode has its own colour, line style and markers (placed at different samples, so
 the markers of overlapping lines stay visible), and the limits are labelled where
-they are drawn, with the y-axis extended above max_connections.
+they are drawn, with the y-axis extended above max_connections. When a statement mode
+ran, a third panel sets the request path's p50 and p99 side by side, for transfers and
+for statement requests.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ STYLES: dict[str, dict[str, Any]] = {
     "uow-short-tx": {"color": "#009E73", "linestyle": "--", "marker": "s"},
     "uow-async": {"color": "#CC79A7", "linestyle": "-.", "marker": "^"},
     "uow-pgbouncer": {"color": "#E69F00", "linestyle": ":", "marker": "D"},
+    "statements-inline": {"color": "#56B4E9", "linestyle": "-", "marker": "v"},
+    "statements-worker": {"color": "#000000", "linestyle": "--", "marker": "P"},
 }
 MARK_EVERY = 20  # samples between two markers of one line
 
@@ -40,7 +44,15 @@ def chart(modes: Sequence[Mapping[str, Any]], path: Path, max_connections: int) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7.5), sharex=True)
+    heavy = [m for m in modes if m["mode"].startswith("statements-")]
+    if heavy:
+        fig, (top, bottom, latency) = plt.subplots(
+            3, 1, figsize=(10, 10.5), gridspec_kw={"height_ratios": [3, 3, 2.4]}
+        )
+        bottom.sharex(top)
+        _latencies(latency, heavy)
+    else:
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7.5), sharex=True)
     for i, mode in enumerate(modes):
         style = STYLES.get(mode["mode"], {"linestyle": "-", "marker": "x"})
         # Each line's markers start at another sample: on overlapping lines they alternate.
@@ -54,6 +66,8 @@ def chart(modes: Sequence[Mapping[str, Any]], path: Path, max_connections: int) 
                 xs, ys, label=mode["mode"], linewidth=1.6, markersize=5, markevery=marks, **style
             )
     budget = next((m["budget"] for m in modes if m["budget"]), None)
+    # A mode with job workers has a larger budget: their connections count too.
+    others = {m["budget"]: m["mode"] for m in modes if m["budget"] and m["budget"] != budget}
     right = max((x for m in modes for x, _ in m["connections_timeline"]), default=1.0)
     top.axhline(max_connections, color="black", linestyle="--", linewidth=1)
     top.annotate(
@@ -76,6 +90,17 @@ def chart(modes: Sequence[Mapping[str, Any]], path: Path, max_connections: int) 
             va="top",
             color="dimgrey",
         )
+    for other, name in others.items():
+        top.axhline(other, color="grey", linewidth=7, alpha=0.3, zorder=0)
+        top.annotate(
+            f"{name} budget = {other} (with its job workers)",
+            (right * 0.05, other),
+            xytext=(0, 8),
+            textcoords="offset points",
+            ha="left",
+            va="bottom",
+            color="dimgrey",
+        )
     peak = max((y for m in modes for _, y in m["connections_timeline"]), default=0)
     top.set_ylim(0, max(max_connections, peak) * 1.2)
     top.set_ylabel("server connections")
@@ -85,10 +110,35 @@ def chart(modes: Sequence[Mapping[str, Any]], path: Path, max_connections: int) 
     bottom.set_ylim(bottom=0)
     bottom.legend(loc="lower center", ncols=len(modes), fontsize="small")
     clients = modes[0]["clients"] if modes else 0
-    fig.suptitle(f"Storm: {clients} clients, a connection per request vs uow")
+    if len(heavy) == len(modes):
+        title = "statements rendered in requests vs in job workers"
+    else:
+        title = "a connection per request vs uow"
+    fig.suptitle(f"Storm: {clients} clients, {title}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _latencies(axis: Any, modes: Sequence[Mapping[str, Any]]) -> None:
+    """Grouped bars: p50 and p99 of transfers and of statement requests, per mode."""
+    groups = [
+        ("transfer p50", "p50_ms"),
+        ("transfer p99", "p99_ms"),
+        ("statement p50", "statement_p50_ms"),
+        ("statement p99", "statement_p99_ms"),
+    ]
+    width = 0.8 / len(modes)
+    for i, mode in enumerate(modes):
+        xs = [g + (i - (len(modes) - 1) / 2) * width for g in range(len(groups))]
+        ys = [mode.get(key) or 0.0 for _, key in groups]
+        color = STYLES.get(mode["mode"], {}).get("color")
+        bars = axis.bar(xs, ys, width, label=mode["mode"], color=color)
+        axis.bar_label(bars, fmt="%.0f", fontsize="small")
+    axis.set_xticks(range(len(groups)), [label for label, _ in groups])
+    axis.margins(y=0.15)  # room for the labels above the bars
+    axis.set_ylabel("request latency, ms")
+    axis.legend(loc="upper left", fontsize="small")
 
 
 def main(argv: list[str] | None = None) -> int:

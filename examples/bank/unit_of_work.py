@@ -1,10 +1,10 @@
-"""The bank's unit of work: one transaction with its two repositories."""
+"""The bank's unit of work: one transaction with its repositories."""
 
 from __future__ import annotations
 
 from uow import UnitOfWork
 
-from .repositories import AccountRepository, LedgerRepository
+from .repositories import AccountRepository, LedgerRepository, StatementRepository
 
 __all__ = ["BankUnitOfWork"]
 
@@ -19,3 +19,4 @@ class BankUnitOfWork(UnitOfWork):
 
     accounts: AccountRepository
     ledger: LedgerRepository
+    statements: StatementRepository

@@ -111,7 +111,8 @@ def test_bank_migrate_runs_as_the_owner_and_the_application_role_gets_row_rights
             ).fetchall()
         )
     assert owners == dict.fromkeys(
-        ("accounts", "ledger", "alembic_version", *PROCRASTINATE_TABLES), roles.owner
+        ("accounts", "ledger", "statement_requests", "alembic_version", *PROCRASTINATE_TABLES),
+        roles.owner,
     )
 
     app = {"DATABASE_URL": roles.app_url}

@@ -57,3 +57,35 @@ def test_short_storm_through_pgbouncer(tmp_path: Path) -> None:
     report = (tmp_path / "doctor-uow-pgbouncer.txt").read_text()
     assert "transaction" in report and "PgBouncer 1." in report
     assert "No warnings." in report
+
+
+def test_short_storm_statements_inline_versus_worker(tmp_path: Path) -> None:
+    """Statements rendered inline hold the request; in workers, the request defers and returns."""
+    done = storm(
+        tmp_path,
+        "--work-ms", "20", "--pool-size", "4", "--modes", "statements-inline,statements-worker",
+        "--statement-share", "0.2", "--render-ms", "50", "--job-workers", "1",
+        "--job-concurrency", "2",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    inline, worker = summary["modes"]
+    assert (inline["mode"], worker["mode"]) == ("statements-inline", "statements-worker")
+    for mode in (inline, worker):
+        assert mode["errors"] == {}
+        assert mode["committed"] > 0
+        assert mode["statements"] > 0
+        assert mode["invariant_holds"], mode["invariant_detail"]
+        assert 0 < mode["peak_connections"] <= mode["budget"]
+    # Inline, every statement request waited for its rendering (50 ms at least).
+    assert inline["statement_p50_ms"] >= 50
+    assert inline["statements_rendered"] == inline["statements"]
+    assert inline["job_workers"] == 0 and inline["budget"] == 8
+    # In workers, every request was rendered by the job worker, whose connections count.
+    assert worker["job_workers"] == 1 and worker["budget"] > 8
+    assert worker["statements_rendered"] >= 1
+    assert (worker["statements_pending"], worker["statements_failed"]) == (0, 0)
+    assert worker["drain_s"] is not None
+    assert worker["peak_job_connections"] > 0
+    assert "stmt p99" in done.stdout  # the side-by-side table
+    assert (tmp_path / "storm.png").stat().st_size > 10_000

@@ -83,3 +83,22 @@ def test_the_closing_line_lists_the_doctor_reports(tmp_path: Path) -> None:
     line = written(tmp_path, ["summary.json", "storm.png", "doctor-uow.txt", "doctor-naive.txt"])
 
     assert line == f"wrote summary.json, storm.png, doctor-uow.txt in {tmp_path}"
+
+
+def test_a_statement_mode_fails_when_a_statement_was_not_rendered() -> None:
+    """statements-worker: rendered counts on the line; one left pending or failed is a FAIL."""
+    done = mode(
+        "statements-worker", statements=500, statements_rendered=366, job_workers=2,
+        rendered_in_window=334, drain_s=0.9,
+    )  # fmt: skip
+    left = mode("statements-worker", statements=10, statements_rendered=9, statements_pending=1)
+
+    ok, failed = verdict([done, left])
+
+    assert ok.startswith("ok statements-worker:")
+    assert ok.endswith(
+        "500 statements requested, 366 rendered by 2 job workers (a repeat of a pending"
+        " request shares its job; 334 in the window, the rest in 0.9 s after)."
+    )
+    assert failed.startswith("FAIL statements-worker:")
+    assert failed.endswith(", 1 NOT RENDERED.")
