@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -39,6 +40,8 @@ SMOKE_FLOOR = 0.8
 """``--smoke`` fails below this ratio, whatever the target: CI machines are noisy, and a
 unit of work that suddenly costs 25% more than its baseline is a regression, not noise."""
 WARMUP_PAIRS = 3
+SMOKE_SECONDS = 2.4
+"""Measured seconds per comparison in ``--smoke``: 12 pairs, four comparisons, about 10 s."""
 ACCOUNTS = 10_000
 
 Rate = Callable[[], float]
@@ -294,8 +297,8 @@ def _clients(target: Target, smoke: bool) -> tuple[int, ...]:
 # -- command line ----------------------------------------------------------------------------
 
 
-def report(results: Sequence[Comparison], command: str, server: str, pool_sizes: str) -> str:
-    """The Markdown table of ``results``."""
+def report_header(command: str, server: str) -> list[str]:
+    """The lines that say how a table was made: the command, uow's commit, date, server."""
     try:
         commit = subprocess.run(  # noqa: S603 - a fixed git command, no input
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],  # noqa: S607
@@ -305,13 +308,21 @@ def report(results: Sequence[Comparison], command: str, server: str, pool_sizes:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
+    return [
+        f"Command: `{command}`  ",
+        f"uow at {commit}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {server}; "
+        f"{os.cpu_count()} CPUs shared by the client and the server.  ",
+    ]
+
+
+def report(results: Sequence[Comparison], command: str, server: str, pool_sizes: str) -> str:
+    """The Markdown table of ``results``."""
     lines = [
         "# Interleaved A/B: the CPU targets",
         "",
-        f"Command: `{command}`  ",
-        f"uow at {commit}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {server}; {pool_sizes}.  ",
-        f"W1 in alternating {SLICE:g} s slices (A, B, A, B...) from the same clients; ratio ="
-        " median of the per-pair ratios B/A, with the interquartile range.",
+        *report_header(command, server),
+        f"W1 in alternating {SLICE:g} s slices (A, B, A, B...) from the same clients, {pool_sizes};"
+        " ratio = median of the per-pair ratios B/A, with the interquartile range.",
         "",
         "| target | B / A | clients | ratio | IQR | pairs | target | verdict |",
         "|---|---|---|---|---|---|---|---|",
@@ -336,7 +347,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(TARGETS),
         help=f"comma-separated, of {','.join(TARGETS)} (all)",
     )
-    add("--seconds", type=float, help="measured seconds per comparison, A and B (10; smoke 1.6)")
+    add(
+        "--seconds",
+        type=float,
+        help=f"measured seconds per comparison, A and B (10; smoke {SMOKE_SECONDS:g})",
+    )
     add("--smoke", action="store_true", help="CI: 8 clients only, short; exit 1 below 0.8x")
     add("--pool-size", type=int, default=20, help="sync pools (20, as benchmarks.run)")
     add("--async-pool-size", type=int, default=10, help="async pools (10, as async_bench)")
@@ -346,7 +361,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if unknown := set(args.targets) - set(TARGETS):
         parser.error(f"unknown targets {sorted(unknown)}; choose from {','.join(TARGETS)}")
-    args.seconds = args.seconds or (1.6 if args.smoke else 10.0)
+    args.seconds = args.seconds or (SMOKE_SECONDS if args.smoke else 10.0)
     if args.seconds < 2 * SLICE:
         parser.error(f"--seconds must be at least {2 * SLICE:g} (one pair of slices)")
     if args.out is None and not args.smoke:

@@ -97,7 +97,7 @@ def test_the_command_line_rejects_unknown_targets_and_slices_too_short() -> None
     with pytest.raises(SystemExit):
         parse_args(["--seconds", "0.1"])
     smoke = parse_args(["--smoke"])
-    assert (smoke.seconds, smoke.out) == (1.6, None)
+    assert (smoke.seconds, smoke.out) == (2.4, None)
 
 
 def test_help_runs_without_a_server() -> None:
