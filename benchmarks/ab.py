@@ -1,7 +1,7 @@
 """Interleaved A/B comparisons of the performance targets, with PASS/MISS per target.
 
     python -m benchmarks.ab [--targets lean,orm-pre-ping,orm-no-ping,async] [--seconds 10]
-    python -m benchmarks.ab --smoke      # CI: a few seconds; exits 1 below 0.8x
+    python -m benchmarks.ab --smoke      # CI: about 10 s; exits 1 below 0.8x (twice)
 
 A and B run W1 (``UPDATE bench_accounts SET balance = balance + 1 WHERE id = ?``, commit)
 in alternating 0.1 s slices, A, B, A, B..., in the same process, from the same client
@@ -40,6 +40,8 @@ SMOKE_FLOOR = 0.8
 """``--smoke`` fails below this ratio, whatever the target: CI machines are noisy, and a
 unit of work that suddenly costs 25% more than its baseline is a regression, not noise."""
 WARMUP_PAIRS = 3
+SMOKE_RETRY = 3
+"""``--smoke`` measures a comparison below the floor again, this many times longer."""
 SMOKE_SECONDS = 2.4
 """Measured seconds per comparison in ``--smoke``: 12 pairs, four comparisons, about 10 s."""
 ACCOUNTS = 10_000
@@ -134,22 +136,38 @@ class Comparison:
     def verdict(self) -> str:
         return verdict(self.ratio, self.target.threshold)
 
+    @property
+    def unit(self) -> str:
+        """What the clients are: threads, or asyncio tasks."""
+        name = "task" if self.target.kind == "async" else "client"
+        return name if self.clients == 1 else f"{name}s"
+
     def line(self) -> str:
         q1, median, q3 = self.quartiles
         bound = f">= {self.target.threshold:.2f}" if self.target.threshold else "(info)"
         return (
-            f"{self.verdict:<4}  {self.target.b} / {self.target.a} @ {self.clients} clients: "
+            f"{self.verdict:<4}  {self.target.b} / {self.target.a} @ {self.clients} {self.unit}: "
             f"{median:.3f} (IQR {q1:.3f}-{q3:.3f}, {len(self.pairs)} pairs) {bound}"
         )
+
+
+def below_floor(results: Sequence[Comparison], floor: float = SMOKE_FLOOR) -> list[Comparison]:
+    """The comparisons with a target whose median ratio is below ``floor``."""
+    return [r for r in results if r.target.threshold is not None and r.ratio < floor]
 
 
 def gross_regressions(results: Sequence[Comparison], floor: float = SMOKE_FLOOR) -> list[str]:
     """The comparisons whose median ratio is below ``floor``, one line each."""
     return [
         f"{r.target.b} / {r.target.a} @ {r.clients}: {r.ratio:.3f} < {floor}"
-        for r in results
-        if r.target.threshold is not None and r.ratio < floor
+        for r in below_floor(results, floor)
     ]
+
+
+def replace(results: Sequence[Comparison], again: Sequence[Comparison]) -> list[Comparison]:
+    """``results`` with each comparison measured ``again`` (same target and clients) replaced."""
+    newer = {(r.target, r.clients): r for r in again}
+    return [newer.get((r.target, r.clients), r) for r in results]
 
 
 def interleave(
@@ -380,6 +398,20 @@ def _server(url: str | None) -> Iterator[tuple[str, str]]:
         yield pg.url, f"throwaway EmbeddedPostgres {pg.server_version() // 10000} (fsync off)"
 
 
+def measure(
+    url: str, targets: Sequence[Target], pairs: int, args: argparse.Namespace
+) -> list[Comparison]:
+    """Every comparison of ``targets``: the sync ones in threads, then the async ones."""
+    results: list[Comparison] = []
+    if sync := [t for t in targets if t.kind == "sync"]:
+        results += run_sync(url, sync, pairs, args.pool_size, args.smoke)
+    if asynchronous := [t for t in targets if t.kind == "async"]:
+        results += asyncio.run(
+            _run_async(url, asynchronous, pairs, args.async_pool_size, args.smoke)
+        )
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from .models import create_schema  # noqa: PLC0415
@@ -389,16 +421,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.smoke:
         selected = [t for t in selected if t.smoke_clients]
     pairs = max(1, round(args.seconds / (2 * SLICE)))
-    results: list[Comparison] = []
     with _server(args.url) as (url, server):
         create_schema(Config(url, 1, False, "ab", ACCOUNTS).conninfo, ACCOUNTS)
-        sync = [t for t in selected if t.kind == "sync"]
-        if sync:
-            results += run_sync(url, sync, pairs, args.pool_size, args.smoke)
-        if asynchronous := [t for t in selected if t.kind == "async"]:
-            results += asyncio.run(
-                _run_async(url, asynchronous, pairs, args.async_pool_size, args.smoke)
+        results = measure(url, selected, pairs, args)
+        if args.smoke and (suspects := below_floor(results)):
+            # One short run under a burst of load elsewhere can dip below the floor; a real
+            # regression stays there when measured again, three times longer.
+            print(f"below {SMOKE_FLOOR}x: measuring again, {SMOKE_RETRY}x longer", flush=True)
+            again = measure(
+                url, list({r.target: None for r in suspects}), pairs * SMOKE_RETRY, args
             )
+            results = replace(results, again)
     command = "python -m benchmarks.ab " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(
         results,
