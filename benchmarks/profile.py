@@ -1,14 +1,18 @@
 """Where a unit of work's microseconds go: uow, SQLAlchemy's ORM and Core, psycopg, the server.
 
-    python -m benchmarks.profile [--paths orm,lean,async-orm,async-lean] [--units 4000]
-                                 [--rounds 3] [--profiler sample|cprofile]
+    python -m benchmarks.profile [--paths orm,lean,...] [--units 4000] [--rounds 3]
+                                 [--profiler sample|cprofile]
 
 One client (a thread, or one asyncio task), W1 from ``variants.py`` / ``async_bench.py``:
 ``orm`` is a ``UnitOfWork`` with a repository (``get``, ``balance += 1``, commit),
-``lean`` is ``update_where``, ``async-orm`` and ``async-lean`` the same on
-``AsyncUnitOfWork``. Each path runs ``--rounds`` rounds of two blocks of ``--units``
-units: one unprofiled, which gives the real wall-clock and CPU microseconds per unit,
-and one profiled, which gives the shares.
+``lean`` is ``update_where``; ``async-orm``, ``async-lean`` and ``async-execute``
+(``unit.session.execute(update)``) the same on ``AsyncUnitOfWork``. The references, plain
+SQLAlchemy written as in ``benchmarks.run``: ``plain-orm`` (``sessionmaker.begin()``,
+``session.get``, ``pool_pre_ping=True``), ``core-prebuilt`` (``engine.begin()`` and an
+UPDATE built once, ``pool_pre_ping=True``) and ``async-plain`` (``AsyncSession``, the
+same statement as ``async-execute``). In each of ``--rounds`` rounds every path, taking
+turns, runs two blocks of ``--units`` units: one unprofiled, which gives the real
+wall-clock and CPU microseconds per unit, and one profiled, which gives the shares.
 
 - The profiler: ``sample`` (default) takes a sample of the running Python function at
   every tick of process CPU (SIGPROF), about 1% overhead; ``cprofile`` times every call
@@ -43,7 +47,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -59,7 +63,21 @@ CATEGORIES = (
     "psycopg",
     "other Python",
 )
-PATHS = ("orm", "lean", "async-orm", "async-lean")
+SYNC_PATHS = {
+    "orm": ("uow", "W1"),
+    "lean": ("uow-lean", "W1"),
+    "plain-orm": ("orm", "W1"),
+    "core-prebuilt": ("core-prebuilt", "W1"),
+}
+"""Path -> (variant of ``variants.py``, workload); the plain ones are the references."""
+ASYNC_PATHS = {
+    "async-orm": "uow-async (ORM get + modify)",
+    "async-lean": "uow-async (update_where)",
+    "async-execute": "uow-async (session.execute)",
+    "async-plain": "SQLAlchemy AsyncSession",
+}
+"""Path -> variant of ``async_bench.py``."""
+PATHS = (*SYNC_PATHS, *ASYNC_PATHS)
 
 # (substring of the file path, category), first match wins; paths use "/" on POSIX.
 _RULES = (
@@ -239,81 +257,96 @@ class Plan:
     """uow's package directory, with a trailing slash: code from there is uow's own."""
 
 
-def measure(path: str, block: Callable[[int], None], plan: Plan) -> PathProfile:
-    """``rounds`` x (an unprofiled block, a profiled block) of ``units`` units each."""
-    units, rounds, uow_dir, profiler = plan.units, plan.rounds, plan.uow_dir, plan.profiler
-    block(max(50, units // 10))  # warm: caches, pools, the statement cache
-    samples, inflated = [], []
-    by_category: Counter[str] = Counter()
-    by_function: Counter[Func] = Counter()
-    for _ in range(rounds):
-        gc.collect()
-        clock = _Clock()
-        block(units)
-        samples.append(clock.sample(units))
-        cpu, categories, functions = profiled(block, units, uow_dir, profiler)
-        inflated.append(cpu)
-        by_category.update(categories)
-        by_function.update(functions)
-    return PathProfile(path, samples, statistics.median(inflated), by_category, by_function)
+def measure(blocks: dict[str, Callable[[int], None]], plan: Plan) -> list[PathProfile]:
+    """``rounds`` rounds; in each, every path runs an unprofiled then a profiled block.
+
+    The paths take turns within a round (their order rotated each round), so a machine
+    whose load drifts touches every path alike, as in ``benchmarks.run``.
+    """
+    for block in blocks.values():
+        block(max(50, plan.units // 10))  # warm: caches, pools, the statement cache
+    samples: dict[str, list[Sample]] = {path: [] for path in blocks}
+    inflated: dict[str, list[float]] = {path: [] for path in blocks}
+    by_category: dict[str, Counter[str]] = {path: Counter() for path in blocks}
+    by_function: dict[str, Counter[Func]] = {path: Counter() for path in blocks}
+    for round_ in range(plan.rounds):
+        order = list(blocks)
+        order = order[round_ % len(order) :] + order[: round_ % len(order)]
+        for path in order:
+            gc.collect()
+            clock = _Clock()
+            blocks[path](plan.units)
+            samples[path].append(clock.sample(plan.units))
+            cpu, categories, functions = profiled(
+                blocks[path], plan.units, plan.uow_dir, plan.profiler
+            )
+            inflated[path].append(cpu)
+            by_category[path].update(categories)
+            by_function[path].update(functions)
+        print(f"  round {round_ + 1} of {plan.rounds} done", flush=True)
+    return [
+        PathProfile(
+            path,
+            samples[path],
+            statistics.median(inflated[path]),
+            by_category[path],
+            by_function[path],
+        )
+        for path in blocks
+    ]
 
 
 # -- the paths -------------------------------------------------------------------------------
 
 
 @contextmanager
-def sync_blocks(url: str) -> Iterator[dict[str, Callable[[int], None]]]:
-    """``orm`` and ``lean``: blocks of units run in this thread, on uow's default settings."""
-    from .variants import Config, UowLeanStack, UowStack, WorkerState  # noqa: PLC0415
+def sync_blocks(url: str, paths: Sequence[str]) -> Iterator[dict[str, Callable[[int], None]]]:
+    """Blocks of units run in this thread; every stack pre-pings (uow: its default)."""
+    from .variants import TRANSACTION_VARIANTS, Config, WorkerState  # noqa: PLC0415
 
     config = Config(url, 2, True, "profile", ACCOUNTS)
+    worker = WorkerState(1, ACCOUNTS)
+
+    def blocks(transaction: Callable[[WorkerState], None]) -> Callable[[int], None]:
+        def block(units: int) -> None:
+            for _ in range(units):
+                transaction(worker)
+
+        return block
+
     with ExitStack() as stack:
-        orm, lean = UowStack(config), UowLeanStack(config)
-        for s in (orm, lean):
-            stack.callback(s.close)
-            s.warm()
-        worker = WorkerState(1, ACCOUNTS)
-
-        def blocks(transaction: Callable[[WorkerState], None]) -> Callable[[int], None]:
-            def block(units: int) -> None:
-                for _ in range(units):
-                    transaction(worker)
-
-            return block
-
-        yield {"orm": blocks(orm.w1), "lean": blocks(lean.w1_lean)}
+        by_path = {}
+        for path in paths:
+            variant, workload = SYNC_PATHS[path]
+            built = TRANSACTION_VARIANTS[variant].stack(config)
+            stack.callback(built.close)
+            built.warm()
+            by_path[path] = blocks(built.transaction(workload))
+        yield by_path
 
 
-def profile_async(url: str, paths: Sequence[str], plan: Plan) -> list[PathProfile]:
-    """``async-orm`` and ``async-lean`` in one event loop, one task."""
+@contextmanager
+def async_blocks(url: str, paths: Sequence[str]) -> Iterator[dict[str, Callable[[int], None]]]:
+    """Blocks of units run by one task in an event loop of their own (one per block)."""
     from .async_bench import variants  # noqa: PLC0415
 
-    names = {
-        "async-orm": "uow-async (ORM get + modify)",
-        "async-lean": "uow-async (update_where)",
-    }
     loop = asyncio.new_event_loop()
     try:
         transactions, close = loop.run_until_complete(variants(url, 2))
-        results = []
         try:
-            for path in paths:
-                transaction = transactions[names[path]]
 
-                async def run(units: int, tx: Callable[[int], Any] = transaction) -> None:
+            def blocks(transaction: Callable[[int], Any]) -> Callable[[int], None]:
+                async def run(units: int) -> None:
                     for i in range(units):
-                        await tx(1 + (i * 7919) % ACCOUNTS)
+                        await transaction(1 + (i * 7919) % ACCOUNTS)
 
-                def block(units: int, run: Callable[[int], Any] = run) -> None:
-                    loop.run_until_complete(run(units))
+                return lambda units: loop.run_until_complete(run(units))
 
-                results.append(measure(path, block, plan))
-                print(f"  {path}: done", flush=True)
+            yield {path: blocks(transactions[ASYNC_PATHS[path]]) for path in paths}
         finally:
             loop.run_until_complete(close())
     finally:
         loop.close()
-    return results
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -355,6 +388,8 @@ def top_functions(profile: PathProfile, plan: Plan, count: int = 8) -> list[str]
 def _short(filename: str, uow_dir: str) -> str:
     if filename.startswith(uow_dir):
         return "uow/" + filename[len(uow_dir) :].lstrip("/")
+    if filename.startswith(f"{ROOT}/"):
+        return filename[len(f"{ROOT}/") :]
     if "site-packages/" in filename:
         return filename.split("site-packages/", 1)[1]
     return re.sub(r".*/python3\.\d+/", "", filename)
@@ -423,18 +458,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     uow_dir = str(Path(uow.__file__).resolve().parent) + "/"
     plan = Plan(args.units, args.rounds, args.profiler, uow_dir)
-    profiles: list[PathProfile] = []
-    with _server(args.url) as (url, server):
+    with _server(args.url) as (url, server), ExitStack() as stack:
         create_schema(Config(url, 1, False, "profile", ACCOUNTS).conninfo, ACCOUNTS)
-        sync_paths = [p for p in args.paths if not p.startswith("async")]
-        if sync_paths:
-            blocks: AbstractContextManager[dict[str, Callable[[int], None]]] = sync_blocks(url)
-            with blocks as by_path:
-                for path in sync_paths:
-                    profiles.append(measure(path, by_path[path], plan))
-                    print(f"  {path}: done", flush=True)
-        if async_paths := [p for p in args.paths if p.startswith("async")]:
-            profiles += profile_async(url, async_paths, plan)
+        blocks = stack.enter_context(sync_blocks(url, [p for p in args.paths if p in SYNC_PATHS]))
+        blocks |= stack.enter_context(
+            async_blocks(url, [p for p in args.paths if p in ASYNC_PATHS])
+        )
+        profiles = measure({path: blocks[path] for path in args.paths}, plan)
     command = "python -m benchmarks.profile " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(profiles, command.strip(), server, plan)
     print()
