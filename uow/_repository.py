@@ -494,13 +494,19 @@ class Repository(Generic[ModelT]):
         return int(session.connection().execute(stmt, params).rowcount)
 
     def _orm_needed(self, session: Session, by: Mapping[str, Any]) -> bool:
-        """Whether a bulk statement must go through the ORM: objects to keep in step."""
+        """Whether an UPDATE or DELETE by criteria must go through the ORM.
+
+        It must with objects loaded or pending (to keep in step), a relationship among
+        the criteria (to resolve), or an inherited model (the ORM adds the subclass's
+        discriminator or tables: the model's own table is not the whole story).
+        """
+        # Objects deleted or modified are in the identity map until the flush: with it
+        # empty, only new ones can be pending.
         return bool(
             session.identity_map
             or session.new
-            or session.deleted
-            or session.dirty
-            or not self._column_keys_only(by)  # a relationship: the ORM resolves it
+            or self._mapper.inherits is not None
+            or not self._column_keys_only(by)
         )
 
     def _core(

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
+import psycopg
 import pytest
 from sqlalchemy import bindparam, event, inspect, text, tuple_
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tests.models import Item, ShopUnitOfWork
-from uow import Database, _statements
+from uow import Database, UnitOfWork, _statements
 
 FRUIT = [("apple", 3), ("pear", 8), ("plum", 5), ("kiwi", 0), ("fig", 12)]
 
@@ -138,3 +140,40 @@ def test_the_cache_is_bounded(shop: Database, monkeypatch: pytest.MonkeyPatch) -
             assert _statements.size() <= 3
         assert unit.items.count(Item.qty >= 5) == 3
     assert _statements.size() == 3
+
+
+class StaffBase(DeclarativeBase):
+    pass
+
+
+class Staff(StaffBase):
+    __tablename__ = "uow_test_staff"
+    __mapper_args__: ClassVar[dict[str, Any]] = {
+        "polymorphic_on": "kind",
+        "polymorphic_identity": "staff",
+    }
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str]
+    level: Mapped[int] = mapped_column(default=0)
+
+
+class Manager(Staff):
+    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "manager"}
+
+
+def test_an_inherited_model_updates_and_deletes_only_its_own_rows(
+    database: Database, admin: psycopg.Connection[Any]
+) -> None:
+    """update_where and delete_where on a single-table subclass keep its discriminator."""
+    admin.execute("DROP TABLE IF EXISTS uow_test_staff")
+    admin.execute("CREATE TABLE uow_test_staff (id int PRIMARY KEY, kind text, level int)")
+    admin.execute("INSERT INTO uow_test_staff VALUES (1, 'staff', 0), (2, 'manager', 0)")
+    try:
+        with UnitOfWork(database) as unit:
+            managers = unit.repository(Manager)
+            assert managers.update_where({"level": 5}, Staff.level == 0) == 1
+            assert managers.delete_where(Staff.level == 0) == 0
+        rows = admin.execute("SELECT id, level FROM uow_test_staff ORDER BY id").fetchall()
+        assert rows == [(1, 0), (2, 5)]
+    finally:
+        admin.execute("DROP TABLE uow_test_staff")
