@@ -22,7 +22,6 @@ from ._repository import (
     OrderBy,
     Repository,
     model_from_bases,
-    ordered,
     resolve_model,
 )
 
@@ -164,8 +163,10 @@ class AsyncRepository(Generic[ModelT]):
         **by: Any,
     ) -> AsyncIterator[ModelT]:
         """See :meth:`uow.Repository.stream`: a server-side cursor, read asynchronously."""
-        stmt = ordered(self._sync._select(where, by, "stream"), order_by)
-        result = await self.session.stream_scalars(stmt.execution_options(yield_per=batch_size))
+        stmt, params = self._sync._query("stream", where, by, order_by=order_by)
+        result = await self.session.stream_scalars(
+            stmt, params, execution_options={"yield_per": batch_size}
+        )
         try:
             async for obj in result:
                 yield obj

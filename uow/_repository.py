@@ -5,12 +5,15 @@ from __future__ import annotations
 import builtins
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
     Table,
+    bindparam,
     delete,
     func,
     insert,
@@ -36,6 +39,7 @@ from ._arguments import (
 )
 from ._engine.bulk import copy_plan
 from ._errors import UsageError
+from ._statements import Shape, cached, element_of, equal_to, rebound
 
 __all__ = [
     "Criterion",
@@ -106,17 +110,100 @@ class Repository(Generic[ModelT]):
     def _mapper(self) -> Mapper[Any]:
         return mapper_of(self._model)
 
-    def _select(
-        self, where: tuple[Criterion, ...], by: Mapping[str, Any], what: str = "list"
-    ) -> Select[Any]:
+    def _column_keys_only(self, by: Mapping[str, Any]) -> bool:
+        columns = self._mapper.c
+        return all(key in columns for key in by)
+
+    def _query(
+        self,
+        what: str,
+        where: tuple[Criterion, ...],
+        by: Mapping[str, Any],
+        *,
+        order_by: OrderBy | Sequence[OrderBy] = (),
+        limit: int | None = None,
+        offset: int | None = None,
+        for_update: bool = False,
+    ) -> tuple[Any, dict[str, Any]]:
+        """The SELECT of ``what`` (list, stream, get_by, exists, count) and its parameters.
+
+        Built once per shape and cached (see uow._statements); built afresh, with the
+        values inline, when a criterion cannot be reused or ``by`` names a relationship.
+        """
         if by:
             check_attributes(self._model, by, what)
-        stmt = select(self._model)
+        orders = order_tuple(order_by)
+        shape = Shape(what, self._model, limit is not None, offset is not None, for_update)
+        shape.expressions("where", where)
+        shape.expressions("order", orders)
+        shape.equals("by", by)
+        key = shape.key if self._column_keys_only(by) else None
+        if key is None:
+            return self._assemble(
+                what, where, by, orders, for_update, limit=limit, offset=offset
+            ), {}
+        params = shape.params
+        if limit is not None:
+            params["uow_limit"] = limit
+        if offset is not None:
+            params["uow_offset"] = offset
+        options = {"limit": limit is not None, "offset": offset is not None}
+        build = partial(self._assemble_bound, what, where, by, orders, for_update, **options)
+        return cached(key, build), params
+
+    def _assemble_bound(
+        self,
+        what: str,
+        where: tuple[Criterion, ...],
+        by: Mapping[str, Any],
+        orders: tuple[OrderBy, ...],
+        for_update: bool,
+        *,
+        limit: bool,
+        offset: bool,
+    ) -> Any:
+        """The cached form of :meth:`_assemble`: every value a named bound parameter."""
+        return self._assemble(
+            what,
+            tuple(rebound("where", where)),
+            equal_to("by", by, lambda key: getattr(self._model, key)),
+            tuple(rebound("order", orders)),
+            for_update,
+            limit=bindparam("uow_limit", type_=Integer) if limit else None,
+            offset=bindparam("uow_offset", type_=Integer) if offset else None,
+        )
+
+    def _assemble(
+        self,
+        what: str,
+        where: tuple[Any, ...],
+        by: Mapping[str, Any] | builtins.list[Any],
+        orders: tuple[OrderBy, ...],
+        for_update: bool,
+        *,
+        limit: Any,
+        offset: Any,
+    ) -> Any:
+        if what == "count":
+            stmt = select(func.count()).select_from(self._model)
+        else:
+            stmt = select(self._model)
         if where:
             stmt = stmt.where(*where)
-        if by:
-            stmt = stmt.filter_by(**by)
-        return stmt
+        if isinstance(by, Mapping):
+            stmt = stmt.filter_by(**by) if by else stmt
+        elif by:
+            stmt = stmt.where(*by)
+        stmt = ordered(stmt, orders)
+        if what == "get_by":
+            stmt = stmt.limit(2)  # two: enough to see that the criteria match several
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        if offset is not None:
+            stmt = stmt.offset(offset)
+        if for_update:
+            stmt = stmt.with_for_update().execution_options(populate_existing=True)
+        return select(stmt.exists()) if what == "exists" else stmt
 
     def get(self, ident: Any) -> ModelT | None:
         """Return the object with this primary key, or None (from the session if loaded).
@@ -143,11 +230,9 @@ class Repository(Generic[ModelT]):
             UsageError: no criteria, or an attribute the model does not have.
         """
         check_criteria(self._model, attrs, "get_by")
-        stmt = self._select((), attrs, "get_by").limit(2)
-        if for_update:
-            stmt = stmt.with_for_update().execution_options(populate_existing=True)
+        stmt, params = self._query("get_by", (), attrs, for_update=for_update)
         try:
-            return self.session.scalars(stmt).one_or_none()
+            return self.session.scalars(stmt, params).one_or_none()
         except sa_exc.MultipleResultsFound as exc:
             raise multiple_rows(self._model, attrs) from exc
 
@@ -213,29 +298,26 @@ class Repository(Generic[ModelT]):
                 primary key so concurrent callers lock in the same order.
             **by: equality filters on attribute names.
         """
-        stmt = ordered(self._select(where, by), order_by)
-        if limit is not None:
-            stmt = stmt.limit(limit)
-        if offset is not None:
-            stmt = stmt.offset(offset)
-        if for_update:
-            stmt = stmt.with_for_update().execution_options(populate_existing=True)
-        return builtins.list(self.session.scalars(stmt))
+        stmt, params = self._query(
+            "list",
+            where,
+            by,
+            order_by=order_by,
+            limit=limit,
+            offset=offset,
+            for_update=for_update,
+        )
+        return builtins.list(self.session.scalars(stmt, params))
 
     def count(self, *where: Criterion, **by: Any) -> int:
         """Count the rows matching the criteria (``SELECT count(*)``), without loading them."""
-        if by:
-            check_attributes(self._model, by, "count")
-        stmt = select(func.count()).select_from(self._model)
-        if where:
-            stmt = stmt.where(*where)
-        if by:
-            stmt = stmt.filter_by(**by)
-        return int(self.session.scalar(stmt) or 0)
+        stmt, params = self._query("count", where, by)
+        return int(self.session.scalar(stmt, params) or 0)
 
     def exists(self, *where: Criterion, **by: Any) -> bool:
         """Tell whether any row matches (``SELECT EXISTS``), without loading it."""
-        return bool(self.session.scalar(select(self._select(where, by, "exists").exists())))
+        stmt, params = self._query("exists", where, by)
+        return bool(self.session.scalar(stmt, params))
 
     def insert_many(self, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 5000) -> int:
         """Insert many rows given as mappings of attribute names, in few round trips.
@@ -295,8 +377,43 @@ class Repository(Generic[ModelT]):
         update = self._update_keys(update, batch, keys)
         if not batch:
             return []
+        stmt, params = self._upsert_statement(batch, keys, update)
+        result = self.session.scalars(stmt, params, execution_options={"populate_existing": True})
+        return builtins.list(result)
+
+    def _upsert_statement(
+        self,
+        batch: builtins.list[Mapping[str, Any]],
+        keys: builtins.list[str],
+        update: builtins.list[str],
+    ) -> tuple[Any, dict[str, Any]]:
+        # One row is the hot path, and its shape comes from code; how many rows a call
+        # brings comes from data, so several rows build their statement each time.
+        if len(batch) == 1:
+            (row,) = batch
+            shape = Shape("upsert", self._model, tuple(keys), tuple(update))
+            shape.equals("row", row)
+            key = shape.key
+            if key is not None:
+                params = {f"uow_row_{name}": value for name, value in row.items()}
+                return cached(
+                    key, lambda: self._upsert_built(row, keys, update, bound=True)
+                ), params
+        return self._upsert_built(batch, keys, update, bound=False), {}
+
+    def _upsert_built(
+        self,
+        rows: Mapping[str, Any] | builtins.list[Mapping[str, Any]],
+        keys: builtins.list[str],
+        update: builtins.list[str],
+        *,
+        bound: bool,
+    ) -> Any:
         mapper = self._mapper
-        stmt = pg_insert(self._model).values(batch)
+        if bound:
+            assert isinstance(rows, Mapping)
+            rows = {name: bindparam(f"uow_row_{name}", type_=mapper.c[name].type) for name in rows}
+        stmt = pg_insert(self._model).values(rows)
         columns = [mapper.c[key] for key in keys]
         if update:
             excluded = stmt.excluded
@@ -306,10 +423,7 @@ class Repository(Generic[ModelT]):
             )
         else:
             stmt = stmt.on_conflict_do_nothing(index_elements=columns)
-        result = self.session.scalars(
-            stmt.returning(self._model), execution_options={"populate_existing": True}
-        )
-        return builtins.list(result)
+        return stmt.returning(self._model)
 
     def _upsert_rows(
         self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]
@@ -342,14 +456,7 @@ class Repository(Generic[ModelT]):
         if by:
             check_attributes(self._model, by, "update_where")
         session = self.session
-        columns = self._mapper.c
-        if (
-            session.identity_map
-            or session.new
-            or session.deleted
-            or session.dirty
-            or not all(key in columns for key in by)  # a relationship: the ORM resolves it
-        ):
+        if self._orm_needed(session, by):
             stmt = update(self._model).values(dict(values))
             if where:
                 stmt = stmt.where(*where)
@@ -359,30 +466,110 @@ class Repository(Generic[ModelT]):
             return int(getattr(result, "rowcount", 0))
         # Nothing loaded to keep in step and nothing to flush: run it as plain Core on
         # the session's connection (in its transaction), without the ORM's bookkeeping.
-        table = self._mapper.local_table
-        assert isinstance(table, Table)
-        core = update(table).values({columns[k]: v for k, v in values.items()})
-        if where:
-            core = core.where(*where)
-        if by:
-            core = core.filter_by(**{columns[k].name: v for k, v in by.items()})
-        return int(session.connection().execute(core).rowcount)
+        stmt, params = self._core("update_where", where, by, values)
+        return int(session.connection().execute(stmt, params).rowcount)
 
     def delete_where(self, *where: Criterion, **by: Any) -> int:
-        """Delete matching rows in one statement; returns the row count."""
+        """Delete matching rows in one statement; returns the row count.
+
+        Objects already loaded in this unit of work are marked deleted. With none loaded,
+        the statement runs as plain Core, like :meth:`update_where`.
+        """
         if not where and not by:
             raise UsageError(
                 "delete_where() needs a criterion; to empty a table, say so with true()"
             )
         if by:
             check_attributes(self._model, by, "delete_where")
-        stmt = delete(self._model)
+        session = self.session
+        if self._orm_needed(session, by):
+            stmt = delete(self._model)
+            if where:
+                stmt = stmt.where(*where)
+            if by:
+                stmt = stmt.filter_by(**by)
+            result = session.execute(stmt, execution_options={"synchronize_session": "fetch"})
+            return int(getattr(result, "rowcount", 0))
+        stmt, params = self._core("delete_where", where, by, None)
+        return int(session.connection().execute(stmt, params).rowcount)
+
+    def _orm_needed(self, session: Session, by: Mapping[str, Any]) -> bool:
+        """Whether an UPDATE or DELETE by criteria must go through the ORM.
+
+        It must with objects loaded or pending (to keep in step), a relationship among
+        the criteria (to resolve), or an inherited model (the ORM adds the subclass's
+        discriminator or tables: the model's own table is not the whole story).
+        """
+        # Objects deleted or modified are in the identity map until the flush: with it
+        # empty, only new ones can be pending.
+        return bool(
+            session.identity_map
+            or session.new
+            or self._mapper.inherits is not None
+            or not self._column_keys_only(by)
+        )
+
+    def _core(
+        self,
+        what: str,
+        where: tuple[Criterion, ...],
+        by: Mapping[str, Any],
+        values: Mapping[str, Any] | None,
+    ) -> tuple[Any, dict[str, Any]]:
+        """UPDATE (``values`` given) or DELETE on the model's table, and its parameters.
+
+        Built once per shape and cached, each value a bound parameter; built afresh with
+        the values inline when an expression cannot be reused (see uow._statements).
+        """
+        columns = self._mapper.c
+        plain = {} if values is None else dict(values)
+        expressions = {k: v for k, v in plain.items() if element_of(v) is not None}
+        shape = Shape(what, self._model, tuple((k, k in expressions) for k in plain))
+        shape.expressions("set", expressions.values())
+        shape.expressions("where", where)
+        shape.equals("by", by)
+        key = shape.key
+        if key is None:
+            return self._core_statement(values, where, [columns[k] == v for k, v in by.items()]), {}
+        params = shape.params
+        for name, value in plain.items():
+            if name not in expressions:
+                params[f"uow_set_{name}"] = value
+
+        def build() -> Any:
+            rebuilt = dict(zip(expressions, rebound("set", expressions.values()), strict=True))
+            bound = None
+            if values is not None:
+                bound = {
+                    k: rebuilt[k]
+                    if k in rebuilt
+                    else bindparam(f"uow_set_{k}", type_=columns[k].type)
+                    for k in plain
+                }
+            criteria = equal_to("by", by, lambda k: columns[k])
+            return self._core_statement(bound, tuple(rebound("where", where)), criteria)
+
+        return cached(key, build), params
+
+    def _core_statement(
+        self,
+        values: Mapping[str, Any] | None,
+        where: tuple[Any, ...],
+        by: builtins.list[Any],
+    ) -> Any:
+        table = self._mapper.local_table
+        assert isinstance(table, Table)
+        columns = self._mapper.c
+        stmt: Any = (
+            delete(table)
+            if values is None
+            else update(table).values({columns[k]: v for k, v in values.items()})
+        )
         if where:
             stmt = stmt.where(*where)
         if by:
-            stmt = stmt.filter_by(**by)
-        result = self.session.execute(stmt, execution_options={"synchronize_session": "fetch"})
-        return int(getattr(result, "rowcount", 0))
+            stmt = stmt.where(*by)
+        return stmt
 
     def stream(
         self,
@@ -396,8 +583,8 @@ class Repository(Generic[ModelT]):
         Uses a server-side cursor, so the result is never held whole in memory; call
         ``uow.session.expunge_all()`` between batches to let processed objects go too.
         """
-        stmt = ordered(self._select(where, by, "stream"), order_by)
-        result = self.session.scalars(stmt.execution_options(yield_per=batch_size))
+        stmt, params = self._query("stream", where, by, order_by=order_by)
+        result = self.session.scalars(stmt, params, execution_options={"yield_per": batch_size})
         try:
             yield from result
         finally:
@@ -427,6 +614,13 @@ def model_from_bases(cls: type[Any], family: type[Any]) -> None:
             if isinstance(model, type):
                 cls.model = model
             return
+
+
+def order_tuple(order_by: OrderBy | Sequence[OrderBy]) -> tuple[OrderBy, ...]:
+    """``order_by`` (one criterion or several) as a tuple."""
+    if isinstance(order_by, Sequence) and not isinstance(order_by, str):
+        return tuple(order_by)
+    return (order_by,)
 
 
 def ordered(stmt: Select[Any], order_by: OrderBy | Sequence[OrderBy]) -> Select[Any]:
