@@ -32,9 +32,9 @@ class _Waiter:
         self.event.set()
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
+def _resolve(future: asyncio.Future[bool], granted: bool) -> None:
     if not future.done():  # cancelled meanwhile: _abandon passes the permit on
-        future.set_result(None)
+        future.set_result(granted)
 
 
 class _TaskWaiter:
@@ -44,7 +44,7 @@ class _TaskWaiter:
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.future: asyncio.Future[None] = self.loop.create_future()
+        self.future: asyncio.Future[bool] = self.loop.create_future()
         self.granted = False
 
     def wake(self) -> None:
@@ -53,12 +53,12 @@ class _TaskWaiter:
         except RuntimeError:
             running = None
         if running is self.loop:
-            _resolve(self.future)
+            _resolve(self.future, True)
             return
         # Released from another thread (a connection garbage-collected there): a future
         # may only be resolved on its own loop.
         with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-            self.loop.call_soon_threadsafe(_resolve, self.future)
+            self.loop.call_soon_threadsafe(_resolve, self.future, True)
 
 
 class _FairGate:
@@ -118,22 +118,28 @@ class _FairGate:
         waiter = _TaskWaiter()
         if self._enqueue(waiter):
             return True
+        # A timer that resolves the future, not asyncio.timeout(): no cancellation to
+        # tell apart from the task's own, and one handle instead of a context manager.
+        timer = waiter.loop.call_later(timeout, self._expire, waiter)
         try:
-            async with asyncio.timeout(timeout):
-                await waiter.future
-            return True
-        except TimeoutError:
-            return self._abandon(waiter)
+            return await waiter.future
         except BaseException:  # cancelled
             if self._abandon(waiter):
-                self.release()
+                self.release()  # interrupted just as a permit arrived: pass it on
             raise
+        finally:
+            timer.cancel()
+
+    def _expire(self, waiter: _TaskWaiter) -> None:
+        if not self._abandon(waiter):
+            _resolve(waiter.future, False)
 
     def _abandon(self, waiter: _Waiter | _TaskWaiter) -> bool:
         """Leave the queue; returns True if a permit arrived just before we left."""
         with self._lock:
             if not waiter.granted:
-                self._waiters.remove(waiter)
+                with contextlib.suppress(ValueError):  # a timer's _expire took it out already
+                    self._waiters.remove(waiter)
                 return False
         return True
 
