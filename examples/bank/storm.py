@@ -358,6 +358,7 @@ def worker(load: Load, ready: Any, go: Any, results: Any, committed: Any) -> Non
         )
     ready.put(os.getpid())
     go.wait()
+    cpu = time.process_time()  # all of this process's threads
     start = time.monotonic()
     deadline = start + load.duration
     recorder = Recorder(committed, start)
@@ -372,7 +373,7 @@ def worker(load: Load, ready: Any, go: Any, results: Any, committed: Any) -> Non
             thread.start()
         for thread in clients:
             thread.join()
-    results.put(recorder.report())
+    results.put({**recorder.report(), "cpu_s": time.process_time() - cpu})
 
 
 # -- one run ------------------------------------------------------------------------------
@@ -677,6 +678,8 @@ def summarize(
         result.declined += report["declined"]
     result.errors = dict(errors.most_common())
     result.committed = len(latencies)
+    cpu = sum(report["cpu_s"] for report in reports)
+    result.cpu_ms_per_transfer = cpu * 1000 / result.committed if result.committed else 0.0
     result.p50_ms, result.p99_ms = percentiles(latencies)
     result.peak_connections = max((n for _, n in samples), default=0)
     result.budget = budget

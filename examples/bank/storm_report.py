@@ -35,6 +35,8 @@ class ModeResult:
     budget: int | None = None
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    cpu_ms_per_transfer: float = 0.0
+    """The client processes' CPU (all their threads) per committed transfer."""
     invariant_holds: bool = False
     invariant_detail: str = ""
     connections_timeline: list[tuple[float, int]] = field(default_factory=list)
@@ -62,7 +64,8 @@ def print_table(results: list[ModeResult], max_connections: int) -> None:
     width = max([13, *(len(r.mode) for r in results)])
     header = (
         f"{'mode':<{width}} {'clients':>7} {'committed':>9} {'tx/s':>7} {'errors':>7}"
-        f" {'conn err':>8} {'peak conns':>10} {'budget':>6} {'p50 ms':>7} {'p99 ms':>8}  invariant"
+        f" {'conn err':>8} {'peak conns':>10} {'budget':>6} {'p50 ms':>7} {'p99 ms':>8}"
+        f" {'cpu ms/tx':>9}  invariant"
     )
     print(header)
     print("-" * len(header))
@@ -71,7 +74,7 @@ def print_table(results: list[ModeResult], max_connections: int) -> None:
         print(
             f"{r.mode:<{width}} {r.clients:>7} {r.committed:>9} {r.per_second:>7.0f}"
             f" {sum(r.errors.values()):>7} {r.connection_errors:>8} {r.peak_connections:>10}"
-            f" {budget:>6} {r.p50_ms:>7.1f} {r.p99_ms:>8.1f}"
+            f" {budget:>6} {r.p50_ms:>7.1f} {r.p99_ms:>8.1f} {r.cpu_ms_per_transfer:>9.2f}"
             f"  {'holds' if r.invariant_holds else 'BROKEN'}"
         )
     print(f"(server max_connections={max_connections})")

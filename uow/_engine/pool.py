@@ -1,11 +1,13 @@
-"""A QueuePool that serves waiting threads first come, first served.
+"""QueuePools that serve waiting threads and tasks first come, first served.
 
 SQLAlchemy's QueuePool wakes waiters through a condition variable, which makes no
 promise about order: under overload a few threads keep winning while the rest time
-out (sqlalchemy#7679). :class:`FairQueuePool` puts a FIFO gate with one permit per
-connection (``pool_size + max_overflow``) in front of checkout. A returned permit is
-handed straight to the oldest waiter, so nobody can barge past the queue, and every
-caller waits about ``callers / connections x hold time``.
+out (sqlalchemy#7679); its asyncio pool's queue lets a task that was not waiting take
+a returned connection from under the woken waiter (``uow._engine.fair_gate``). Both of
+uow's pools put a FIFO gate with one permit per connection (``pool_size +
+max_overflow``) in front of checkout. A returned permit is handed straight to the
+oldest waiter, so nobody can barge past the queue, and every caller waits about
+``callers / connections x hold time``.
 
 Both pools draw their connections from one :class:`~uow._engine.limit.ConnectionLimit`
 per server (``build_engine`` hands the sync pool's to the asyncio pool), so a process
@@ -25,7 +27,7 @@ from typing import Any, Literal, TypeVar
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, Pool, QueuePool
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import await_only, greenlet_spawn
 from sqlalchemy.util import queue as sqla_queue
 
 from .._errors import PoolExhausted
@@ -40,12 +42,72 @@ class _LimitedPool(QueuePool):
     """A QueuePool whose connections take slots from a (possibly shared) ConnectionLimit."""
 
     _limit: ConnectionLimit | None = None
+    _gate: _FairGate | None = None
     slots = 0  # the limit's slots held (see ConnectionLimit)
     generation = 0
+    metrics: PoolMetrics
 
     def _own_limit(self, pool_size: int, max_overflow: int) -> None:
+        # With max_overflow=-1 (no limit) nobody ever waits: no gate, no limit.
+        self.metrics = PoolMetrics()
         if max_overflow >= 0 and pool_size > 0:
+            self._gate = _FairGate(pool_size + max_overflow)
             self.share_limit(ConnectionLimit(pool_size + max_overflow))
+
+    @property
+    def waiting(self) -> int:
+        """How many callers are queued for a connection right now."""
+        return self._gate.waiting if self._gate is not None else 0
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        metrics = self.metrics
+        started = time.monotonic()
+        gate = self._gate
+        try:
+            if gate is None:
+                record = super()._do_get()
+            else:
+                queued = self._acquire(gate, started)
+                try:
+                    record = self._get_with_permit(started, queued)
+                except BaseException:
+                    gate.release()
+                    raise
+        except PoolExhausted:
+            metrics.request_done(started, timeout=True)
+            raise
+        except sa_exc.TimeoutError:
+            metrics.request_done(started, timeout=True)
+            raise self._exhausted(time.monotonic() - started) from None
+        except BaseException:
+            metrics.request_done(started, error=True)
+            raise
+        metrics.request_done(started)
+        return record
+
+    def _acquire(self, gate: _FairGate, started: float) -> bool:
+        """Take a permit, queueing up to pool_timeout if need be; returns whether it queued."""
+        if gate.try_acquire():  # the common case: a connection is free, nobody queues
+            return False
+        self.metrics.enter_queue()
+        try:
+            acquired = self._wait_for_permit(gate, self._timeout)
+        finally:
+            self.metrics.leave_queue()
+        if not acquired:
+            raise self._exhausted(time.monotonic() - started)
+        return True
+
+    def _wait_for_permit(self, gate: _FairGate, timeout: float) -> bool:
+        return gate.acquire(timeout)
+
+    def _get_with_permit(self, started: float, queued: bool) -> ConnectionPoolEntry:
+        # Holding a permit means fewer than pool_size + max_overflow connections are
+        # checked out, so either one is idle in the queue or we may open a new one; or a
+        # connection is being closed on return right now and frees its slot in a moment.
+        # Look again in short waits, never longer than pool_timeout in all, so a slot
+        # freed without a connection going back to the queue is seen too.
+        return self._get_or_open(started, _POLL, queued)
 
     def share_limit(self, limit: ConnectionLimit) -> None:
         """Draw connections from ``limit`` (call before the first connection is opened)."""
@@ -92,15 +154,19 @@ class _LimitedPool(QueuePool):
             self._limit.give_back(self, count)
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
-        limit = self._limit
-        if limit is not None and limit.others_waiting(type(self)):
-            # The other kind of pool waits for a slot: close this one to free it.
-            try:
-                record.close()
-            finally:
-                self._dec_overflow()
-            return
-        super()._do_return_conn(record)
+        try:
+            limit = self._limit
+            if limit is not None and limit.others_waiting(type(self)):
+                # The other kind of pool waits for a slot: close this one to free it.
+                try:
+                    record.close()
+                finally:
+                    self._dec_overflow()
+                return
+            super()._do_return_conn(record)
+        finally:
+            if self._gate is not None:
+                self._gate.release()
 
     def close_idle_for_limit(self) -> None:
         """Close one idle connection, freeing its slot for the other kind of pool."""
@@ -113,14 +179,15 @@ class _LimitedPool(QueuePool):
         finally:
             self._dec_overflow()
 
-    def _get_or_open(self, started: float, poll: float, count_queue: bool) -> ConnectionPoolEntry:
+    def _get_or_open(self, started: float, poll: float, queued: bool) -> ConnectionPoolEntry:
         """An idle connection, or a new one once a slot is free; PoolExhausted after timeout.
 
         Waits in steps of at most ``poll`` seconds while the shared limit (not this
         pool's own size) is what stops it, so a slot freed by the other pool is seen.
+        A wait for the limit counts as queued in the metrics, unless the gate's did.
         """
         limit = self._limit
-        waiting = queued = False
+        waiting = counted = False
         try:
             while True:
                 try:
@@ -137,13 +204,13 @@ class _LimitedPool(QueuePool):
                 left = started + self._timeout - time.monotonic()
                 if left <= 0:
                     raise self._exhausted(time.monotonic() - started)
-                if count_queue and not queued:
-                    queued = True
-                    self.metrics.enter_queue()
                 if not own_full and limit is not None:
                     if not waiting:
                         waiting = True
                         limit.wait_begins(type(self))
+                        if not queued:
+                            counted = True
+                            self.metrics.enter_queue()
                     limit.reclaim(type(self))
                 step = min(left, _POLL) if waiting else min(left, poll)
                 try:
@@ -154,16 +221,14 @@ class _LimitedPool(QueuePool):
         finally:
             if waiting and limit is not None:
                 limit.wait_ends(type(self))
-            if queued:
+            if counted:
                 self.metrics.leave_queue()
-
-    metrics: PoolMetrics
 
     def _check_cancelled(self) -> None:
         """Threads cannot be cancelled; see AsyncQueuePool's."""
 
     def _exhausted(self, waited: float) -> PoolExhausted:
-        return _exhausted(self, waited, None)
+        return _exhausted(self, waited, self.waiting if self._gate is not None else None)
 
 
 _POLL = 0.05  # seconds between looks for a slot freed elsewhere
@@ -186,75 +251,15 @@ class FairQueuePool(_LimitedPool):
 
     def __init__(self, creator: Any, pool_size: int = 5, max_overflow: int = 10, **kw: Any) -> None:
         super().__init__(creator, pool_size=pool_size, max_overflow=max_overflow, **kw)
-        limit = pool_size + max_overflow
-        self._gate = _FairGate(limit) if max_overflow >= 0 and pool_size > 0 else None
-        self.metrics = PoolMetrics()
         self._own_limit(pool_size, max_overflow)
 
     def recreate(self) -> FairQueuePool:
         return _keep_metrics(self, super().recreate())
 
-    @property
-    def waiting(self) -> int:
-        """How many threads are queued for a connection right now."""
-        return self._gate.waiting if self._gate is not None else 0
-
-    def _do_get(self) -> ConnectionPoolEntry:
-        metrics = self.metrics
-        started = time.monotonic()
-        gate = self._gate
-        try:
-            if gate is None:
-                record = super()._do_get()
-            else:
-                self._acquire(gate, started)
-                try:
-                    record = self._get_with_permit(started)
-                except BaseException:
-                    gate.release()
-                    raise
-        except PoolExhausted:
-            metrics.request_done(started, timeout=True)
-            raise
-        except BaseException:
-            metrics.request_done(started, error=True)
-            raise
-        metrics.request_done(started)
-        return record
-
-    def _acquire(self, gate: _FairGate, started: float) -> None:
-        if gate.try_acquire():  # the common case: a connection is free, nobody queues
-            return
-        self.metrics.enter_queue()
-        try:
-            acquired = gate.acquire(self._timeout)
-        finally:
-            self.metrics.leave_queue()
-        if not acquired:
-            raise self._exhausted(time.monotonic() - started)
-
-    def _get_with_permit(self, started: float) -> ConnectionPoolEntry:
-        # Holding a permit means fewer than pool_size + max_overflow connections are
-        # checked out, so either one is idle in the queue or we may open a new one; or a
-        # connection is being closed on return right now and frees its slot in a moment.
-        # Look again in short waits, never longer than pool_timeout in all, so a slot
-        # freed without a connection going back to the queue is seen too.
-        return self._get_or_open(started, _POLL, count_queue=False)
-
-    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
-        try:
-            super()._do_return_conn(record)
-        finally:
-            if self._gate is not None:
-                self._gate.release()
-
-    def _exhausted(self, waited: float) -> PoolExhausted:
-        return _exhausted(self, waited, self.waiting)
-
 
 class AsyncQueuePool(_LimitedPool, AsyncAdaptedQueuePool):
-    """SQLAlchemy's asyncio pool, whose waiters asyncio already serves in arrival order
-    (an asyncio.Queue); a timeout is raised as PoolExhausted, with the numbers.
+    """SQLAlchemy's asyncio pool behind the same FIFO gate as :class:`FairQueuePool`;
+    a timeout is raised as PoolExhausted, with the numbers.
 
     A waiting task awaits (in SQLAlchemy's greenlet): it never blocks its event loop.
     """
@@ -263,7 +268,6 @@ class AsyncQueuePool(_LimitedPool, AsyncAdaptedQueuePool):
 
     def __init__(self, creator: Any, pool_size: int = 5, max_overflow: int = 10, **kw: Any) -> None:
         super().__init__(creator, pool_size=pool_size, max_overflow=max_overflow, **kw)
-        self.metrics = PoolMetrics()
         self._loop: asyncio.AbstractEventLoop | None = None  # where its connections live
         self._closers: set[asyncio.Task[None]] = set()
         self._own_limit(pool_size, max_overflow)
@@ -271,22 +275,8 @@ class AsyncQueuePool(_LimitedPool, AsyncAdaptedQueuePool):
     def recreate(self) -> AsyncQueuePool:
         return _keep_metrics(self, super().recreate())
 
-    def _do_get(self) -> ConnectionPoolEntry:
-        metrics = self.metrics
-        started = time.monotonic()
-        try:
-            if self._limit is None:
-                record = super()._do_get()
-            else:
-                record = self._get_or_open(started, self._timeout, count_queue=True)
-        except sa_exc.TimeoutError:
-            metrics.request_done(started, timeout=True)
-            raise _exhausted(self, time.monotonic() - started, None) from None
-        except BaseException:
-            metrics.request_done(started, error=True)
-            raise
-        metrics.request_done(started)
-        return record
+    def _wait_for_permit(self, gate: _FairGate, timeout: float) -> bool:
+        return await_only(gate.acquire_async(timeout))
 
     def _check_cancelled(self) -> None:
         # asyncio.wait_for may swallow a cancellation that arrives as its own timeout
