@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import exc as sa_exc
@@ -40,12 +41,21 @@ class _LimitedPool(QueuePool):
     """A QueuePool whose connections take slots from a (possibly shared) ConnectionLimit."""
 
     _limit: ConnectionLimit | None = None
+    _on_recreate: tuple[Callable[[], object], ...] = ()
     slots = 0  # the limit's slots held (see ConnectionLimit)
     generation = 0
 
     def _own_limit(self, pool_size: int, max_overflow: int) -> None:
         if max_overflow >= 0 and pool_size > 0:
             self.share_limit(ConnectionLimit(pool_size + max_overflow))
+
+    def on_recreate(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` each time this pool is replaced (``engine.dispose()``).
+
+        The engine's ``engine_disposed`` event says the same, but a listener on an engine
+        makes every Connection dispatch all of its events (see ``uow._engine.watchdog``).
+        """
+        self._on_recreate += (callback,)
 
     def share_limit(self, limit: ConnectionLimit) -> None:
         """Draw connections from ``limit`` (call before the first connection is opened)."""
@@ -207,9 +217,16 @@ class FairQueuePool(_LimitedPool):
             if gate is None:
                 record = super()._do_get()
             else:
-                self._acquire(gate, started)
+                if not gate.try_acquire():  # it succeeds unless all permits are taken
+                    self._wait_for_permit(gate, started)
                 try:
-                    record = self._get_with_permit(started)
+                    # Holding a permit means fewer than pool_size + max_overflow connections
+                    # are checked out, so either one is idle in the queue or we may open a
+                    # new one; or a connection is being closed on return right now and
+                    # frees its slot in a moment. Look again in short waits, never longer
+                    # than pool_timeout in all, so a slot freed without a connection going
+                    # back to the queue is seen too.
+                    record = self._get_or_open(started, _POLL, count_queue=False)
                 except BaseException:
                     gate.release()
                     raise
@@ -222,9 +239,7 @@ class FairQueuePool(_LimitedPool):
         metrics.request_done(started)
         return record
 
-    def _acquire(self, gate: _FairGate, started: float) -> None:
-        if gate.try_acquire():  # the common case: a connection is free, nobody queues
-            return
+    def _wait_for_permit(self, gate: _FairGate, started: float) -> None:
         self.metrics.enter_queue()
         try:
             acquired = gate.acquire(self._timeout)
@@ -232,14 +247,6 @@ class FairQueuePool(_LimitedPool):
             self.metrics.leave_queue()
         if not acquired:
             raise self._exhausted(time.monotonic() - started)
-
-    def _get_with_permit(self, started: float) -> ConnectionPoolEntry:
-        # Holding a permit means fewer than pool_size + max_overflow connections are
-        # checked out, so either one is idle in the queue or we may open a new one; or a
-        # connection is being closed on return right now and frees its slot in a moment.
-        # Look again in short waits, never longer than pool_timeout in all, so a slot
-        # freed without a connection going back to the queue is seen too.
-        return self._get_or_open(started, _POLL, count_queue=False)
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         try:
@@ -331,9 +338,12 @@ def _keep_metrics(old: _PoolT, new: QueuePool) -> _PoolT:
     # dispose() and fork handling replace the pool; its counts carry on.
     assert isinstance(new, type(old))
     new.metrics = old.metrics
+    new._on_recreate = old._on_recreate
     if old.limit is not None:
         new.share_limit(old.limit)
         old._leave_limit()
+    for callback in new._on_recreate:
+        callback()
     return new
 
 
