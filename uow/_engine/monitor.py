@@ -164,11 +164,17 @@ def watch_sessions(
         origin, stack = session.info.get(ORIGIN_KEY) or ("<outside a unit of work>", None)
         watch = _Watch(origin, stack, leak_after, long_after, count, time.monotonic(), shortest)
         session.info[_WATCH_KEY] = watch
-        _monitor.add(watch)
+        monitor = _monitor
+        monitor._open.add(watch)  # add(), inlined: every transaction
+        if monitor._thread is None or shortest < monitor._shortest:
+            monitor.add(watch)
 
     def ended(session: Session, transaction: SessionTransaction) -> None:
         if transaction.parent is None:
-            stop_watching(session)
+            # stop_watching, inlined: every transaction.
+            watch = session.info.pop(_WATCH_KEY, None)
+            if watch is not None:
+                _monitor.remove(watch)
 
     event.listen(factory, "after_begin", began)
     event.listen(factory, "after_transaction_end", ended)

@@ -103,7 +103,8 @@ class _LimitedPool(QueuePool):
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         limit = self._limit
-        if limit is not None and limit.others_waiting(type(self)):
+        # others_waiting's first test inlined: nobody ever waited, one dict test per return.
+        if limit is not None and limit._waiting and limit.others_waiting(type(self)):
             # The other kind of pool waits for a slot: close this one to free it.
             try:
                 record.close()

@@ -119,12 +119,15 @@ class Deadlines:
             info = record.info
             info[_SINCE] = None
             info[LIMIT_KEY] = self.limit
-            _watchdog.watch(record, self, "statement", self.nap)
+            watchdog = _watchdog
+            watchdog._watched[record] = (self, "statement")  # watch(), inlined: every checkout
+            if watchdog._thread is None or self.nap < watchdog._nap:
+                watchdog._start_or_hurry(self.nap)
 
         @event.listens_for(engine, "checkin")
         def _in(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
             record.info[_SINCE] = None
-            _watchdog.unwatch(record)
+            _watchdog._watched.pop(record, None)  # unwatch(), inlined: every checkin
 
         _stamp_sends(engine.dialect)
 
