@@ -159,7 +159,9 @@ def watch_sessions(
     shortest = min(leak_after, long_after)
 
     def began(session: Session, transaction: SessionTransaction, connection: Any) -> None:
-        if transaction.parent is not None or _WATCH_KEY in session.info:
+        # transaction._parent is what the public .parent property returns; reading the
+        # attribute saves a call, and these listeners run for every transaction.
+        if transaction._parent is not None or _WATCH_KEY in session.info:
             return
         origin, stack = session.info.get(ORIGIN_KEY) or ("<outside a unit of work>", None)
         watch = _Watch(origin, stack, leak_after, long_after, count, time.monotonic(), shortest)
@@ -170,7 +172,7 @@ def watch_sessions(
             monitor.add(watch)
 
     def ended(session: Session, transaction: SessionTransaction) -> None:
-        if transaction.parent is None:
+        if transaction._parent is None:
             # stop_watching, inlined: every transaction.
             watch = session.info.pop(_WATCH_KEY, None)
             if watch is not None:
