@@ -5,7 +5,8 @@ transaction serves both reports: a *long transaction* (past
 ``long_transaction_threshold``) and a *possible leak* (past
 ``leak_detection_threshold``, HikariCP's ``leakDetectionThreshold``). Each is logged
 once when crossed and once more when the connection comes back. One daemon thread per
-process scans the open transactions; it sleeps while there are none.
+process scans the open transactions, about once a second (more often for a threshold
+under 4 s); opening and ending a transaction takes no lock.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ retransmission) or forever (a stopped server's kernel still acknowledges the dat
 The watchdog bounds that wait on the client:
 
 - every command sent on a checked-out connection (each statement, COMMIT, ROLLBACK,
-  the pool's reset) notes when it was sent: one dict store;
+  the pool's reset) notes when it was sent: one dict store (see :func:`_stamp_sends`);
 - one daemon thread per process looks at the checked-out connections about once a
   second. A connection whose command has been in progress (libpq's transaction status
   ``ACTIVE``) for longer than the statement timeout in effect plus :data:`GRACE`, and
