@@ -222,9 +222,10 @@ class Database:
 
     def _new_session(self, *, readonly: bool = False, isolation: str | None = None) -> Session:
         """A new Session whose transactions use the given characteristics."""
-        factory = self._once(
-            ("sessionmaker", readonly, isolation), lambda: self._sessionmaker(readonly, isolation)
-        )
+        key = ("sessionmaker", readonly, isolation)
+        factory: sessionmaker[Session] | None = self._built.get(key)  # _once's fast path
+        if factory is None:
+            factory = self._once(key, lambda: self._sessionmaker(readonly, isolation))
         return factory()
 
     def _new_async_session(

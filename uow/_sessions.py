@@ -22,15 +22,18 @@ def close_session(session: Session) -> None:
     except ConnectionLost as exc:
         # Only the ROLLBACK ending the transaction failed: the server has already
         # rolled it back, and the pool discarded the connection. Not an error.
+        stop_watching(session)
         logger.warning(
             "the connection was lost as the unit of work ended (%s); it was discarded",
             first_line(exc.__cause__ or exc),
         )
-    except Exception:
-        logger.exception("closing the session failed; its connection was invalidated")
-    finally:
-        # The monitor may not have heard the transaction end (see stop_watching).
+    except BaseException as exc:
+        # The monitor hears a transaction end only when it ends cleanly (see
+        # stop_watching); after a clean close there is nothing left to stop.
         stop_watching(session)
+        if not isinstance(exc, Exception):
+            raise
+        logger.exception("closing the session failed; its connection was invalidated")
 
 
 def commit_session(session: Session) -> None:

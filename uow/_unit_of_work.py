@@ -168,8 +168,10 @@ class UnitOfWork:
             finished = True
         finally:
             self._leave()
-            callbacks, self._committed = self._committed, []
-            self._run_callbacks(callbacks, raise_errors=finished and exc is None)
+            callbacks = self._committed
+            if callbacks:
+                self._committed = []
+                self._run_callbacks(callbacks, raise_errors=finished and exc is None)
 
     def _joinable(self, database: Database, thread: int, caller: FrameType) -> bool:
         """Whether a unit entered from ``caller`` in ``thread`` joins this one."""
@@ -279,8 +281,9 @@ class UnitOfWork:
 
     def _note_write(self) -> None:
         """Send this thread's (or task's) next readonly units to the primary for a while."""
-        if self._db is not None:
-            self._db._note_write()
+        db = self._db
+        if db is not None and db._replicas is not None:  # the one case with work to do
+            db._note_write()
 
     def _begin_retry(self) -> bool:
         """Whether retry may run this ended unit's work again; if so, the retry is counted.

@@ -26,6 +26,9 @@ def check_unit_options(
     Raises:
         UsageError: an argument is not one a unit of work accepts; the message names it.
     """
+    defaults = readonly is False and replica is True and isolation is None and timeout is None
+    if defaults and (database is None or isinstance(database, Database)):
+        return None, None  # as most units are opened: nothing else to check or normalize
     if database is not None and not isinstance(database, Database):
         # Not the value: a URL given here by mistake may carry a password.
         raise UsageError(

@@ -26,6 +26,7 @@ from sqlalchemy import Engine, event
 
 from .._errors import ConfigurationError
 from .._settings import Settings
+from .pool import _LimitedPool
 
 __all__ = [
     "Budget",
@@ -245,9 +246,13 @@ def install_budget_gate(engine: Engine, settings: Settings) -> BudgetGate:
     def _check_budget(dbapi_connection: Any, record: Any) -> None:
         gate.on_connect(dbapi_connection)
 
-    @event.listens_for(engine, "engine_disposed")
-    def _forget(engine: Engine) -> None:
+    def _forget(*_: object) -> None:
         gate.record(None)
+
+    if isinstance(engine.pool, _LimitedPool):
+        engine.pool.on_recreate(_forget)
+    else:  # a pool class from engine_options
+        event.listen(engine, "engine_disposed", _forget)
 
     return gate
 

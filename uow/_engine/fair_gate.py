@@ -146,7 +146,8 @@ class _FairGate:
     def release(self) -> None:
         with self._lock:
             self._free += 1
-            self._dispatch()
+            if self._waiters:
+                self._dispatch()
 
     def _dispatch(self) -> None:
         while self._free > 0 and self._waiters:

@@ -42,16 +42,6 @@ class Recycled(DisconnectionError):
     """A connection replaced at checkout for its age: deliberate, not a lost connection."""
 
 
-def _quiet(dbapi_connection: Any) -> bool:
-    """True if libpq thinks the connection is fine and nothing is waiting on its socket."""
-    # The asyncio driver's connection is wrapped in SQLAlchemy's adapter.
-    pgconn = getattr(dbapi_connection, "driver_connection", dbapi_connection).pgconn
-    if pgconn.status != ConnStatus.OK:
-        return False
-    readable, _, _ = select.select([pgconn.socket], [], [], 0)
-    return not readable
-
-
 def install_checkout_checks(
     engine: Engine,
     *,
@@ -94,8 +84,12 @@ def install_checkout_checks(
         idle_since = record.info.get(_IDLE_SINCE)
         if not pre_ping or idle_since is None:
             return
-        if now - idle_since < idle_window and _quiet(dbapi_connection):
-            return
+        if now - idle_since < idle_window:
+            # Quiet, and libpq thinks it is fine: used at once. (The asyncio driver's
+            # connection is wrapped in SQLAlchemy's adapter.)
+            pgconn = getattr(dbapi_connection, "driver_connection", dbapi_connection).pgconn
+            if pgconn.status == ConnStatus.OK and not select.select([pgconn.socket], [], [], 0)[0]:
+                return
         try:
             with bound(record):
                 dialect.do_ping(dbapi_connection)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import exc as sa_exc
@@ -43,6 +44,7 @@ class _LimitedPool(QueuePool):
 
     _limit: ConnectionLimit | None = None
     _gate: _FairGate | None = None
+    _on_recreate: tuple[Callable[[], object], ...] = ()
     slots = 0  # the limit's slots held (see ConnectionLimit)
     generation = 0
     metrics: PoolMetrics
@@ -109,6 +111,14 @@ class _LimitedPool(QueuePool):
         # freed without a connection going back to the queue is seen too.
         return self._get_or_open(started, _POLL, queued)
 
+    def on_recreate(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` each time this pool is replaced (``engine.dispose()``).
+
+        The engine's ``engine_disposed`` event says the same, but a listener on an engine
+        makes every Connection dispatch all of its events (see ``uow._engine.watchdog``).
+        """
+        self._on_recreate += (callback,)
+
     def share_limit(self, limit: ConnectionLimit) -> None:
         """Draw connections from ``limit`` (call before the first connection is opened)."""
         self._limit = limit
@@ -156,7 +166,8 @@ class _LimitedPool(QueuePool):
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         try:
             limit = self._limit
-            if limit is not None and limit.others_waiting(type(self)):
+            # others_waiting's first test inlined: nobody ever waited, one dict test per return.
+            if limit is not None and limit._waiting and limit.others_waiting(type(self)):
                 # The other kind of pool waits for a slot: close this one to free it.
                 try:
                     record.close()
@@ -321,9 +332,12 @@ def _keep_metrics(old: _PoolT, new: QueuePool) -> _PoolT:
     # dispose() and fork handling replace the pool; its counts carry on.
     assert isinstance(new, type(old))
     new.metrics = old.metrics
+    new._on_recreate = old._on_recreate
     if old.limit is not None:
         new.share_limit(old.limit)
         old._leave_limit()
+    for callback in new._on_recreate:
+        callback()
     return new
 
 

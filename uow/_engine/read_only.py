@@ -116,6 +116,9 @@ class WritableCheck:
         pgconn = pooled.info.get(_PGCONN)
         if pgconn is None:  # a connection from outside uow's engines: not known
             return
+        status = pgconn.parameter_status  # read_only_report's tests, inlined: every unit
+        if status(b"in_hot_standby") != b"on" and status(b"default_transaction_read_only") != b"on":
+            return
         why = read_only_report(pgconn)
         if why is None:
             return

@@ -99,7 +99,7 @@ class ServerMarks:
         def _check(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
             # Raising DisconnectionError is SQLAlchemy's documented way to have the pool
             # replace a connection at checkout.
-            if self.stale(record):
+            if self._marked and self.stale(record):  # one dict test while none is marked
                 raise LeftServer("the connection's server was left (read-only or hung)")
 
 

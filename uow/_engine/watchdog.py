@@ -7,7 +7,7 @@ retransmission) or forever (a stopped server's kernel still acknowledges the dat
 The watchdog bounds that wait on the client:
 
 - every command sent on a checked-out connection (each statement, COMMIT, ROLLBACK,
-  the pool's reset) notes when it was sent: one dict store;
+  the pool's reset) notes when it was sent: one dict store (see :func:`_stamp_sends`);
 - one daemon thread per process looks at the checked-out connections about once a
   second. A connection whose command has been in progress (libpq's transaction status
   ``ACTIVE``) for longer than the statement timeout in effect plus :data:`GRACE`, and
@@ -84,6 +84,11 @@ def _quiet_for(sock: socket.socket) -> float:
     return float(struct.unpack_from("=I", raw, _TCPI_LAST_DATA_RECV)[0]) / 1000
 
 
+def _nap(limit: float) -> float:
+    """How often the watchdog looks at a connection with this limit: about 10 times in it."""
+    return min(1.0, max(0.05, limit / 10))
+
+
 class Deadlines:
     """One engine's client-side deadlines: its default limit and where to mark servers."""
 
@@ -97,6 +102,7 @@ class Deadlines:
         self.limit = statement_timeout + GRACE if statement_timeout else math.inf
         self.marks = marks
         self.count = count
+        self.nap = _nap(self.limit)
 
     def install(self, engine: Engine) -> None:
         """Note each command's start on ``engine``'s connections; watch checked-out ones."""
@@ -113,29 +119,17 @@ class Deadlines:
             info = record.info
             info[_SINCE] = None
             info[LIMIT_KEY] = self.limit
-            _watchdog.watch(record, self, "statement")
+            watchdog = _watchdog
+            watchdog._watched[record] = (self, "statement")  # watch(), inlined: every checkout
+            if watchdog._thread is None or self.nap < watchdog._nap:
+                watchdog._start_or_hurry(self.nap)
 
         @event.listens_for(engine, "checkin")
         def _in(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
             record.info[_SINCE] = None
-            _watchdog.unwatch(record)
+            _watchdog._watched.pop(record, None)  # unwatch(), inlined: every checkin
 
-        # The per-command cost: one clock read and one dict store.
-        def _sent(conn: Any, *args: Any) -> None:
-            conn.info[_SINCE] = time.monotonic()
-
-        def _ending(conn: Any) -> None:
-            # An invalidated connection sends nothing (and has no info to reach).
-            if not conn.invalidated:
-                conn.info[_SINCE] = time.monotonic()
-
-        event.listen(engine, "before_cursor_execute", _sent)
-        event.listen(engine, "commit", _ending)
-        event.listen(engine, "rollback", _ending)
-
-        @event.listens_for(engine, "reset")
-        def _reset(dbapi_connection: Any, record: ConnectionPoolEntry, state: Any) -> None:
-            record.info[_SINCE] = time.monotonic()
+        _stamp_sends(engine.dialect)
 
     @contextlib.contextmanager
     def pinging(self, record: ConnectionPoolEntry, limit: float) -> Iterator[None]:
@@ -143,7 +137,7 @@ class Deadlines:
         info = record.info
         info[_SINCE] = time.monotonic()
         info[LIMIT_KEY] = limit
-        _watchdog.watch(record, self, "ping")
+        _watchdog.watch(record, self, "ping", _nap(limit))
         try:
             yield
         finally:
@@ -151,17 +145,84 @@ class Deadlines:
             _watchdog.unwatch(record)
 
 
+def _stamp_sends(dialect: Any) -> None:
+    """Note when each command is sent: statements, COMMIT and ROLLBACK (the pool's reset too).
+
+    SQLAlchemy's engine events (``before_cursor_execute``, ``commit``, ``rollback``) would
+    do it, but one listener on an engine makes every Connection dispatch all of its
+    events (about a tenth of a short unit of work's client CPU, measured), and there are
+    no dialect events for COMMIT and ROLLBACK. So the engine's own dialect instance gets
+    wrappers around the five methods every command goes through: one clock read and one
+    dict store per command.
+    """
+
+    def with_parameters(method: Callable[..., Any]) -> Callable[..., Any]:
+        def sending(cursor: Any, statement: Any, parameters: Any, context: Any = None) -> Any:
+            # context is None only in calls from outside SQLAlchemy's execute; the pool's
+            # proxy has no info only on the dialect's first connection, before pooling.
+            try:  # noqa: SIM105 - contextlib.suppress costs 7x more, per statement
+                context._dbapi_connection.info[_SINCE] = time.monotonic()
+            except (AttributeError, NotImplementedError):
+                pass
+            return method(cursor, statement, parameters, context)
+
+        return sending
+
+    def without_parameters(method: Callable[..., Any]) -> Callable[..., Any]:
+        def sending(cursor: Any, statement: Any, context: Any = None) -> Any:
+            try:  # noqa: SIM105 - contextlib.suppress costs 7x more, per statement
+                context._dbapi_connection.info[_SINCE] = time.monotonic()
+            except (AttributeError, NotImplementedError):
+                pass
+            return method(cursor, statement, context)
+
+        return sending
+
+    def through_connection(method: Callable[..., Any]) -> Callable[..., Any]:
+        def sending(pooled: Any) -> Any:
+            # SQLAlchemy's and the pool's calls pass the pool's proxy.
+            try:  # noqa: SIM105 - see above
+                pooled.info[_SINCE] = time.monotonic()
+            except NotImplementedError:
+                pass
+            return method(pooled)
+
+        return sending
+
+    for name in ("do_execute", "do_executemany"):
+        setattr(dialect, name, with_parameters(getattr(dialect, name)))
+    dialect.do_execute_no_params = without_parameters(dialect.do_execute_no_params)
+    for name in ("do_commit", "do_rollback"):
+        setattr(dialect, name, through_connection(getattr(dialect, name)))
+
+
 class _Watchdog:
+    """The process's watchdog thread and the connections it looks at.
+
+    ``watch`` and ``unwatch`` run at every checkout and checkin, so they take no lock in
+    the common case: a dict store or pop is atomic. The lock guards only starting the
+    thread and shortening its nap (a limit shorter than any watched so far, such as the
+    checkout ping's). The thread naps between looks whether or not anything is watched:
+    a wake-up a second costs nothing, and no watcher has to wake it.
+    """
+
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._watched: dict[ConnectionPoolEntry, tuple[Deadlines, str]] = {}
         self._thread: threading.Thread | None = None
         self._nap = 1.0
 
-    def watch(self, record: ConnectionPoolEntry, owner: Deadlines, what: str) -> None:
-        nap = min(1.0, max(0.05, record.info[LIMIT_KEY] / 10))
+    def watch(self, record: ConnectionPoolEntry, owner: Deadlines, what: str, nap: float) -> None:
+        """Look at ``record`` every ``nap`` seconds or more often, until :meth:`unwatch`."""
+        self._watched[record] = (owner, what)
+        if self._thread is None or nap < self._nap:
+            self._start_or_hurry(nap)
+
+    def unwatch(self, record: ConnectionPoolEntry) -> None:
+        self._watched.pop(record, None)
+
+    def _start_or_hurry(self, nap: float) -> None:
         with self._lock:
-            self._watched[record] = (owner, what)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="uow-watchdog", daemon=True)
                 self._thread.start()
@@ -169,20 +230,17 @@ class _Watchdog:
                 self._nap = nap
                 self._lock.notify()
 
-    def unwatch(self, record: ConnectionPoolEntry) -> None:
-        with self._lock:
-            self._watched.pop(record, None)
-
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not self._watched:
+                if not self._watched:
+                    # Under the lock: a watcher that shortened the nap after adding its
+                    # record (which makes this dict non-empty first) is not undone.
                     self._nap = 1.0
-                    self._lock.wait()
                 self._lock.wait(self._nap)
-                watched = list(self._watched.items())
             now = time.monotonic()
-            for record, (owner, what) in watched:
+            # A copy made in one C call, which no other thread's store can interleave.
+            for record, (owner, what) in list(self._watched.items()):
                 try:
                     self._check(record, owner, what, now)
                 except Exception:  # the watchdog must outlive any one connection's oddity
