@@ -388,10 +388,11 @@ def top_functions(profile: PathProfile, plan: Plan, count: int = 8) -> list[str]
 def _short(filename: str, uow_dir: str) -> str:
     if filename.startswith(uow_dir):
         return "uow/" + filename[len(uow_dir) :].lstrip("/")
-    if filename.startswith(f"{ROOT}/"):
-        return filename[len(f"{ROOT}/") :]
+    # Before the project's root: a virtualenv inside the checkout is under it too.
     if "site-packages/" in filename:
         return filename.split("site-packages/", 1)[1]
+    if filename.startswith(f"{ROOT}/"):
+        return filename[len(f"{ROOT}/") :]
     return re.sub(r".*/python3\.\d+/", "", filename)
 
 
