@@ -16,9 +16,11 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from psycopg import sql
 from sqlalchemy import Engine, make_url
 
 import uow
+import uow.migrations
 from tests.helpers import wait_for
 from tests.models import Base
 from tests.protocol_trace import Trace
@@ -52,6 +54,24 @@ def postgres_url() -> Iterator[str]:
 def libpq_dsn(url: str) -> str:
     """The URL as psycopg.connect() takes it (no SQLAlchemy driver name)."""
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def fresh_database(postgres_url: str, prefix: str, *, migrate: bool) -> Iterator[str]:
+    """A new database on the test server, dropped afterwards; migrated to head if asked."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(libpq_dsn(postgres_url), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        if migrate:
+            uow.migrations.upgrade(url, "head")
+        yield url
+    finally:
+        with psycopg.connect(libpq_dsn(postgres_url), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 @pytest.fixture

@@ -2,50 +2,29 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
-from sqlalchemy import make_url
 
-from tests.conftest import MakeDatabase, libpq_dsn
-from uow import Database, migrations
+from tests.conftest import MakeDatabase, fresh_database, libpq_dsn
+from uow import Database
 from uow._default import _swap_default
 
 
 @pytest.fixture(scope="module")
 def bank_url(postgres_url: str) -> Iterator[str]:
     """A fresh database for the module, with the bank schema from `alembic upgrade head`."""
-    name = f"bank_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(libpq_dsn(postgres_url), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        migrations.upgrade(url, "head")
+    with fresh_database(postgres_url, "bank", migrate=True) as url:
         yield url
-    finally:
-        with psycopg.connect(libpq_dsn(postgres_url), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @pytest.fixture
 def empty_url(postgres_url: str) -> Iterator[str]:
     """A database nobody migrated."""
-    name = f"empty_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(libpq_dsn(postgres_url), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(libpq_dsn(postgres_url), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with fresh_database(postgres_url, "empty", migrate=False) as url:
+        yield url
 
 
 @pytest.fixture

@@ -16,20 +16,17 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import procrastinate
 import psycopg
 import pytest
-from psycopg import sql
 from psycopg.rows import dict_row
-from sqlalchemy import make_url
 
 import uow.jobs
-from tests.conftest import MakeDatabase, libpq_dsn
-from uow import Database, migrations
+from tests.conftest import MakeDatabase, fresh_database, libpq_dsn
+from uow import Database
 from uow._default import _swap_default
 
 PROCRASTINATE_TABLES = (
@@ -40,18 +37,8 @@ PROCRASTINATE_TABLES = (
 @pytest.fixture(scope="module")
 def jobs_url(postgres_url: str) -> Iterator[str]:
     """A fresh database for the module, migrated to head (procrastinate's schema included)."""
-    name = f"jobs_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(libpq_dsn(postgres_url), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        migrations.upgrade(url, "head")
+    with fresh_database(postgres_url, "jobs", migrate=True) as url:
         yield url
-    finally:
-        with psycopg.connect(libpq_dsn(postgres_url), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @pytest.fixture
