@@ -457,13 +457,7 @@ class Repository(Generic[ModelT]):
             check_attributes(self._model, by, "update_where")
         session = self.session
         if self._orm_needed(session, by):
-            stmt = update(self._model).values(dict(values))
-            if where:
-                stmt = stmt.where(*where)
-            if by:
-                stmt = stmt.filter_by(**by)
-            result = session.execute(stmt, execution_options={"synchronize_session": "fetch"})
-            return int(getattr(result, "rowcount", 0))
+            return self._through_orm(session, update(self._model).values(dict(values)), where, by)
         # Nothing loaded to keep in step and nothing to flush: run it as plain Core on
         # the session's connection (in its transaction), without the ORM's bookkeeping.
         stmt, params = self._core("update_where", where, by, values)
@@ -483,15 +477,21 @@ class Repository(Generic[ModelT]):
             check_attributes(self._model, by, "delete_where")
         session = self.session
         if self._orm_needed(session, by):
-            stmt = delete(self._model)
-            if where:
-                stmt = stmt.where(*where)
-            if by:
-                stmt = stmt.filter_by(**by)
-            result = session.execute(stmt, execution_options={"synchronize_session": "fetch"})
-            return int(getattr(result, "rowcount", 0))
+            return self._through_orm(session, delete(self._model), where, by)
         stmt, params = self._core("delete_where", where, by, None)
         return int(session.connection().execute(stmt, params).rowcount)
+
+    @staticmethod
+    def _through_orm(
+        session: Session, stmt: Any, where: tuple[Criterion, ...], by: Mapping[str, Any]
+    ) -> int:
+        """Run an UPDATE or DELETE by criteria through the ORM, keeping loaded objects in step."""
+        if where:
+            stmt = stmt.where(*where)
+        if by:
+            stmt = stmt.filter_by(**by)
+        result = session.execute(stmt, execution_options={"synchronize_session": "fetch"})
+        return int(getattr(result, "rowcount", 0))
 
     def _orm_needed(self, session: Session, by: Mapping[str, Any]) -> bool:
         """Whether an UPDATE or DELETE by criteria must go through the ORM.
