@@ -56,14 +56,6 @@ TESTS = [
 # Node ids (as the stock run names them, see normalized()) that pass on SQLAlchemy's
 # pools and fail on uow's by design, each with the reason.
 DESIGNED_DIFFERENCES = {
-    "test/engine/test_pool.py::PoolTest::test_recreate_state[QueuePool-pool_args0]": (
-        "compares every private attribute of a pool with its recreate()'s: uow's pool also "
-        "has a _gate (the FIFO line of waiting threads), which a recreated pool must not "
-        "share, because the old pool's connections give their permits back to the old gate"
-    ),
-    "test/engine/test_pool.py::PoolTest::test_recreate_state[QueuePool-pool_args1]": (
-        "the same test with pool_size/max_overflow/timeout/use_lifo given: the same _gate"
-    ),
     "test/ext/asyncio/test_engine.py::AsyncEngineTest_postgresql+psycopg_async"
     "::test_cant_use_async_pool_w_create_engine": (
         "expects the message to name AsyncAdaptedQueuePool; the same ArgumentError names "
