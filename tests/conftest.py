@@ -116,16 +116,22 @@ def make_database(postgres_url: str, app_name: str) -> Iterator[MakeDatabase]:
         yield make
 
 
+@contextlib.contextmanager
+def as_default(database: Database) -> Iterator[Database]:
+    """``database`` as the process default for the block; the previous one afterwards."""
+    previous = _swap_default(database)
+    try:
+        yield database
+    finally:
+        _swap_default(previous)
+
+
 @pytest.fixture
 def database(make_database: MakeDatabase, admin: psycopg.Connection[Any]) -> Iterator[Database]:
     """A default-sized Database, installed as the process default, on empty tables."""
     admin.execute(f"TRUNCATE {TEST_TABLES} RESTART IDENTITY")
-    db = make_database()
-    previous = _swap_default(db)
-    try:
+    with as_default(make_database()) as db:
         yield db
-    finally:
-        _swap_default(previous)
 
 
 def connections(admin: psycopg.Connection[Any], app_name: str) -> int:

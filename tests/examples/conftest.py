@@ -8,9 +8,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import MakeDatabase, fresh_database, libpq_dsn
+from tests.conftest import MakeDatabase, as_default, fresh_database, libpq_dsn
 from uow import Database
-from uow._default import _swap_default
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +39,5 @@ def bank_db(
 ) -> Iterator[Database]:
     """A Database on empty bank tables, installed as the process default."""
     bank_admin.execute("TRUNCATE accounts, ledger RESTART IDENTITY CASCADE")
-    database = make_database(url=bank_url)
-    previous = _swap_default(database)
-    try:
+    with as_default(make_database(url=bank_url)) as database:
         yield database
-    finally:
-        _swap_default(previous)

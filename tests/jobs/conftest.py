@@ -25,9 +25,8 @@ import pytest
 from psycopg.rows import dict_row
 
 import uow.jobs
-from tests.conftest import MakeDatabase, fresh_database, libpq_dsn
+from tests.conftest import MakeDatabase, as_default, fresh_database, libpq_dsn
 from uow import Database
-from uow._default import _swap_default
 
 PROCRASTINATE_TABLES = (
     "procrastinate_events, procrastinate_periodic_defers, procrastinate_jobs, procrastinate_workers"
@@ -56,12 +55,8 @@ def jobs_db(
     jobs_admin.execute(
         f"TRUNCATE {PROCRASTINATE_TABLES}, accounts, ledger RESTART IDENTITY CASCADE"
     )
-    database = make_database(url=jobs_url)
-    previous = _swap_default(database)
-    try:
+    with as_default(make_database(url=jobs_url)) as database:
         yield database
-    finally:
-        _swap_default(previous)
 
 
 @pytest.fixture
